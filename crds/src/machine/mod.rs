@@ -1,0 +1,212 @@
+//! The `Machine` kind: one physical server, its BMC and its lifecycle.
+
+mod hardware;
+mod status;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use hardware::{Cpu, Disk, DiskType, Hardware, Nic, PciDevice, SystemInfo};
+pub use status::{
+    BOOT_RECORD_LIMIT, BootApplied, BootIntent, BootPurpose, BootRecord, BootStep, BootTarget,
+    MachinePhase, MachineStatus, Operation, OperationKind, OperationResult, PowerState,
+    PowerStatus, ProvisioningReport, ProvisioningStep,
+};
+
+use crate::cel::{self, rule};
+use crate::common::{RootDeviceHints, SecretRef};
+
+/// Desired state of a Machine: how to reach its BMC and how it boots.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "metal.ironpool.dev",
+    version = "v1alpha1",
+    kind = "Machine",
+    namespaced,
+    status = "MachineStatus",
+    shortname = "bmm",
+    category = "ironpool",
+    doc = "A physical server that Ironpool can power, boot, commission, deploy and erase. \
+           Create one per server (or let Ironpool enlist unknown servers that PXE-boot); \
+           its status shows the lifecycle phase, power, hardware inventory and the boot \
+           flight recorder.",
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Lifecycle phase"
+    ),
+    printcolumn(
+        name = "Power",
+        type_ = "string",
+        json_path = ".status.power.state",
+        description = "Power state the BMC last reported"
+    ),
+    printcolumn(
+        name = "Arch",
+        type_ = "string",
+        json_path = ".spec.architecture",
+        description = "CPU architecture"
+    ),
+    printcolumn(
+        name = "Cores",
+        type_ = "integer",
+        json_path = ".status.hardware.cpu.cores",
+        description = "Physical CPU cores found by commissioning"
+    ),
+    printcolumn(
+        name = "Memory",
+        type_ = "string",
+        json_path = ".status.hardware.memory",
+        description = "Memory found by commissioning"
+    ),
+    printcolumn(
+        name = "BMC",
+        type_ = "string",
+        json_path = ".spec.bmc.address",
+        description = "BMC address"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "MAC",
+        type_ = "string",
+        json_path = ".spec.bootMACAddress",
+        priority = 1,
+        description = "MAC address of the boot NIC"
+    ),
+    printcolumn(
+        name = "Deployment",
+        type_ = "string",
+        json_path = ".status.deploymentRef.name",
+        priority = 1,
+        description = "Deployment this machine is allocated to"
+    ),
+    printcolumn(
+        name = "Last-Boot-Step",
+        type_ = "string",
+        json_path = ".status.boot[-1:].step",
+        priority = 1,
+        description = "Newest step of the boot flight recorder"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1,
+        description = "Why the machine is or is not ready"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineSpec {
+    /// How to reach the server's baseboard management controller (power and boot device).
+    /// Machines enlisted automatically have none until a person adds it; such a machine
+    /// must be powered by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc: Option<Bmc>,
+
+    /// MAC address of the NIC the server PXE-boots from, e.g. 3c:ec:ef:12:34:56. It is how
+    /// Ironpool recognises the server on the provisioning network. Immutable.
+    #[serde(rename = "bootMACAddress")]
+    #[schemars(length(max = 17))]
+    #[x_kube(validation = cel::mac_address("bootMACAddress"))]
+    #[x_kube(validation = cel::immutable(
+        "bootMACAddress",
+        "it identifies the server on the wire; to use another NIC, delete this Machine and create a new one"
+    ))]
+    pub boot_mac_address: String,
+
+    /// Firmware boot mode: UEFI (default) or Legacy BIOS. Picks the iPXE binary served and
+    /// the BMC boot-override mode.
+    #[serde(default)]
+    pub boot_mode: BootMode,
+
+    /// CPU architecture; decides which boot ramdisk and images fit. Default x86_64.
+    #[serde(default)]
+    pub architecture: Architecture,
+
+    /// Which disk receives the OS when the server has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_device_hints: Option<RootDeviceHints>,
+
+    /// Hold the machine where it is: no power actions, no phase changes, no allocation,
+    /// until this is set back to false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<bool>,
+
+    /// Mark the server as broken (faulty hardware): it is never allocated and Ironpool
+    /// takes no action on it until this is cleared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<bool>,
+
+    /// Free-form note for people, e.g. why the machine is broken or in maintenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+}
+
+/// Baseboard management controller of a Machine.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Bmc {
+    /// BMC address as a URL whose scheme picks the driver: redfish:// (HTTPS),
+    /// redfish+https://, redfish+http://, or ipmi:// (IPMI 2.0 lanplus, default port 623).
+    /// A Redfish path may name the ComputerSystem, e.g.
+    /// redfish+https://10.30.0.7/redfish/v1/Systems/1; otherwise the only system is used.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = rule(
+        r"self.matches('^(redfish|redfish\\+https|redfish\\+http|ipmi)://[^/?#@]+')",
+        "bmc.address must start with redfish://, redfish+https://, redfish+http:// or ipmi:// \
+         followed by the BMC host, e.g. redfish+https://10.30.0.7/redfish/v1/Systems/1 or ipmi://10.30.0.8:623"
+    ))]
+    #[x_kube(validation = rule(
+        r"!self.startsWith('ipmi://') || self.matches('^ipmi://[^/?#@]+/?$')",
+        "an ipmi:// address takes only a host and optional port, e.g. ipmi://10.30.0.8:623"
+    ))]
+    pub address: String,
+
+    /// Secret in the Machine's namespace holding the BMC `username` and `password` keys.
+    pub credentials_secret_ref: SecretRef,
+
+    /// Accept any TLS certificate from a Redfish BMC. Default false: the certificate must
+    /// verify. Only for lab BMCs with self-signed certificates.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// Firmware boot mode.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum BootMode {
+    /// UEFI firmware.
+    #[default]
+    #[serde(rename = "UEFI")]
+    Uefi,
+    /// Legacy BIOS.
+    Legacy,
+}
+
+/// CPU architecture.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Architecture {
+    /// 64-bit x86 (amd64).
+    #[default]
+    #[serde(rename = "x86_64")]
+    X86_64,
+    /// 64-bit ARM (arm64).
+    #[serde(rename = "aarch64")]
+    Aarch64,
+}
+
+impl Architecture {
+    /// The spelling used in manifests and in kernel `uname -m` output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "x86_64",
+            Architecture::Aarch64 => "aarch64",
+        }
+    }
+}
