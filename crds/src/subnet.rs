@@ -98,7 +98,7 @@ pub struct SubnetSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     #[x_kube(validation = rule(
-        &format!("self.all(s, {})", is_ipv4("s")),
+        format!("self.all(s, {})", is_ipv4("s")),
         "every dnsServers entry must be an IPv4 address such as 10.20.0.2"
     ))]
     pub dns_servers: Vec<String>,

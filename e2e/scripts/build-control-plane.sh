@@ -13,7 +13,7 @@ export CGO_ENABLED=0
 
 log() { echo "[build-control-plane] $*" >&2; }
 
-command -v go >/dev/null || { log "Go is required (https://go.dev/dl); install it and re-run"; exit 1; }
+need_go() { command -v go >/dev/null || { log "Go is required to build $1 (e2e/run installs it); install it and re-run"; exit 1; }; }
 
 # Staging version: v1.37.2 -> v0.37.2
 staging_version() { echo "v0.${1#v1.}"; }
@@ -23,6 +23,7 @@ build_kubernetes() {
   if [[ -x "$out/kube-apiserver" && -x "$out/kubectl" ]]; then
     log "kubernetes $K8S_VERSION: cached in $out"; return
   fi
+  need_go kubernetes
   local sv; sv="$(staging_version "$K8S_VERSION")"
   local work="$CACHE/build/kubernetes-$K8S_VERSION"
   rm -rf "$work"; mkdir -p "$work" "$out"
@@ -66,6 +67,7 @@ GO
 build_etcd() {
   local out="$CACHE/etcd-$ETCD_VERSION"
   if [[ -x "$out/etcd" ]]; then log "etcd $ETCD_VERSION: cached in $out"; return; fi
+  need_go etcd
   local work="$CACHE/build/etcd-$ETCD_VERSION"
   rm -rf "$work"; mkdir -p "$work" "$out"
   (

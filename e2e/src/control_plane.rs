@@ -1,0 +1,372 @@
+//! A real control plane for tests: etcd and kube-apiserver with TLS and RBAC, on free
+//! loopback ports, in a fresh temporary directory.
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use kube::Client;
+
+use crate::{
+    Binaries, client,
+    pki::{self, PkiFiles},
+    process::{Server, Watchdog, free_ports},
+};
+
+/// How long the apiserver gets to answer `/readyz` with `ok`.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long etcd gets to accept connections on its client port.
+const ETCD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts with fresh ports when a port was taken between picking and binding it.
+const PORT_ATTEMPTS: usize = 5;
+/// Lines of each server log quoted in a start failure.
+const LOG_TAIL: usize = 40;
+
+/// A running etcd + kube-apiserver. Dropping it (or [`ControlPlane::stop`]) kills the
+/// apiserver, then etcd, and removes the directory; if the test process dies instead, a
+/// watchdog process does the same.
+///
+/// There is no controller-manager or scheduler: no garbage collection of owned objects, no
+/// namespace finalization, no pods scheduled. [`ControlPlane::create_namespace`] creates the
+/// namespace's `default` ServiceAccount itself.
+pub struct ControlPlane {
+    processes: Processes,
+    kubeconfig: PathBuf,
+    server_url: String,
+    ca_cert: PathBuf,
+    kubectl: PathBuf,
+}
+
+impl fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("server_url", &self.server_url)
+            .field("kubeconfig", &self.kubeconfig)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver on free loopback ports in a fresh temporary directory
+    /// and waits for `/readyz`. Blocking; works from any thread, inside a tokio runtime or
+    /// not. On failure the directory (logs, certificates, kubeconfig) is kept and its path
+    /// is in the error.
+    pub fn start() -> Result<ControlPlane> {
+        let binaries = Binaries::ensure()?;
+        let started = Instant::now();
+        let mut attempt = 1;
+        loop {
+            match start_once(&binaries) {
+                Ok(control_plane) => {
+                    eprintln!(
+                        "ironpool-e2e: control plane ready at {} in {:.1?} (dir {})",
+                        control_plane.server_url,
+                        started.elapsed(),
+                        control_plane.dir().display()
+                    );
+                    return Ok(control_plane);
+                }
+                Err(StartError::PortTaken(error)) if attempt < PORT_ATTEMPTS => {
+                    eprintln!("ironpool-e2e: a port was taken, retrying with new ports: {error:#}");
+                    attempt += 1;
+                }
+                Err(StartError::PortTaken(error) | StartError::Failed(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// One control plane per test binary, started on first use and shared by all its tests
+    /// (isolate them by namespace). It is never dropped; the watchdog tears it down when the
+    /// test process exits. A failed start is remembered and reported to every caller.
+    pub fn shared() -> Result<&'static ControlPlane> {
+        static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| ControlPlane::start().map_err(|error| format!("{error:#}")))
+            .as_ref()
+            .map_err(|message| anyhow!("the shared control plane did not start: {message}"))
+    }
+
+    /// The admin kubeconfig (client certificate in group `system:masters`).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The apiserver's URL, `https://127.0.0.1:<port>`.
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    /// The CA certificate (PEM file) that signed every certificate of this control plane.
+    pub fn ca_cert_path(&self) -> &Path {
+        &self.ca_cert
+    }
+
+    /// The temporary directory holding logs (`etcd.log`, `kube-apiserver.log`), `pki/` and
+    /// the kubeconfig.
+    pub fn dir(&self) -> &Path {
+        self.processes.dir.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Process ids of kube-apiserver and etcd, in that order; each leads its own process
+    /// group.
+    pub fn pids(&self) -> Vec<u32> {
+        let processes = &self.processes;
+        processes
+            .apiserver
+            .iter()
+            .chain(processes.etcd.iter())
+            .map(Server::pid)
+            .collect()
+    }
+
+    /// A new admin client for the caller's tokio runtime.
+    pub async fn client(&self) -> Result<Client> {
+        client::client_from_file(&self.kubeconfig).await
+    }
+
+    /// A new client that authenticates with a bearer `token`, e.g. one from the TokenRequest
+    /// API, for testing RBAC.
+    pub async fn client_with_token(&self, token: &str) -> Result<Client> {
+        client::client_with_token(&self.server_url, &self.ca_cert, token).await
+    }
+
+    /// `kubectl` with `--kubeconfig` set to the admin kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        let mut command = Command::new(&self.kubectl);
+        command.arg(format!("--kubeconfig={}", self.kubeconfig.display()));
+        command
+    }
+
+    /// Creates a namespace named `<prefix>-<random>` with its `default` ServiceAccount and
+    /// returns the name.
+    pub async fn create_namespace(&self, prefix: &str) -> Result<String> {
+        client::create_namespace(self.client().await?, prefix).await
+    }
+
+    /// Kills the apiserver, then etcd, and removes the directory.
+    pub fn stop(mut self) {
+        self.processes.shutdown(false);
+    }
+}
+
+/// Why one start attempt failed.
+enum StartError {
+    /// A server could not bind a port that was free when picked; worth a retry.
+    PortTaken(anyhow::Error),
+    /// Anything else.
+    Failed(anyhow::Error),
+}
+
+/// Everything one start attempt created, torn down in order on drop.
+struct Processes {
+    dir: Option<PathBuf>,
+    watchdog: Option<Watchdog>,
+    etcd: Option<Server>,
+    apiserver: Option<Server>,
+}
+
+impl Processes {
+    fn servers(&self) -> impl Iterator<Item = &Server> {
+        self.etcd.iter().chain(self.apiserver.iter())
+    }
+
+    /// Kills the apiserver, then etcd, disarms the watchdog, and removes the directory
+    /// unless `keep_dir`. Idempotent.
+    fn shutdown(&mut self, keep_dir: bool) {
+        if let Some(mut apiserver) = self.apiserver.take() {
+            apiserver.kill();
+        }
+        if let Some(mut etcd) = self.etcd.take() {
+            etcd.kill();
+        }
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.disarm();
+        }
+        if let Some(dir) = self.dir.take()
+            && !keep_dir
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        self.shutdown(false);
+    }
+}
+
+fn start_once(binaries: &Binaries) -> Result<ControlPlane, StartError> {
+    let dir = tempfile::Builder::new()
+        .prefix("ironpool-cp-")
+        .tempdir()
+        .context("creating the control plane's temporary directory")
+        .map_err(StartError::Failed)?
+        .keep();
+    let mut processes = Processes {
+        dir: Some(dir.clone()),
+        watchdog: None,
+        etcd: None,
+        apiserver: None,
+    };
+    match launch(&mut processes, binaries, &dir) {
+        Ok(control_plane) => Ok(control_plane),
+        Err(error) => {
+            if processes
+                .servers()
+                .any(|server| server.log_contains("address already in use"))
+            {
+                processes.shutdown(false);
+                return Err(StartError::PortTaken(error));
+            }
+            let tails: Vec<String> = processes
+                .servers()
+                .map(|server| server.log_tail(LOG_TAIL))
+                .collect();
+            processes.shutdown(true);
+            eprintln!(
+                "ironpool-e2e: control plane failed to start; kept {}",
+                dir.display()
+            );
+            Err(StartError::Failed(anyhow!(
+                "the control plane failed to start: {error:#}\nfiles kept in {}\n{}\n--- end of logs ---",
+                dir.display(),
+                tails.join("\n")
+            )))
+        }
+    }
+}
+
+/// Writes certificates, starts etcd and the apiserver, and waits until they are ready.
+/// On success the processes move into the returned [`ControlPlane`].
+fn launch(processes: &mut Processes, binaries: &Binaries, dir: &Path) -> Result<ControlPlane> {
+    let watchdog = processes.watchdog.insert(Watchdog::spawn(dir)?);
+    let pki = pki::write_pki(&dir.join("pki"))?;
+    let [etcd_port, peer_port, apiserver_port] = free_ports::<3>()?;
+
+    let etcd_args = etcd_args(dir, &pki, etcd_port, peer_port);
+    let etcd = processes.etcd.insert(Server::spawn(
+        "etcd",
+        &binaries.etcd,
+        &etcd_args,
+        dir,
+        watchdog,
+    )?);
+    wait_for_port(etcd, etcd_port, ETCD_TIMEOUT)?;
+
+    let server_url = format!("https://127.0.0.1:{apiserver_port}");
+    let kubeconfig = dir.join("kubeconfig");
+    client::write_admin_kubeconfig(&kubeconfig, &server_url, &pki)?;
+    let apiserver_args = apiserver_args(dir, &pki, etcd_port, apiserver_port);
+    processes.apiserver = Some(Server::spawn(
+        "kube-apiserver",
+        &binaries.kube_apiserver,
+        &apiserver_args,
+        dir,
+        watchdog,
+    )?);
+    match (&mut processes.etcd, &mut processes.apiserver) {
+        (Some(etcd), Some(apiserver)) => {
+            client::wait_ready(&kubeconfig, &mut [apiserver, etcd], READY_TIMEOUT)?;
+        }
+        _ => bail!("internal error: a server handle went missing during start"),
+    }
+
+    Ok(ControlPlane {
+        processes: Processes {
+            dir: processes.dir.take(),
+            watchdog: processes.watchdog.take(),
+            etcd: processes.etcd.take(),
+            apiserver: processes.apiserver.take(),
+        },
+        kubeconfig,
+        server_url,
+        ca_cert: pki.ca_cert,
+        kubectl: binaries.kubectl.clone(),
+    })
+}
+
+/// Waits until `port` on loopback accepts connections while `server` keeps running.
+fn wait_for_port(server: &mut Server, port: u16, timeout: Duration) -> Result<()> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let started = Instant::now();
+    loop {
+        if let Some(status) = server.exited()? {
+            bail!(
+                "{} exited ({status}) before listening on port {port}",
+                server.name()
+            );
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "{} did not listen on port {port} within {timeout:?}",
+                server.name()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn path_arg(flag: &str, path: &Path) -> String {
+    format!("--{flag}={}", path.display())
+}
+
+fn etcd_args(dir: &Path, pki: &PkiFiles, client_port: u16, peer_port: u16) -> Vec<String> {
+    let client_url = format!("https://127.0.0.1:{client_port}");
+    let peer_url = format!("https://127.0.0.1:{peer_port}");
+    vec![
+        "--name=ironpool".to_owned(),
+        path_arg("data-dir", &dir.join("etcd-data")),
+        format!("--listen-client-urls={client_url}"),
+        format!("--advertise-client-urls={client_url}"),
+        format!("--listen-peer-urls={peer_url}"),
+        format!("--initial-advertise-peer-urls={peer_url}"),
+        format!("--initial-cluster=ironpool={peer_url}"),
+        path_arg("cert-file", &pki.etcd_cert),
+        path_arg("key-file", &pki.etcd_key),
+        path_arg("trusted-ca-file", &pki.ca_cert),
+        "--client-cert-auth=true".to_owned(),
+        path_arg("peer-cert-file", &pki.etcd_cert),
+        path_arg("peer-key-file", &pki.etcd_key),
+        path_arg("peer-trusted-ca-file", &pki.ca_cert),
+        "--peer-client-cert-auth=true".to_owned(),
+        "--unsafe-no-fsync=true".to_owned(),
+    ]
+}
+
+fn apiserver_args(dir: &Path, pki: &PkiFiles, etcd_port: u16, port: u16) -> Vec<String> {
+    vec![
+        format!("--etcd-servers=https://127.0.0.1:{etcd_port}"),
+        path_arg("etcd-cafile", &pki.ca_cert),
+        path_arg("etcd-certfile", &pki.etcd_client_cert),
+        path_arg("etcd-keyfile", &pki.etcd_client_key),
+        path_arg("cert-dir", &dir.join("apiserver-certs")),
+        path_arg("tls-cert-file", &pki.apiserver_cert),
+        path_arg("tls-private-key-file", &pki.apiserver_key),
+        path_arg("client-ca-file", &pki.ca_cert),
+        format!("--secure-port={port}"),
+        "--bind-address=127.0.0.1".to_owned(),
+        "--advertise-address=127.0.0.1".to_owned(),
+        // No `kubernetes` Service endpoints: they may not point at loopback, and nothing
+        // in-cluster needs them here.
+        "--endpoint-reconciler-type=none".to_owned(),
+        format!(
+            "--service-cluster-ip-range={}",
+            pki::SERVICE_CLUSTER_IP_RANGE
+        ),
+        "--allow-privileged=true".to_owned(),
+        "--authorization-mode=RBAC".to_owned(),
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
+        path_arg("service-account-key-file", &pki.service_account_pub),
+        path_arg("service-account-signing-key-file", &pki.service_account_key),
+    ]
+}
