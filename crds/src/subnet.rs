@@ -266,6 +266,13 @@ pub struct SubnetStatus {
     /// Address counts, written by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addresses: Option<AddressCounts>,
+    /// Static addresses handed out from this Subnet, one entry per address. Written only by
+    /// the operator, with the Subnet's resourceVersion as a precondition, so two writers can
+    /// never hand out the same address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 65536))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["address".into()]))]
+    pub allocations: Vec<AddressAllocation>,
     /// The agent that holds this Subnet's lease and serves it, written by that agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_by: Option<ServedBy>,
@@ -293,6 +300,16 @@ pub struct AddressCounts {
     pub allocated: i64,
     /// Addresses still free for static allocation.
     pub free: i64,
+}
+
+/// One static address and the Deployment that holds it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressAllocation {
+    /// The IPv4 address.
+    pub address: String,
+    /// Name of the Deployment (same namespace) that holds it.
+    pub deployment: String,
 }
 
 /// The agent serving a Subnet.
