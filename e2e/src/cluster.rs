@@ -1,6 +1,7 @@
 //! Setting up a control plane for Ironpool: CRDs installed and Established, kubectl helpers.
 
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -21,7 +22,15 @@ pub fn kubectl_ok(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Applies the committed CRDs (`crds/yaml`) and waits until each is Established.
+/// The kinds Ironpool installs.
+const KINDS: [&str; 3] = ["Machine", "Subnet", "Deployment"];
+
+/// Where the apiserver publishes their OpenAPI v3 schemas.
+const OPENAPI_PATH: &str = "/openapi/v3/apis/metal.ironpool.dev/v1alpha1";
+
+/// Applies the committed CRDs (`crds/yaml`), waits until each is Established, and then
+/// until their schemas are published in the OpenAPI document, which the apiserver rebuilds
+/// a moment after Established (`kubectl explain` and `--validate=strict` read it).
 pub fn install_crds(cp: &ControlPlane) -> Result<()> {
     let dir = crate::repo_dir().join("crds/yaml");
     kubectl_ok(
@@ -34,5 +43,18 @@ pub fn install_crds(cp: &ControlPlane) -> Result<()> {
             .args(["wait", "--for=condition=Established", "--timeout=60s", "-f"])
             .arg(&dir),
     )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut streak = 0;
+    while streak < 2 {
+        let doc = kubectl_ok(cp.kubectl().args(["get", "--raw", OPENAPI_PATH])).unwrap_or_default();
+        let complete = KINDS
+            .iter()
+            .all(|k| doc.contains(&format!("\"dev.ironpool.metal.v1alpha1.{k}\"")));
+        streak = if complete { streak + 1 } else { 0 };
+        if Instant::now() > deadline {
+            bail!("the schemas of {KINDS:?} were not all published at {OPENAPI_PATH} within 60s");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
     Ok(())
 }

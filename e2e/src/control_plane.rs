@@ -140,6 +140,12 @@ impl ControlPlane {
     pub fn kubectl(&self) -> Command {
         let mut command = Command::new(&self.kubectl);
         command.arg(format!("--kubeconfig={}", self.kubeconfig.display()));
+        // A cache of our own: kubectl keys its discovery/OpenAPI cache by host:port, and a
+        // port reused from an earlier control plane would serve that one's stale schemas.
+        command.arg(format!(
+            "--cache-dir={}",
+            self.dir().join("kubectl-cache").display()
+        ));
         command
     }
 

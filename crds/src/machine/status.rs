@@ -290,6 +290,14 @@ pub struct Operation {
     pub finished: Option<Time>,
     /// Running, Succeeded or Failed.
     pub result: OperationResult,
+    /// Retries used so far (each retry issues a new boot intent attempt).
+    #[serde(default)]
+    pub retries: i32,
+    /// For Deploy: the image being written, as `<url or oci>@<checksum>`; a Deployment whose
+    /// image differs from it is redeployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub image: Option<String>,
     /// Why it failed, or what it is doing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
