@@ -1,0 +1,17 @@
+//! The Ironpool controller manager: decides the lifecycle of Machines, allocates them to
+//! Deployments, allocates addresses from Subnets, and leads through a Lease.
+
+pub mod config;
+pub mod context;
+pub mod deployment_controller;
+pub mod deployment_status;
+pub mod error;
+pub mod http;
+pub mod ipam;
+pub mod leader;
+pub mod lifecycle;
+pub mod machine_controller;
+pub mod machine_status;
+pub mod metrics;
+pub mod selection;
+pub mod subnet_controller;

@@ -1,0 +1,623 @@
+//! The transition rules, one small function per phase.
+
+use std::time::Duration;
+
+use ironpool_crds::deployment::ErasePolicy;
+use ironpool_crds::machine::{
+    BootPurpose, BootTarget, MachinePhase as P, OperationKind, OperationResult,
+};
+
+use super::{
+    Decision, DeploymentView, NewIntent, Observation, OperationChange as Op, Policy, Report,
+    Severity, failure, succeeded,
+};
+
+const RAMDISK_COMMISSION: NewIntent = NewIntent {
+    target: BootTarget::Ramdisk,
+    purpose: BootPurpose::Commission,
+};
+const RAMDISK_DEPLOY: NewIntent = NewIntent {
+    target: BootTarget::Ramdisk,
+    purpose: BootPurpose::Deploy,
+};
+const RAMDISK_ERASE: NewIntent = NewIntent {
+    target: BootTarget::Ramdisk,
+    purpose: BootPurpose::Erase,
+};
+const DISK_RUN: NewIntent = NewIntent {
+    target: BootTarget::Disk,
+    purpose: BootPurpose::Run,
+};
+const OFF_IDLE: NewIntent = NewIntent {
+    target: BootTarget::Off,
+    purpose: BootPurpose::Idle,
+};
+
+/// The next phase and actions for a machine.
+pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
+    if obs.broken {
+        return hold(
+            P::Broken,
+            "Broken",
+            "marked broken (spec.broken); Ironpool takes no action until it is cleared",
+        );
+    }
+    if obs.maintenance {
+        return hold(
+            P::Maintenance,
+            "Maintenance",
+            "held for maintenance (spec.maintenance); set it to false to resume",
+        );
+    }
+    match obs.phase {
+        None => stay(
+            P::New,
+            report(false, "Registered", "registered; commissioning comes next"),
+        ),
+        Some(P::Broken | P::Maintenance) => resume(obs, policy),
+        Some(P::New) if policy.auto_commission => start_commission(policy),
+        Some(P::New) => stay(
+            P::New,
+            report(false, "AwaitingCommission", "waiting to be commissioned"),
+        ),
+        Some(P::Commissioning) => commissioning(obs, policy),
+        Some(P::Ready) => ready(obs, policy),
+        Some(P::Allocated) => allocated(obs, policy),
+        Some(P::Deploying) => deploying(obs, policy),
+        Some(P::Deployed) => deployed(obs, policy),
+        Some(P::Releasing) => releasing(obs, policy),
+        Some(P::FailedCommissioning) => failed_commissioning(obs, policy),
+        Some(P::FailedDeployment) => failed_deployment(obs, policy),
+    }
+}
+
+fn report(ready: bool, reason: &'static str, message: impl Into<String>) -> Report {
+    Report {
+        ready,
+        reason,
+        message: message.into(),
+        severity: Severity::Normal,
+    }
+}
+
+fn warning(reason: &'static str, message: impl Into<String>) -> Report {
+    Report {
+        ready: false,
+        reason,
+        message: message.into(),
+        severity: Severity::Warning,
+    }
+}
+
+fn stay(phase: P, report: Report) -> Decision {
+    Decision {
+        phase,
+        intent: None,
+        operation: Op::Keep,
+        release: false,
+        report,
+        requeue_after: None,
+    }
+}
+
+fn hold(phase: P, reason: &'static str, message: &str) -> Decision {
+    stay(phase, report(false, reason, message))
+}
+
+fn with_intent(mut d: Decision, intent: NewIntent) -> Decision {
+    d.intent = Some(intent);
+    d
+}
+
+/// Whether the current boot intent is `want`.
+fn intent_is(obs: &Observation, want: NewIntent) -> bool {
+    obs.intent
+        .as_ref()
+        .is_some_and(|i| i.target == want.target && i.purpose == want.purpose)
+}
+
+/// How long the current intent has been out.
+fn intent_age(obs: &Observation) -> Duration {
+    let issued = obs
+        .intent
+        .as_ref()
+        .and_then(|i| i.issued_at.as_ref())
+        .map(|t| t.0);
+    match issued {
+        Some(t) if obs.now > t => obs.now.duration_since(t).unsigned_abs(),
+        _ => Duration::ZERO,
+    }
+}
+
+/// Wait in `phase` until `timeout` after the intent was issued.
+fn wait(obs: &Observation, phase: P, timeout: Duration, report: Report) -> Decision {
+    let left = timeout
+        .saturating_sub(intent_age(obs))
+        .max(Duration::from_secs(1));
+    Decision {
+        requeue_after: Some(left),
+        ..stay(phase, report)
+    }
+}
+
+fn running(obs: &Observation, kind: OperationKind) -> bool {
+    obs.operation
+        .as_ref()
+        .is_some_and(|o| o.kind == kind && o.result == OperationResult::Running)
+}
+
+fn operation_image(obs: &Observation) -> Option<&str> {
+    obs.operation
+        .as_ref()
+        .filter(|o| o.kind == OperationKind::Deploy)
+        .and_then(|o| o.image.as_deref())
+}
+
+fn last_step(obs: &Observation) -> String {
+    match &obs.report {
+        Some(r) => format!("; the ramdisk last reported {:?}", r.step),
+        None => "; the ramdisk never reported (see status.boot for the last boot step)".into(),
+    }
+}
+
+/// Retry the running operation with `intent`, or fail into `failed` when the budget is spent.
+fn retry_or_fail(
+    obs: &Observation,
+    policy: &Policy,
+    kind: OperationKind,
+    phase: P,
+    intent: NewIntent,
+    failed: P,
+    why: String,
+) -> Decision {
+    let used = obs
+        .operation
+        .as_ref()
+        .filter(|o| o.kind == kind)
+        .map_or(0, |o| o.retries);
+    if used < policy.retries {
+        let message = format!("{why}; retrying ({} of {})", used + 1, policy.retries);
+        return Decision {
+            operation: Op::Retry,
+            ..with_intent(stay(phase, warning("Retrying", message)), intent)
+        };
+    }
+    let (reason, after) = match failed {
+        P::FailedCommissioning => (
+            "CommissioningFailed",
+            "fix the cause, then edit the Machine's spec or toggle spec.maintenance to retry",
+        ),
+        _ => (
+            "DeploymentFailed",
+            "change the image, delete the Deployment, or edit the Machine's spec to retry",
+        ),
+    };
+    let message = format!("{why}; gave up after {} retries: {after}", policy.retries);
+    Decision {
+        operation: Op::Finish(OperationResult::Failed, why),
+        ..with_intent(stay(failed, warning(reason, message)), OFF_IDLE)
+    }
+}
+
+fn resume(obs: &Observation, policy: &Policy) -> Decision {
+    let release_failed = obs
+        .operation
+        .as_ref()
+        .is_some_and(|o| o.kind == OperationKind::Release && o.result == OperationResult::Failed);
+    match &obs.deployment {
+        Some(DeploymentView::Releasing { erase }) => start_release(*erase, policy),
+        _ if release_failed => start_release(ErasePolicy::Quick, policy),
+        _ if !obs.has_hardware => start_commission(policy),
+        Some(DeploymentView::Active { image }) => {
+            let done = obs.operation.as_ref().is_some_and(|o| {
+                o.kind == OperationKind::Deploy && o.result == OperationResult::Succeeded
+            });
+            if done && operation_image(obs) == Some(image.as_str()) {
+                stay(
+                    P::Deployed,
+                    report(true, "Deployed", "resumed: the deployed OS runs from disk"),
+                )
+            } else {
+                start_deploy(image, policy)
+            }
+        }
+        None => to_ready(obs, "resumed: ready to deploy"),
+    }
+}
+
+fn to_ready(obs: &Observation, message: &str) -> Decision {
+    let d = stay(P::Ready, report(true, "Ready", message));
+    if intent_is(obs, OFF_IDLE) {
+        d
+    } else {
+        with_intent(d, OFF_IDLE)
+    }
+}
+
+fn start_commission(policy: &Policy) -> Decision {
+    let d = stay(
+        P::Commissioning,
+        report(
+            false,
+            "Commissioning",
+            "booting the ramdisk to take a hardware inventory",
+        ),
+    );
+    Decision {
+        operation: Op::Start(OperationKind::Commission, None),
+        requeue_after: Some(policy.commission_timeout),
+        ..with_intent(d, RAMDISK_COMMISSION)
+    }
+}
+
+fn commissioning(obs: &Observation, policy: &Policy) -> Decision {
+    if !intent_is(obs, RAMDISK_COMMISSION) || !running(obs, OperationKind::Commission) {
+        return start_commission(policy);
+    }
+    let retry = |why: String| {
+        retry_or_fail(
+            obs,
+            policy,
+            OperationKind::Commission,
+            P::Commissioning,
+            RAMDISK_COMMISSION,
+            P::FailedCommissioning,
+            why,
+        )
+    };
+    if succeeded(obs) && obs.has_hardware {
+        let d = with_intent(
+            stay(
+                P::Ready,
+                report(true, "Ready", "commissioned; ready to deploy"),
+            ),
+            OFF_IDLE,
+        );
+        return Decision {
+            operation: Op::Finish(
+                OperationResult::Succeeded,
+                "hardware inventory taken".into(),
+            ),
+            ..d
+        };
+    }
+    if succeeded(obs) {
+        return retry("the ramdisk reported success but no hardware inventory arrived".into());
+    }
+    if let Some(why) = failure(obs) {
+        return retry(format!("commissioning failed: {why}"));
+    }
+    if intent_age(obs) >= policy.commission_timeout {
+        return retry(format!(
+            "no hardware inventory within {}s{}",
+            policy.commission_timeout.as_secs(),
+            last_step(obs)
+        ));
+    }
+    wait(
+        obs,
+        P::Commissioning,
+        policy.commission_timeout,
+        report(
+            false,
+            "Commissioning",
+            "waiting for the ramdisk's hardware inventory",
+        ),
+    )
+}
+
+fn ready(obs: &Observation, policy: &Policy) -> Decision {
+    match &obs.deployment {
+        Some(DeploymentView::Active { image }) => start_deploy(image, policy),
+        Some(DeploymentView::Releasing { .. }) => Decision {
+            release: true,
+            ..to_ready(obs, "ready to deploy")
+        },
+        None => to_ready(obs, "ready to deploy"),
+    }
+}
+
+fn allocated(obs: &Observation, policy: &Policy) -> Decision {
+    match &obs.deployment {
+        Some(DeploymentView::Active { image }) => start_deploy(image, policy),
+        // Nothing was written yet: no erase needed.
+        _ => Decision {
+            release: true,
+            ..to_ready(obs, "released before deploying; ready to deploy")
+        },
+    }
+}
+
+fn start_deploy(image: &str, policy: &Policy) -> Decision {
+    let d = stay(
+        P::Deploying,
+        report(
+            false,
+            "Deploying",
+            format!("booting the ramdisk to write {image}"),
+        ),
+    );
+    Decision {
+        operation: Op::Start(OperationKind::Deploy, Some(image.to_string())),
+        requeue_after: Some(policy.deploy_timeout),
+        ..with_intent(d, RAMDISK_DEPLOY)
+    }
+}
+
+fn deploying(obs: &Observation, policy: &Policy) -> Decision {
+    let image = match &obs.deployment {
+        Some(DeploymentView::Active { image }) => image,
+        Some(DeploymentView::Releasing { erase }) => return start_release(*erase, policy),
+        None => return start_release(ErasePolicy::Quick, policy),
+    };
+    if operation_image(obs) != Some(image.as_str()) || !running(obs, OperationKind::Deploy) {
+        return start_deploy(image, policy);
+    }
+    let retry = |why: String| {
+        retry_or_fail(
+            obs,
+            policy,
+            OperationKind::Deploy,
+            P::Deploying,
+            RAMDISK_DEPLOY,
+            P::FailedDeployment,
+            why,
+        )
+    };
+    if intent_is(obs, RAMDISK_DEPLOY) {
+        if succeeded(obs) {
+            let d = stay(
+                P::Deploying,
+                report(false, "BootingOS", "image written; booting it from disk"),
+            );
+            return Decision {
+                requeue_after: Some(policy.boot_timeout),
+                ..with_intent(d, DISK_RUN)
+            };
+        }
+        if let Some(why) = failure(obs) {
+            return retry(format!("writing the image failed: {why}"));
+        }
+        if intent_age(obs) >= policy.deploy_timeout {
+            return retry(format!(
+                "image not written within {}s{}",
+                policy.deploy_timeout.as_secs(),
+                last_step(obs)
+            ));
+        }
+        return wait(
+            obs,
+            P::Deploying,
+            policy.deploy_timeout,
+            report(false, "Deploying", "writing the image"),
+        );
+    }
+    if intent_is(obs, DISK_RUN) {
+        let issued = obs
+            .intent
+            .as_ref()
+            .and_then(|i| i.issued_at.as_ref())
+            .map(|t| t.0);
+        if obs
+            .os_booted_at
+            .is_some_and(|b| issued.is_none_or(|i| b >= i))
+        {
+            let d = stay(
+                P::Deployed,
+                report(true, "Deployed", "the OS booted from disk and checked in"),
+            );
+            return Decision {
+                operation: Op::Finish(OperationResult::Succeeded, "deployed".into()),
+                ..d
+            };
+        }
+        if intent_age(obs) >= policy.boot_timeout {
+            return retry(format!(
+                "the OS did not check in within {}s of booting from disk",
+                policy.boot_timeout.as_secs()
+            ));
+        }
+        return wait(
+            obs,
+            P::Deploying,
+            policy.boot_timeout,
+            report(false, "BootingOS", "waiting for the OS to boot from disk"),
+        );
+    }
+    start_deploy(image, policy)
+}
+
+fn deployed(obs: &Observation, policy: &Policy) -> Decision {
+    match &obs.deployment {
+        Some(DeploymentView::Active { image }) if operation_image(obs) != Some(image.as_str()) => {
+            let mut d = start_deploy(image, policy);
+            d.report = report(
+                false,
+                "Redeploying",
+                format!("the image changed; redeploying {image}"),
+            );
+            d
+        }
+        Some(DeploymentView::Active { .. }) => stay(
+            P::Deployed,
+            report(true, "Deployed", "the deployed OS runs from disk"),
+        ),
+        Some(DeploymentView::Releasing { erase }) => start_release(*erase, policy),
+        None => start_release(ErasePolicy::Quick, policy),
+    }
+}
+
+fn start_release(erase: ErasePolicy, policy: &Policy) -> Decision {
+    let (intent, timeout, message) = match erase {
+        ErasePolicy::None => (
+            OFF_IDLE,
+            policy.power_timeout,
+            "releasing: powering off (erase: None)".to_string(),
+        ),
+        other => (
+            RAMDISK_ERASE,
+            policy.erase_timeout,
+            format!("releasing: booting the ramdisk to erase disks ({other:?})"),
+        ),
+    };
+    let d = stay(P::Releasing, report(false, "Releasing", message));
+    Decision {
+        operation: Op::Start(OperationKind::Release, None),
+        requeue_after: Some(timeout),
+        ..with_intent(d, intent)
+    }
+}
+
+fn release_erase(obs: &Observation) -> ErasePolicy {
+    match &obs.deployment {
+        Some(DeploymentView::Releasing { erase }) => *erase,
+        _ => ErasePolicy::Quick,
+    }
+}
+
+fn releasing(obs: &Observation, policy: &Policy) -> Decision {
+    if obs
+        .operation
+        .as_ref()
+        .is_some_and(|o| o.kind == OperationKind::Release && o.result == OperationResult::Failed)
+    {
+        let why = obs
+            .operation
+            .as_ref()
+            .and_then(|o| o.message.clone())
+            .unwrap_or_default();
+        return stay(
+            P::Releasing,
+            warning(
+                "EraseFailed",
+                format!(
+                    "{why}; the machine stays out of the pool: fix it, then toggle spec.maintenance to retry"
+                ),
+            ),
+        );
+    }
+    if !running(obs, OperationKind::Release) {
+        return start_release(release_erase(obs), policy);
+    }
+    let done = |message: &str| Decision {
+        release: true,
+        operation: Op::Finish(OperationResult::Succeeded, message.to_string()),
+        ..to_ready(obs, message)
+    };
+    if intent_is(obs, RAMDISK_ERASE) {
+        let give_up = |why: String| {
+            let used = obs.operation.as_ref().map_or(0, |o| o.retries);
+            if used < policy.retries {
+                let message = format!("{why}; retrying ({} of {})", used + 1, policy.retries);
+                return Decision {
+                    operation: Op::Retry,
+                    ..with_intent(
+                        stay(P::Releasing, warning("Retrying", message)),
+                        RAMDISK_ERASE,
+                    )
+                };
+            }
+            Decision {
+                release: true,
+                operation: Op::Finish(OperationResult::Failed, why.clone()),
+                ..with_intent(
+                    stay(
+                        P::Releasing,
+                        warning(
+                            "EraseFailed",
+                            format!(
+                                "{why}; the machine stays out of the pool: fix it, then toggle spec.maintenance to retry"
+                            ),
+                        ),
+                    ),
+                    OFF_IDLE,
+                )
+            }
+        };
+        if succeeded(obs) {
+            return done("released; disks erased");
+        }
+        if let Some(why) = failure(obs) {
+            return give_up(format!("erasing failed: {why}"));
+        }
+        if intent_age(obs) >= policy.erase_timeout {
+            return give_up(format!(
+                "disks not erased within {}s{}",
+                policy.erase_timeout.as_secs(),
+                last_step(obs)
+            ));
+        }
+        return wait(
+            obs,
+            P::Releasing,
+            policy.erase_timeout,
+            report(false, "Releasing", "erasing disks"),
+        );
+    }
+    if intent_is(obs, OFF_IDLE) {
+        let attempt = obs.intent.as_ref().map_or(0, |i| i.attempt);
+        if obs.applied_attempt.is_some_and(|a| a >= attempt) {
+            return done("released");
+        }
+        if intent_age(obs) >= policy.power_timeout {
+            let mut d = done("released; the BMC did not confirm power-off");
+            d.report.severity = Severity::Warning;
+            return d;
+        }
+        return wait(
+            obs,
+            P::Releasing,
+            policy.power_timeout,
+            report(false, "Releasing", "powering off"),
+        );
+    }
+    start_release(release_erase(obs), policy)
+}
+
+fn failed_commissioning(obs: &Observation, policy: &Policy) -> Decision {
+    if obs.spec_changed {
+        return start_commission(policy);
+    }
+    let why = obs
+        .operation
+        .as_ref()
+        .and_then(|o| o.message.clone())
+        .unwrap_or_else(|| "commissioning failed".into());
+    stay(
+        P::FailedCommissioning,
+        warning(
+            "CommissioningFailed",
+            format!(
+                "{why}; fix the cause, then edit the Machine's spec or toggle spec.maintenance to retry"
+            ),
+        ),
+    )
+}
+
+fn failed_deployment(obs: &Observation, policy: &Policy) -> Decision {
+    match &obs.deployment {
+        Some(DeploymentView::Active { image })
+            if obs.spec_changed || operation_image(obs) != Some(image.as_str()) =>
+        {
+            start_deploy(image, policy)
+        }
+        Some(DeploymentView::Active { .. }) => {
+            let why = obs
+                .operation
+                .as_ref()
+                .and_then(|o| o.message.clone())
+                .unwrap_or_else(|| "deploying failed".into());
+            stay(
+                P::FailedDeployment,
+                warning(
+                    "DeploymentFailed",
+                    format!(
+                        "{why}; change the image, delete the Deployment, or edit the Machine's spec to retry"
+                    ),
+                ),
+            )
+        }
+        Some(DeploymentView::Releasing { erase }) => start_release(*erase, policy),
+        None => start_release(ErasePolicy::Quick, policy),
+    }
+}

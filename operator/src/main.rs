@@ -1,0 +1,158 @@
+//! ironpool-operator: the controller manager binary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use ironpool_crds::{Deployment, Machine, Subnet};
+use ironpool_operator::config::{Config, LogFormat};
+use ironpool_operator::context::Context;
+use ironpool_operator::leader::{LeaderElector, LeaseConfig};
+use ironpool_operator::metrics::Metrics;
+use ironpool_operator::{deployment_controller, http, machine_controller, subnet_controller};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controllers until `stop` fires.
+async fn run_controllers(
+    client: Client,
+    config: &Config,
+    identity: &str,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    let ns = config.namespace.as_deref();
+    let watch = watcher::Config::default().any_semantic();
+    let machines = Controller::new(api::<Machine>(&client, ns), watch.clone());
+    let deployments = Controller::new(api::<Deployment>(&client, ns), watch.clone());
+    let subnets = Controller::new(api::<Subnet>(&client, ns), watch);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        identity,
+        config.policy(),
+        metrics,
+        machines.store(),
+        deployments.store(),
+    ));
+    tokio::join!(
+        machine_controller::run(
+            machines,
+            api(&client, ns),
+            ctx.clone(),
+            config.concurrency,
+            stop.clone()
+        ),
+        deployment_controller::run(
+            deployments,
+            api(&client, ns),
+            ctx.clone(),
+            config.concurrency,
+            stop.clone()
+        ),
+        subnet_controller::run(subnets, ctx.clone(), stop.clone()),
+        machine_controller::count_phases(ctx.clone(), stop.clone()),
+    );
+}
+
+async fn shutdown_signal(root: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    root.cancel();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    init_logging(config.log_format);
+    let identity = config.identity();
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client config: set KUBECONFIG or run in a pod")?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let root = CancellationToken::new();
+    tokio::spawn(shutdown_signal(root.clone()));
+    let (bound, http_task) = http::serve(config.listen, registry, root.clone())
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(%bound, identity, "serving /metrics, /healthz, /readyz");
+
+    let lease = LeaseConfig {
+        lease_duration: config.lease_duration,
+        renew_deadline: config.renew_deadline,
+        retry_period: config.retry_period,
+        ..LeaseConfig::new(&config.lease_namespace, &config.lease_name, &identity)
+    };
+    let elector = LeaderElector::new(client.clone(), lease);
+    let Some(term) = elector.acquire(&root).await? else {
+        http_task.await.ok();
+        return Ok(());
+    };
+    tracing::info!(identity, "leading");
+    metrics.leader.set(1);
+    let work = root.child_token();
+    let lost = term.lost();
+    let controllers = tokio::spawn({
+        let (client, config, identity, metrics, work) = (
+            client.clone(),
+            config.clone(),
+            identity.clone(),
+            metrics.clone(),
+            work.clone(),
+        );
+        async move { run_controllers(client, &config, &identity, metrics, work).await }
+    });
+    tokio::select! {
+        _ = lost.cancelled() => {
+            // Another replica may act now: stop at once, without draining.
+            work.cancel();
+            tracing::error!(identity, "lost the operator Lease; exiting so that only one replica acts");
+            std::process::exit(1);
+        }
+        _ = root.cancelled() => {}
+    }
+    work.cancel();
+    if tokio::time::timeout(Duration::from_secs(10), controllers)
+        .await
+        .is_err()
+    {
+        tracing::warn!("controllers did not stop within 10s");
+    }
+    metrics.leader.set(0);
+    if let Err(e) = term.release().await {
+        tracing::warn!(error = %e, "could not release the Lease; the standby takes over when it expires");
+    }
+    http_task.await.ok();
+    Ok(())
+}

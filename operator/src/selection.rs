@@ -1,0 +1,208 @@
+//! Which machines fit a Deployment, and, when none does, a sentence saying why.
+
+use std::collections::BTreeMap;
+
+use ironpool_crds::Machine;
+use ironpool_crds::deployment::{HardwareConstraints, MachineSelector};
+use ironpool_crds::machine::MachinePhase;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+/// Parses a Kubernetes quantity (`64Gi`, `500G`, `1.5Ti`, `1024`) into bytes.
+pub fn parse_quantity(q: &str) -> Option<i64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        _ => return None,
+    };
+    let bytes = value * factor;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < i64::MAX as f64).then_some(bytes as i64)
+}
+
+/// Whether a machine is free to allocate: Ready, unallocated, not held by a person.
+pub fn is_free(m: &Machine) -> bool {
+    let st = m.status.as_ref();
+    st.and_then(|s| s.phase) == Some(MachinePhase::Ready)
+        && st.and_then(|s| s.deployment_ref.as_ref()).is_none()
+        && m.spec.maintenance != Some(true)
+        && m.spec.broken != Some(true)
+}
+
+fn matches_expression(labels: &BTreeMap<String, String>, e: &LabelSelectorRequirement) -> bool {
+    let value = labels.get(&e.key);
+    let values = e.values.as_deref().unwrap_or_default();
+    match e.operator.as_str() {
+        "In" => value.is_some_and(|v| values.contains(v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        _ => false,
+    }
+}
+
+/// One filter of the selection, with the words used when it leaves nothing.
+struct Filter<'a> {
+    words: String,
+    keep: Box<dyn Fn(&Machine) -> bool + 'a>,
+}
+
+fn filters(sel: &MachineSelector) -> Vec<Filter<'_>> {
+    let mut out: Vec<Filter<'_>> = Vec::new();
+    if !sel.match_labels.is_empty() {
+        let wanted: Vec<String> = sel
+            .match_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        out.push(Filter {
+            words: format!("have labels {}", wanted.join(",")),
+            keep: Box::new(move |m| {
+                let labels = m.metadata.labels.clone().unwrap_or_default();
+                sel.match_labels
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v))
+            }),
+        });
+    }
+    for e in &sel.match_expressions {
+        out.push(Filter {
+            words: format!(
+                "match {} {} {:?}",
+                e.key,
+                e.operator,
+                e.values.as_deref().unwrap_or_default()
+            ),
+            keep: Box::new(move |m| {
+                matches_expression(&m.metadata.labels.clone().unwrap_or_default(), e)
+            }),
+        });
+    }
+    if let Some(hw) = &sel.hardware {
+        out.extend(hardware_filters(hw));
+    }
+    out
+}
+
+fn hardware_filters(hw: &HardwareConstraints) -> Vec<Filter<'_>> {
+    let mut out: Vec<Filter<'_>> = Vec::new();
+    if let Some(arch) = hw.architecture {
+        out.push(Filter {
+            words: format!("are {}", arch.as_str()),
+            keep: Box::new(move |m| m.spec.architecture == arch),
+        });
+    }
+    if let Some(min) = hw.min_cores {
+        out.push(Filter {
+            words: format!("have >= {min} cores"),
+            keep: Box::new(move |m| cpu_cores(m).is_some_and(|c| c >= min)),
+        });
+    }
+    if let Some(q) = &hw.min_memory {
+        let min = parse_quantity(q).unwrap_or(i64::MAX);
+        out.push(Filter {
+            words: format!("have >= {q} memory"),
+            keep: Box::new(move |m| memory(m).is_some_and(|b| b >= min)),
+        });
+    }
+    if let Some(q) = &hw.min_disk {
+        let min = parse_quantity(q).unwrap_or(i64::MAX);
+        out.push(Filter {
+            words: format!("have a disk of >= {q}"),
+            keep: Box::new(move |m| largest_disk(m).is_some_and(|b| b >= min)),
+        });
+    }
+    out
+}
+
+fn cpu_cores(m: &Machine) -> Option<i32> {
+    m.status.as_ref()?.hardware.as_ref()?.cpu.as_ref()?.cores
+}
+
+fn memory(m: &Machine) -> Option<i64> {
+    m.status.as_ref()?.hardware.as_ref()?.memory_bytes
+}
+
+fn largest_disk(m: &Machine) -> Option<i64> {
+    m.status
+        .as_ref()?
+        .hardware
+        .as_ref()?
+        .disks
+        .iter()
+        .map(|d| d.size_bytes)
+        .max()
+}
+
+/// The free machines that fit `sel`, or why there are none.
+pub fn candidates<'a>(
+    sel: &MachineSelector,
+    machines: &[&'a Machine],
+) -> Result<Vec<&'a Machine>, String> {
+    let mut left: Vec<&Machine> = machines.iter().copied().filter(|m| is_free(m)).collect();
+    if left.is_empty() {
+        return Err(no_free_machine(machines));
+    }
+    for f in filters(sel) {
+        let before = left.len();
+        left.retain(|m| (f.keep)(m));
+        if left.is_empty() {
+            let noun = if before == 1 { "machine" } else { "machines" };
+            return Err(format!("0 of {before} Ready {noun} {}", f.words));
+        }
+    }
+    Ok(left)
+}
+
+fn no_free_machine(machines: &[&Machine]) -> String {
+    if machines.is_empty() {
+        return "no Machines exist in this namespace; create some (see examples/)".into();
+    }
+    let mut by_phase: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in machines {
+        let phase = m
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .map_or("New", |p| p.as_str());
+        *by_phase.entry(phase).or_default() += 1;
+    }
+    let parts: Vec<String> = by_phase.iter().map(|(p, n)| format!("{n} {p}")).collect();
+    format!(
+        "no Ready machine is free ({} machines: {})",
+        machines.len(),
+        parts.join(", ")
+    )
+}
+
+/// `candidates` rotated by a stable hash of `key`, so that many Deployments allocating at
+/// once start from different machines instead of all racing for the first.
+pub fn spread<'a>(mut list: Vec<&'a Machine>, key: &str) -> Vec<&'a Machine> {
+    list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    if !list.is_empty() {
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let n = (h % list.len() as u64) as usize;
+        list.rotate_left(n);
+    }
+    list
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! Tests of machine selection.
+
+use std::collections::BTreeMap;
+
+use ironpool_crds::deployment::{HardwareConstraints, MachineSelector};
+use ironpool_crds::machine::{
+    Architecture, Cpu, Disk, Hardware, MachinePhase, MachineSpec, MachineStatus,
+};
+use ironpool_crds::{LocalObjectRef, Machine};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+use super::*;
+
+fn machine(
+    name: &str,
+    phase: MachinePhase,
+    pool: &str,
+    cores: i32,
+    mem_gib: i64,
+    disk_gib: i64,
+) -> Machine {
+    let mut m = Machine::new(
+        name,
+        MachineSpec {
+            bmc: None,
+            boot_mac_address: "52:54:00:00:00:01".into(),
+            boot_mode: Default::default(),
+            architecture: Architecture::X86_64,
+            root_device_hints: None,
+            maintenance: None,
+            broken: None,
+            description: None,
+        },
+    );
+    m.metadata.labels = Some(BTreeMap::from([("pool".to_string(), pool.to_string())]));
+    m.status = Some(MachineStatus {
+        phase: Some(phase),
+        hardware: Some(Hardware {
+            cpu: Some(Cpu {
+                cores: Some(cores),
+                ..Default::default()
+            }),
+            memory_bytes: Some(mem_gib << 30),
+            disks: vec![Disk {
+                name: "vda".into(),
+                size_bytes: disk_gib << 30,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    m
+}
+
+fn sel(pool: Option<&str>, hw: Option<HardwareConstraints>) -> MachineSelector {
+    MachineSelector {
+        match_labels: pool
+            .map(|p| BTreeMap::from([("pool".to_string(), p.to_string())]))
+            .unwrap_or_default(),
+        match_expressions: vec![],
+        hardware: hw,
+    }
+}
+
+fn names(r: Result<Vec<&Machine>, String>) -> Result<Vec<String>, String> {
+    r.map(|v| {
+        v.iter()
+            .map(|m| m.metadata.name.clone().unwrap_or_default())
+            .collect()
+    })
+}
+
+#[test]
+fn quantities_parse() {
+    for (q, want) in [
+        ("64Gi", Some(64i64 << 30)),
+        ("1Ki", Some(1024)),
+        ("500G", Some(500_000_000_000)),
+        ("1.5Gi", Some(3 << 29)),
+        ("7", Some(7)),
+        ("lots", None),
+        ("5Xi", None),
+        ("", None),
+    ] {
+        assert_eq!(parse_quantity(q), want, "{q}");
+    }
+}
+
+#[test]
+fn selection_filters_and_explains() {
+    let fleet = [
+        machine("a", MachinePhase::Ready, "gpu", 16, 64, 500),
+        machine("b", MachinePhase::Ready, "gpu", 64, 512, 2000),
+        machine("c", MachinePhase::Ready, "web", 8, 32, 200),
+        machine("d", MachinePhase::Deployed, "gpu", 64, 512, 2000),
+        machine("e", MachinePhase::Commissioning, "gpu", 64, 512, 2000),
+    ];
+    let all: Vec<&Machine> = fleet.iter().collect();
+    let hw = |cores: Option<i32>, mem: Option<&str>, disk: Option<&str>| HardwareConstraints {
+        architecture: None,
+        min_cores: cores,
+        min_memory: mem.map(Into::into),
+        min_disk: disk.map(Into::into),
+    };
+    type Case = (&'static str, MachineSelector, Result<Vec<&'static str>, &'static str>);
+    let cases: Vec<Case> = vec![
+        ("labels only", sel(Some("gpu"), None), Ok(vec!["a", "b"])),
+        (
+            "no constraint takes every free machine",
+            sel(None, None),
+            Ok(vec!["a", "b", "c"]),
+        ),
+        (
+            "cores",
+            sel(Some("gpu"), Some(hw(Some(32), None, None))),
+            Ok(vec!["b"]),
+        ),
+        (
+            "memory",
+            sel(None, Some(hw(None, Some("100Gi"), None))),
+            Ok(vec!["b"]),
+        ),
+        (
+            "disk",
+            sel(None, Some(hw(None, None, Some("1Ti")))),
+            Ok(vec!["b"]),
+        ),
+        (
+            "too much memory",
+            sel(None, Some(hw(None, Some("1Ti"), None))),
+            Err("0 of 3 Ready machines have >= 1Ti memory"),
+        ),
+        (
+            "unknown pool",
+            sel(Some("db"), None),
+            Err("0 of 3 Ready machines have labels pool=db"),
+        ),
+        (
+            "cores after labels",
+            sel(Some("web"), Some(hw(Some(16), None, None))),
+            Err("0 of 1 Ready machine have >= 16 cores"),
+        ),
+        (
+            "wrong arch",
+            sel(
+                None,
+                Some(HardwareConstraints {
+                    architecture: Some(Architecture::Aarch64),
+                    ..Default::default()
+                }),
+            ),
+            Err("0 of 3 Ready machines are aarch64"),
+        ),
+    ];
+    for (name, s, want) in cases {
+        let got = names(candidates(&s, &all));
+        let want = want
+            .map(|v| v.iter().map(|s| s.to_string()).collect())
+            .map_err(str::to_string);
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn expressions_match_like_kubernetes() {
+    let m = machine("a", MachinePhase::Ready, "gpu", 1, 1, 1);
+    let labels = m.metadata.labels.clone().unwrap_or_default();
+    let e = |op: &str, values: &[&str]| LabelSelectorRequirement {
+        key: "pool".into(),
+        operator: op.into(),
+        values: Some(values.iter().map(|s| s.to_string()).collect()),
+    };
+    assert!(matches_expression(&labels, &e("In", &["gpu", "web"])));
+    assert!(!matches_expression(&labels, &e("NotIn", &["gpu"])));
+    assert!(matches_expression(&labels, &e("Exists", &[])));
+    assert!(!matches_expression(&labels, &e("DoesNotExist", &[])));
+    assert!(!matches_expression(&labels, &e("Bogus", &[])));
+}
+
+#[test]
+fn held_or_allocated_machines_are_not_free() {
+    let mut held = machine("a", MachinePhase::Ready, "gpu", 1, 1, 1);
+    held.spec.maintenance = Some(true);
+    let mut taken = machine("b", MachinePhase::Ready, "gpu", 1, 1, 1);
+    if let Some(s) = taken.status.as_mut() {
+        s.deployment_ref = Some(LocalObjectRef::new("x"));
+    }
+    let busy = machine("c", MachinePhase::Deploying, "gpu", 1, 1, 1);
+    let got = candidates(&sel(None, None), &[&held, &taken, &busy]);
+    assert_eq!(
+        got.err().as_deref(),
+        Some("no Ready machine is free (3 machines: 1 Deploying, 2 Ready)")
+    );
+    assert!(
+        candidates(&sel(None, None), &[])
+            .unwrap_err()
+            .contains("no Machines exist")
+    );
+}
+
+#[test]
+fn spread_rotates_deterministically() {
+    let fleet: Vec<Machine> = (0..10)
+        .map(|i| machine(&format!("m{i}"), MachinePhase::Ready, "p", 1, 1, 1))
+        .collect();
+    let all: Vec<&Machine> = fleet.iter().collect();
+    let first = |k: &str| spread(all.clone(), k)[0].metadata.name.clone();
+    assert_eq!(first("dep-1"), first("dep-1"));
+    let distinct: std::collections::BTreeSet<_> =
+        (0..50).map(|i| first(&format!("dep-{i}"))).collect();
+    assert!(distinct.len() >= 5, "{distinct:?}");
+    assert_eq!(spread(all.clone(), "x").len(), 10);
+}

@@ -1,0 +1,227 @@
+//! Allocation against a real kube-apiserver with the real operator binary: 50 Deployments
+//! for 20 machines allocate exactly 20, never one machine twice; the rest say why; freed
+//! machines go to the waiting Deployments. And leader failover between two operators.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::sim_agent::SimAgent;
+use common::*;
+use ironpool_crds::deployment::{DeploymentPhase, ErasePolicy};
+use ironpool_crds::machine::MachinePhase as P;
+use ironpool_crds::{Deployment, Machine};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::ListParams;
+
+const T: Duration = Duration::from_secs(90);
+
+/// machine -> deployment, from both sides; panics on any inconsistency.
+async fn allocations(
+    machines: &Api<Machine>,
+    deployments: &Api<Deployment>,
+) -> (BTreeMap<String, String>, Vec<Deployment>) {
+    let ms = machines.list(&ListParams::default()).await.unwrap().items;
+    let ds = deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let mut by_machine = BTreeMap::new();
+    for d in &ds {
+        if let Some(r) = d.status.as_ref().and_then(|s| s.machine_ref.as_ref()) {
+            let name = d.metadata.name.clone().unwrap();
+            if let Some(other) = by_machine.insert(r.name.clone(), name.clone()) {
+                panic!("machine {} allocated to both {other} and {name}", r.name);
+            }
+        }
+    }
+    for m in &ms {
+        let name = m.metadata.name.clone().unwrap();
+        if let (Some(holder), Some(d)) = (
+            m.status.as_ref().and_then(|s| s.deployment_ref.as_ref()),
+            by_machine.get(&name),
+        ) {
+            assert_eq!(
+                &holder.name, d,
+                "machine {name} and Deployment {d} disagree"
+            );
+        }
+    }
+    (by_machine, ds)
+}
+
+#[tokio::test]
+async fn fifty_deployments_for_twenty_machines() {
+    let cp = cluster();
+    let ns = cp.create_namespace("alloc").await.unwrap();
+    let c = client(cp).await;
+    let machines: Api<Machine> = Api::namespaced(c.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns);
+    let _op = Operator::start(cp, &ns, "op-alloc", &[]);
+    let agent = SimAgent::start(machines.clone(), Duration::from_millis(300));
+    futures::future::join_all((0..20).map(|i| {
+        let machines = machines.clone();
+        async move { create(&machines, &machine(&format!("m{i:02}"), i, "batch")).await }
+    }))
+    .await;
+    eventually(T, "20 Ready machines", || async {
+        let ms = machines.list(&ListParams::default()).await.ok()?.items;
+        (ms.iter().filter(|m| phase(m) == Some(P::Ready)).count() == 20).then_some(())
+    })
+    .await;
+    // Hold the deployed machines at "writing the image", so allocations stay put.
+    agent.script.lock().unwrap().silent.insert("Deploy".into());
+
+    let started = Instant::now();
+    futures::future::join_all((0..50).map(|i| {
+        let deployments = deployments.clone();
+        async move {
+            create(
+                &deployments,
+                &deployment(&format!("d{i:02}"), "batch", "os.raw", ErasePolicy::None),
+            )
+            .await
+        }
+    }))
+    .await;
+    let (by_machine, ds) = eventually(T, "20 allocations and 30 Pending", || async {
+        let (by_machine, ds) = allocations(&machines, &deployments).await;
+        let pending = ds
+            .iter()
+            .filter(|d| d.status.as_ref().and_then(|s| s.phase) == Some(DeploymentPhase::Pending))
+            .count();
+        (by_machine.len() == 20 && pending == 30).then_some((by_machine, ds))
+    })
+    .await;
+    eprintln!(
+        "50 Deployments: 20 allocated, 30 Pending after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        by_machine.values().collect::<BTreeSet<_>>().len(),
+        20,
+        "a Deployment holds two machines"
+    );
+    for d in ds
+        .iter()
+        .filter(|d| d.status.as_ref().and_then(|s| s.phase) == Some(DeploymentPhase::Pending))
+    {
+        let c = d
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(c.reason, "NoMachineAvailable");
+        assert!(
+            c.message
+                .starts_with("no Ready machine is free (20 machines: "),
+            "{}",
+            c.message
+        );
+    }
+
+    // Deleting 5 allocated Deployments frees 5 machines, which go to 5 waiting ones.
+    let freed: Vec<String> = by_machine.values().take(5).cloned().collect();
+    for d in &freed {
+        delete(&deployments, d).await;
+    }
+    eventually(T, "5 more allocations", || async {
+        let (by_machine, ds) = allocations(&machines, &deployments).await;
+        let gone = freed.iter().all(|f| {
+            !ds.iter()
+                .any(|d| d.metadata.name.as_deref() == Some(f.as_str()))
+        });
+        (gone && by_machine.len() == 20 && ds.len() == 45).then_some(())
+    })
+    .await;
+    let (_, ds) = allocations(&machines, &deployments).await;
+    let pending = ds
+        .iter()
+        .filter(|d| d.status.as_ref().and_then(|s| s.phase) == Some(DeploymentPhase::Pending))
+        .count();
+    assert_eq!(pending, 25);
+    agent.stop.cancel();
+}
+
+async fn holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get_opt("ironpool-operator")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+#[tokio::test]
+async fn leader_failover_acts_once() {
+    let cp = cluster();
+    let ns = cp.create_namespace("failover").await.unwrap();
+    let c = client(cp).await;
+    let machines: Api<Machine> = Api::namespaced(c.clone(), &ns);
+    let leases: Api<Lease> = Api::namespaced(c.clone(), &ns);
+    let mut a = Operator::start(cp, &ns, "op-a", &[]);
+    let first = eventually(T, "a leader", || async { holder(&leases).await }).await;
+    assert_eq!(first, "op-a");
+    let mut b = Operator::start(cp, &ns, "op-b", &[]);
+    for i in 0..5 {
+        create(&machines, &machine(&format!("f{i}"), 40 + i, "x")).await;
+    }
+    eventually(T, "5 machines Commissioning", || async {
+        let ms = machines.list(&ListParams::default()).await.ok()?.items;
+        (ms.iter()
+            .filter(|m| phase(m) == Some(P::Commissioning))
+            .count()
+            == 5)
+            .then_some(())
+    })
+    .await;
+    // The leader dies without a word; the standby leads within the lease duration (4s).
+    a.kill();
+    let killed = Instant::now();
+    let agent = SimAgent::start(machines.clone(), Duration::from_millis(200));
+    eventually(T, "op-b to lead", || async {
+        (holder(&leases).await.as_deref() == Some("op-b")).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("standby took over {took:?} after SIGKILL of the leader");
+    assert!(
+        took < Duration::from_secs(8),
+        "takeover took {took:?} with a 4s lease"
+    );
+    for i in 0..5 {
+        wait_phase(&machines, &format!("f{i}"), P::Ready, T).await;
+    }
+    // Nothing was done twice: one commission per machine, attempts strictly increasing.
+    for (m, steps) in agent.by_machine() {
+        let commissions = steps.iter().filter(|(_, p)| p == "Commission").count();
+        assert_eq!(commissions, 1, "{m}: {steps:?}");
+    }
+    for m in machines.list(&ListParams::default()).await.unwrap().items {
+        let attempt = m
+            .status
+            .as_ref()
+            .unwrap()
+            .boot_intent
+            .as_ref()
+            .unwrap()
+            .attempt;
+        assert_eq!(
+            attempt, 2,
+            "{:?}: Commission then Off, no repeats",
+            m.metadata.name
+        );
+    }
+    // A leader that is stopped gracefully hands over at once.
+    let status = b.terminate();
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    agent.stop.cancel();
+}

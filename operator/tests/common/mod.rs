@@ -1,0 +1,221 @@
+//! Test support: the operator binary as a process, a simulated agent that plays the
+//! agent's part exactly as DESIGN.md specifies it, and object builders.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod sim_agent;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ironpool_crds::deployment::{DeploymentSpec, ErasePolicy, Image, ImageFormat, MachineSelector};
+use ironpool_crds::machine::{Bmc, MachinePhase, MachineSpec};
+use ironpool_crds::{Deployment, Machine, SecretRef};
+use ironpool_e2e::ControlPlane;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+
+/// The shared control plane with the CRDs installed.
+pub fn cluster() -> &'static ControlPlane {
+    static READY: std::sync::OnceLock<&'static ControlPlane> = std::sync::OnceLock::new();
+    READY.get_or_init(|| {
+        let cp = ControlPlane::shared().expect("control plane");
+        ironpool_e2e::cluster::install_crds(cp).expect("CRDs");
+        cp
+    })
+}
+
+/// A running `ironpool-operator` process.
+pub struct Operator {
+    pub child: Child,
+    pub identity: String,
+}
+
+impl Operator {
+    /// Starts the operator binary against the test cluster, watching `ns`, with short
+    /// leader-election timing and the extra flags given.
+    pub fn start(cp: &ControlPlane, ns: &str, identity: &str, extra: &[&str]) -> Operator {
+        let log = cp.dir().join(format!("operator-{identity}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ironpool-operator"))
+            .env("KUBECONFIG", cp.kubeconfig_path())
+            .env("RUST_LOG", "info,ironpool_operator=debug,kube=warn")
+            .args([
+                "--namespace",
+                ns,
+                "--lease-namespace",
+                ns,
+                "--identity",
+                identity,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--lease-duration",
+                "4s",
+                "--renew-deadline",
+                "3s",
+                "--retry-period",
+                "500ms",
+            ])
+            .args(extra)
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("operator starts");
+        Operator {
+            child,
+            identity: identity.to_string(),
+        }
+    }
+
+    /// SIGKILL: no cleanup, no Lease release.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn machine(name: &str, mac_suffix: u8, pool: &str) -> Machine {
+    let mut m = Machine::new(
+        name,
+        MachineSpec {
+            bmc: Some(Bmc {
+                address: format!("redfish+http://127.0.0.1:8000/redfish/v1/Systems/{name}"),
+                credentials_secret_ref: SecretRef { name: "bmc".into() },
+                insecure_skip_verify: false,
+            }),
+            boot_mac_address: format!(
+                "52:54:00:00:{:02x}:{:02x}",
+                mac_suffix / 100,
+                mac_suffix % 100
+            ),
+            boot_mode: Default::default(),
+            architecture: Default::default(),
+            root_device_hints: None,
+            maintenance: None,
+            broken: None,
+            description: None,
+        },
+    );
+    m.metadata.labels = Some([("pool".to_string(), pool.to_string())].into());
+    m
+}
+
+pub fn deployment(name: &str, pool: &str, image: &str, erase: ErasePolicy) -> Deployment {
+    Deployment::new(
+        name,
+        DeploymentSpec {
+            machine_selector: Some(MachineSelector {
+                match_labels: [("pool".to_string(), pool.to_string())].into(),
+                ..Default::default()
+            }),
+            machine_ref: None,
+            image: Image {
+                url: Some(format!("http://images.test/{image}")),
+                checksum: Some(format!("sha256:{}", "ab".repeat(32))),
+                format: Some(ImageFormat::Raw),
+                oci: None,
+            },
+            user_data_secret_ref: None,
+            network_data_secret_ref: None,
+            storage: None,
+            hostname: None,
+            subnet_ref: None,
+            erase,
+        },
+    )
+}
+
+pub async fn create<K>(api: &Api<K>, obj: &K) -> K
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.create(&PostParams::default(), obj)
+        .await
+        .expect("create")
+}
+
+pub async fn delete<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.delete(name, &DeleteParams::default())
+        .await
+        .expect("delete");
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn phase(m: &Machine) -> Option<MachinePhase> {
+    m.status.as_ref().and_then(|s| s.phase)
+}
+
+/// Waits until machine `name` is in `want`.
+pub async fn wait_phase(
+    api: &Api<Machine>,
+    name: &str,
+    want: MachinePhase,
+    timeout: Duration,
+) -> Machine {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        if let Ok(m) = api.get(name).await {
+            if phase(&m) == Some(want) {
+                return m;
+            }
+            last = Some(m);
+        }
+        if Instant::now() > deadline {
+            let (p, why) = last.as_ref().map_or((None, String::new()), |m| {
+                let c = m
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+                (
+                    phase(m),
+                    c.map(|c| format!("{}: {}", c.reason, c.message))
+                        .unwrap_or_default(),
+                )
+            });
+            panic!("machine {name} did not reach {want:?} within {timeout:?}; it is {p:?} ({why})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn client(cp: &ControlPlane) -> Client {
+    cp.client().await.expect("client")
+}
