@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a claim is remembered: longer than the store takes to catch up.
+const CLAIM_MEMORY: Duration = Duration::from_secs(10);
 
 use ironpool_crds::{Deployment, Machine};
 use kube::Client;
@@ -33,6 +36,8 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     /// Consecutive failures per object, for per-object backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Machines claimed moments ago, by `namespace/name`.
+    claimed: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -57,11 +62,13 @@ impl Context {
             machines,
             deployments,
             failures: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Records an Event on `obj`; failures to record are logged, never fatal.
-    pub async fn event<K: Resource<DynamicType = ()>>(
+    /// Records an Event on `obj` in the background: events never slow a reconcile down,
+    /// and a failure to record one is logged, never fatal.
+    pub fn event<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
         warning: bool,
@@ -80,9 +87,30 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "could not record event");
+        let recorder = self.recorder.clone();
+        let reference = obj.object_ref(&());
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                tracing::warn!(error = %e, reason = ev.reason, "could not record event");
+            }
+        });
+    }
+
+    /// Remembers that this process claimed (or saw someone claim) `machine`, so that
+    /// concurrent allocations skip it until the store catches up.
+    pub fn mark_claimed(&self, machine: &str) {
+        if let Ok(mut c) = self.claimed.lock() {
+            let now = Instant::now();
+            c.retain(|_, at| now.duration_since(*at) < CLAIM_MEMORY);
+            c.insert(machine.to_string(), now);
         }
+    }
+
+    /// Whether `machine` was claimed moments ago (see [`Context::mark_claimed`]).
+    pub fn recently_claimed(&self, machine: &str) -> bool {
+        self.claimed
+            .lock()
+            .is_ok_and(|c| c.get(machine).is_some_and(|at| at.elapsed() < CLAIM_MEMORY))
     }
 
     /// Counts a reconcile and its duration.

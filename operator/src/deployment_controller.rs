@@ -51,13 +51,20 @@ async fn find_machine(
     d: &Deployment,
 ) -> Result<Option<Machine>, Error> {
     let name = d.name_any();
-    if let Some(r) = d.status.as_ref().and_then(|s| s.machine_ref.as_ref())
-        && let Some(m) = api.get_opt(&r.name).await?
-        && holder(&m) == Some(name.as_str())
-    {
-        return Ok(Some(m));
-    }
     let ns = d.namespace().unwrap_or_default();
+    if let Some(r) = d.status.as_ref().and_then(|s| s.machine_ref.as_ref()) {
+        // The store is current enough for a machine we hold: our own claim put it there.
+        if let Some(m) = ctx.machines.get(&ObjectRef::new(&r.name).within(&ns))
+            && holder(&m) == Some(name.as_str())
+        {
+            return Ok(Some((*m).clone()));
+        }
+        if let Some(m) = api.get_opt(&r.name).await?
+            && holder(&m) == Some(name.as_str())
+        {
+            return Ok(Some(m));
+        }
+    }
     for m in machines_in(ctx, &ns) {
         if holder(&m) == Some(name.as_str())
             && let Some(fresh) = api.get_opt(&m.name_any()).await?
@@ -71,7 +78,12 @@ async fn find_machine(
 
 /// Claims machine `m` for `d`: one status write with `m`'s resourceVersion as precondition,
 /// so of several Deployments racing for `m`, exactly one wins.
-async fn claim(api: &Api<Machine>, m: &Machine, d: &Deployment) -> Result<Option<Machine>, Error> {
+async fn claim(
+    ctx: &Context,
+    api: &Api<Machine>,
+    m: &Machine,
+    d: &Deployment,
+) -> Result<Option<Machine>, Error> {
     let mut s: MachineStatus = machine_status::operator_fields(m.status.as_ref());
     let now = Time(Timestamp::now());
     s.phase = Some(MachinePhase::Allocated);
@@ -86,7 +98,11 @@ async fn claim(api: &Api<Machine>, m: &Machine, d: &Deployment) -> Result<Option
         m.metadata.generation,
         now,
     );
-    match machine_status::apply(api, m, &s).await {
+    let result = machine_status::apply(api, m, &s).await;
+    if matches!(result, Ok(_) | Err(Error::Conflict(_))) {
+        ctx.mark_claimed(&key(m));
+    }
+    match result {
         Ok(m) => Ok(Some(m)),
         Err(Error::Conflict(_)) => Ok(None),
         Err(e) => Err(e),
@@ -130,8 +146,12 @@ async fn allocate(
         (None, None) => return Ok(Err("set machineSelector or machineRef".into())),
     };
     let n = fitting.len();
-    for m in selection::spread(fitting, &d.name_any()) {
-        if let Some(claimed) = claim(api, m, d).await? {
+    // Machines claimed moments ago still look free in the store; try them last.
+    let (fresh, recent): (Vec<&Machine>, Vec<&Machine>) = selection::spread(fitting, &d.name_any())
+        .into_iter()
+        .partition(|m| !ctx.recently_claimed(&key(*m)));
+    for m in fresh.into_iter().chain(recent) {
+        if let Some(claimed) = claim(ctx, api, m, d).await? {
             return Ok(Ok(claimed));
         }
     }
@@ -172,8 +192,7 @@ async fn apply(d: Arc<Deployment>, ctx: &Context) -> Result<Action, Error> {
                     "Allocated",
                     "Allocate",
                     format!("allocated machine {}", m.name_any()),
-                )
-                .await;
+                );
                 m
             }
             Err(why) => {
@@ -188,8 +207,7 @@ async fn apply(d: Arc<Deployment>, ctx: &Context) -> Result<Action, Error> {
                 {
                     ctx.wrote(NAME);
                     if !was_pending {
-                        ctx.event(&*d, true, "NoMachineAvailable", "Allocate", why.clone())
-                            .await;
+                        ctx.event(&*d, true, "NoMachineAvailable", "Allocate", why.clone());
                     }
                 }
                 let retry = why.ends_with("retrying");
@@ -246,8 +264,7 @@ async fn cleanup(d: Arc<Deployment>, ctx: &Context) -> Result<Action, Error> {
         "Released",
         "Release",
         "machine released; removing the finalizer".into(),
-    )
-    .await;
+    );
     Ok(Action::await_change())
 }
 

@@ -29,8 +29,20 @@ pub fn image_key(image: &Image) -> String {
     format!("{what}@{}", image.checksum.as_deref().unwrap_or(""))
 }
 
-/// The Deployment a machine is allocated to, read from the API (not a cache: a stale cache
-/// would make a fresh claim look abandoned).
+fn view_of(d: &Deployment) -> DeploymentView {
+    if d.metadata.deletion_timestamp.is_some() {
+        DeploymentView::Releasing {
+            erase: d.spec.erase,
+        }
+    } else {
+        DeploymentView::Active {
+            image: image_key(&d.spec.image),
+        }
+    }
+}
+
+/// The Deployment a machine is allocated to: from the store, or, when the store does not
+/// have it, from the API (a store that lags would make a fresh claim look abandoned).
 async fn deployment_view(
     ctx: &Context,
     ns: &str,
@@ -39,18 +51,11 @@ async fn deployment_view(
     let Some(r) = m.status.as_ref().and_then(|s| s.deployment_ref.as_ref()) else {
         return Ok(None);
     };
+    if let Some(d) = ctx.deployments.get(&ObjectRef::new(&r.name).within(ns)) {
+        return Ok(Some(view_of(&d)));
+    }
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    Ok(api.get_opt(&r.name).await?.map(|d| {
-        if d.metadata.deletion_timestamp.is_some() {
-            DeploymentView::Releasing {
-                erase: d.spec.erase,
-            }
-        } else {
-            DeploymentView::Active {
-                image: image_key(&d.spec.image),
-            }
-        }
-    }))
+    Ok(api.get_opt(&r.name).await?.map(|d| view_of(&d)))
 }
 
 /// What the lifecycle sees of machine `m`.
@@ -110,6 +115,9 @@ async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> 
                     b.attempt, i.target, i.purpose
                 );
             }
+            if let lifecycle::OperationChange::Finish(_, done) = &decision.operation {
+                note = format!("{done}; {note}");
+            }
             let warning = decision.report.severity == lifecycle::Severity::Warning;
             tracing::info!(machine = %key(&*m), phase = decision.phase.as_str(), reason = decision.report.reason, "{note}");
             ctx.event(
@@ -118,8 +126,7 @@ async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> 
                 decision.report.reason,
                 decision.phase.as_str(),
                 note,
-            )
-            .await;
+            );
         }
     }
     ctx.observe(NAME, started.elapsed());

@@ -120,8 +120,7 @@ async fn reconcile(
         ctx.wrote(NAME);
         let ready = conditions::get(&next.conditions, READY);
         if let Some(c) = ready.filter(|c| c.reason == "Overlaps") {
-            ctx.event(&*s, true, "Overlaps", "Validate", c.message.clone())
-                .await;
+            ctx.event(&*s, true, "Overlaps", "Validate", c.message.clone());
         }
     }
     ctx.observe(NAME, started.elapsed());

@@ -50,9 +50,10 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
         );
     }
     match obs.phase {
+        None if policy.auto_commission => start_commission(policy),
         None => stay(
             P::New,
-            report(false, "Registered", "registered; commissioning comes next"),
+            report(false, "AwaitingCommission", "waiting to be commissioned"),
         ),
         Some(P::Broken | P::Maintenance) => resume(obs, policy),
         Some(P::New) if policy.auto_commission => start_commission(policy),
@@ -192,7 +193,8 @@ fn retry_or_fail(
             "change the image, delete the Deployment, or edit the Machine's spec to retry",
         ),
     };
-    let message = format!("{why}; gave up after {} retries: {after}", policy.retries);
+    let why = format!("{why} (gave up after {} retries)", policy.retries);
+    let message = format!("{why}; {after}");
     Decision {
         operation: Op::Finish(OperationResult::Failed, why),
         ..with_intent(stay(failed, warning(reason, message)), OFF_IDLE)
@@ -213,15 +215,12 @@ fn resume(obs: &Observation, policy: &Policy) -> Decision {
                 o.kind == OperationKind::Deploy && o.result == OperationResult::Succeeded
             });
             if done && operation_image(obs) == Some(image.as_str()) {
-                stay(
-                    P::Deployed,
-                    report(true, "Deployed", "resumed: the deployed OS runs from disk"),
-                )
+                stay(P::Deployed, report(true, "Deployed", DEPLOYED))
             } else {
                 start_deploy(image, policy)
             }
         }
-        None => to_ready(obs, "resumed: ready to deploy"),
+        None => to_ready(obs, READY),
     }
 }
 
@@ -234,14 +233,25 @@ fn to_ready(obs: &Observation, message: &str) -> Decision {
     }
 }
 
+/// Condition messages, one per waiting state, so that waiting never rewrites status.
+const COMMISSIONING: &str = "taking a hardware inventory in the ramdisk";
+const READY: &str = "ready to deploy";
+const DEPLOYED: &str = "the deployed OS runs from disk";
+const BOOTING_OS: &str = "image written; booting it from disk";
+const POWERING_OFF: &str = "releasing: powering off";
+
+fn erasing(erase: ErasePolicy) -> String {
+    format!("releasing: erasing disks ({erase:?})")
+}
+
+fn writing(image: &str) -> String {
+    format!("writing {image}")
+}
+
 fn start_commission(policy: &Policy) -> Decision {
     let d = stay(
         P::Commissioning,
-        report(
-            false,
-            "Commissioning",
-            "booting the ramdisk to take a hardware inventory",
-        ),
+        report(false, "Commissioning", COMMISSIONING),
     );
     Decision {
         operation: Op::Start(OperationKind::Commission, None),
@@ -266,13 +276,7 @@ fn commissioning(obs: &Observation, policy: &Policy) -> Decision {
         )
     };
     if succeeded(obs) && obs.has_hardware {
-        let d = with_intent(
-            stay(
-                P::Ready,
-                report(true, "Ready", "commissioned; ready to deploy"),
-            ),
-            OFF_IDLE,
-        );
+        let d = with_intent(stay(P::Ready, report(true, "Ready", READY)), OFF_IDLE);
         return Decision {
             operation: Op::Finish(
                 OperationResult::Succeeded,
@@ -298,11 +302,7 @@ fn commissioning(obs: &Observation, policy: &Policy) -> Decision {
         obs,
         P::Commissioning,
         policy.commission_timeout,
-        report(
-            false,
-            "Commissioning",
-            "waiting for the ramdisk's hardware inventory",
-        ),
+        report(false, "Commissioning", COMMISSIONING),
     )
 }
 
@@ -311,9 +311,9 @@ fn ready(obs: &Observation, policy: &Policy) -> Decision {
         Some(DeploymentView::Active { image }) => start_deploy(image, policy),
         Some(DeploymentView::Releasing { .. }) => Decision {
             release: true,
-            ..to_ready(obs, "ready to deploy")
+            ..to_ready(obs, READY)
         },
-        None => to_ready(obs, "ready to deploy"),
+        None => to_ready(obs, READY),
     }
 }
 
@@ -323,20 +323,13 @@ fn allocated(obs: &Observation, policy: &Policy) -> Decision {
         // Nothing was written yet: no erase needed.
         _ => Decision {
             release: true,
-            ..to_ready(obs, "released before deploying; ready to deploy")
+            ..to_ready(obs, READY)
         },
     }
 }
 
 fn start_deploy(image: &str, policy: &Policy) -> Decision {
-    let d = stay(
-        P::Deploying,
-        report(
-            false,
-            "Deploying",
-            format!("booting the ramdisk to write {image}"),
-        ),
-    );
+    let d = stay(P::Deploying, report(false, "Deploying", writing(image)));
     Decision {
         operation: Op::Start(OperationKind::Deploy, Some(image.to_string())),
         requeue_after: Some(policy.deploy_timeout),
@@ -366,10 +359,7 @@ fn deploying(obs: &Observation, policy: &Policy) -> Decision {
     };
     if intent_is(obs, RAMDISK_DEPLOY) {
         if succeeded(obs) {
-            let d = stay(
-                P::Deploying,
-                report(false, "BootingOS", "image written; booting it from disk"),
-            );
+            let d = stay(P::Deploying, report(false, "BootingOS", BOOTING_OS));
             return Decision {
                 requeue_after: Some(policy.boot_timeout),
                 ..with_intent(d, DISK_RUN)
@@ -389,7 +379,7 @@ fn deploying(obs: &Observation, policy: &Policy) -> Decision {
             obs,
             P::Deploying,
             policy.deploy_timeout,
-            report(false, "Deploying", "writing the image"),
+            report(false, "Deploying", writing(image)),
         );
     }
     if intent_is(obs, DISK_RUN) {
@@ -402,10 +392,7 @@ fn deploying(obs: &Observation, policy: &Policy) -> Decision {
             .os_booted_at
             .is_some_and(|b| issued.is_none_or(|i| b >= i))
         {
-            let d = stay(
-                P::Deployed,
-                report(true, "Deployed", "the OS booted from disk and checked in"),
-            );
+            let d = stay(P::Deployed, report(true, "Deployed", DEPLOYED));
             return Decision {
                 operation: Op::Finish(OperationResult::Succeeded, "deployed".into()),
                 ..d
@@ -421,7 +408,7 @@ fn deploying(obs: &Observation, policy: &Policy) -> Decision {
             obs,
             P::Deploying,
             policy.boot_timeout,
-            report(false, "BootingOS", "waiting for the OS to boot from disk"),
+            report(false, "BootingOS", BOOTING_OS),
         );
     }
     start_deploy(image, policy)
@@ -429,19 +416,13 @@ fn deploying(obs: &Observation, policy: &Policy) -> Decision {
 
 fn deployed(obs: &Observation, policy: &Policy) -> Decision {
     match &obs.deployment {
+        // The image changed: redeploy.
         Some(DeploymentView::Active { image }) if operation_image(obs) != Some(image.as_str()) => {
-            let mut d = start_deploy(image, policy);
-            d.report = report(
-                false,
-                "Redeploying",
-                format!("the image changed; redeploying {image}"),
-            );
-            d
+            start_deploy(image, policy)
         }
-        Some(DeploymentView::Active { .. }) => stay(
-            P::Deployed,
-            report(true, "Deployed", "the deployed OS runs from disk"),
-        ),
+        Some(DeploymentView::Active { .. }) => {
+            stay(P::Deployed, report(true, "Deployed", DEPLOYED))
+        }
         Some(DeploymentView::Releasing { erase }) => start_release(*erase, policy),
         None => start_release(ErasePolicy::Quick, policy),
     }
@@ -449,16 +430,8 @@ fn deployed(obs: &Observation, policy: &Policy) -> Decision {
 
 fn start_release(erase: ErasePolicy, policy: &Policy) -> Decision {
     let (intent, timeout, message) = match erase {
-        ErasePolicy::None => (
-            OFF_IDLE,
-            policy.power_timeout,
-            "releasing: powering off (erase: None)".to_string(),
-        ),
-        other => (
-            RAMDISK_ERASE,
-            policy.erase_timeout,
-            format!("releasing: booting the ramdisk to erase disks ({other:?})"),
-        ),
+        ErasePolicy::None => (OFF_IDLE, policy.power_timeout, POWERING_OFF.to_string()),
+        other => (RAMDISK_ERASE, policy.erase_timeout, erasing(other)),
     };
     let d = stay(P::Releasing, report(false, "Releasing", message));
     Decision {
@@ -502,7 +475,7 @@ fn releasing(obs: &Observation, policy: &Policy) -> Decision {
     let done = |message: &str| Decision {
         release: true,
         operation: Op::Finish(OperationResult::Succeeded, message.to_string()),
-        ..to_ready(obs, message)
+        ..to_ready(obs, READY)
     };
     if intent_is(obs, RAMDISK_ERASE) {
         let give_up = |why: String| {
@@ -551,7 +524,7 @@ fn releasing(obs: &Observation, policy: &Policy) -> Decision {
             obs,
             P::Releasing,
             policy.erase_timeout,
-            report(false, "Releasing", "erasing disks"),
+            report(false, "Releasing", erasing(release_erase(obs))),
         );
     }
     if intent_is(obs, OFF_IDLE) {
@@ -568,7 +541,7 @@ fn releasing(obs: &Observation, policy: &Policy) -> Decision {
             obs,
             P::Releasing,
             policy.power_timeout,
-            report(false, "Releasing", "powering off"),
+            report(false, "Releasing", POWERING_OFF),
         );
     }
     start_release(release_erase(obs), policy)

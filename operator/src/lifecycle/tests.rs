@@ -204,9 +204,15 @@ fn cases() -> Vec<(&'static str, Observation, Want)> {
     vec![
         // New machines
         (
-            "unseen machine is registered",
+            "unseen machine commissions",
             base(None),
-            want(P::New, None, "keep", false, "Registered"),
+            want(
+                P::Commissioning,
+                COMM,
+                "start Commission",
+                false,
+                "Commissioning",
+            ),
         ),
         (
             "new machine commissions",
@@ -458,7 +464,7 @@ fn cases() -> Vec<(&'static str, Observation, Want)> {
                 .active("http://img/v2.raw@sha256:bb")
                 .op(K::Deploy, R::Succeeded, 0)
                 .hw(),
-            want(P::Deploying, DEPL, "start Deploy", false, "Redeploying"),
+            want(P::Deploying, DEPL, "start Deploy", false, "Deploying"),
         ),
         (
             "deleted deployment releases (quick)",
@@ -729,6 +735,11 @@ fn no_auto_commission_waits_for_a_person() {
     };
     let d = decide(&ph(P::New), &policy);
     assert_eq!((d.phase, d.intent), (P::New, None));
+    let d = decide(&base(None), &policy);
+    assert_eq!(
+        (d.phase, d.intent, d.report.reason),
+        (P::New, None, "AwaitingCommission")
+    );
 }
 
 #[test]
@@ -801,4 +812,24 @@ fn apply(obs: &Observation, d: &Decision) -> Observation {
         }),
     };
     next
+}
+
+#[test]
+fn waiting_never_changes_the_message() {
+    // Each waiting state reports what its entry reported, so waiting writes nothing.
+    let policy = Policy::default();
+    for (name, obs, _) in cases() {
+        let d = decide(&obs, &policy);
+        if d.intent.is_none() || d.report.reason == "Retrying" {
+            continue;
+        }
+        let next = apply(&obs, &d);
+        let again = decide(&next, &policy);
+        if again.phase == d.phase
+            && again.intent.is_none()
+            && again.operation == OperationChange::Keep
+        {
+            assert_eq!(again.report.message, d.report.message, "{name}");
+        }
+    }
 }

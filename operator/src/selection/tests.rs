@@ -103,7 +103,11 @@ fn selection_filters_and_explains() {
         min_memory: mem.map(Into::into),
         min_disk: disk.map(Into::into),
     };
-    type Case = (&'static str, MachineSelector, Result<Vec<&'static str>, &'static str>);
+    type Case = (
+        &'static str,
+        MachineSelector,
+        Result<Vec<&'static str>, &'static str>,
+    );
     let cases: Vec<Case> = vec![
         ("labels only", sel(Some("gpu"), None), Ok(vec!["a", "b"])),
         (

@@ -1,0 +1,407 @@
+//! Scale benchmark of the operator against a real kube-apiserver (a program, not a timed
+//! test): N Machines commissioned by a simulated agent, then M Deployments allocated.
+//! Prints peak RSS, time to steady state, reconciles and status writes per object,
+//! apiserver requests per object, and allocation time beside the time the same apiserver
+//! needs for the same number of plain status writes, measured in the same run.
+//!
+//! `cargo bench -p ironpool-operator --bench scale -- [machines] [deployments]`
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use ironpool_crds::deployment::{DeploymentSpec, ErasePolicy, Image, ImageFormat, MachineSelector};
+use ironpool_crds::machine::{MachinePhase, MachineSpec};
+use ironpool_crds::{Deployment, Machine};
+use ironpool_e2e::ControlPlane;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+const CONCURRENCY: usize = 16;
+
+fn machine(i: usize) -> Machine {
+    let mut m = Machine::new(
+        &format!("m{i:05}"),
+        MachineSpec {
+            bmc: None,
+            boot_mac_address: format!(
+                "52:54:00:{:02x}:{:02x}:{:02x}",
+                (i >> 16) & 0xff,
+                (i >> 8) & 0xff,
+                i & 0xff
+            ),
+            boot_mode: Default::default(),
+            architecture: Default::default(),
+            root_device_hints: None,
+            maintenance: None,
+            broken: None,
+            description: None,
+        },
+    );
+    m.metadata.labels = Some([("pool".to_string(), "bench".to_string())].into());
+    m
+}
+
+fn deployment(i: usize) -> Deployment {
+    Deployment::new(
+        &format!("d{i:05}"),
+        DeploymentSpec {
+            machine_selector: Some(MachineSelector {
+                match_labels: [("pool".to_string(), "bench".to_string())].into(),
+                ..Default::default()
+            }),
+            machine_ref: None,
+            image: Image {
+                url: Some("http://images.test/os.raw".into()),
+                checksum: Some(format!("sha256:{}", "ab".repeat(32))),
+                format: Some(ImageFormat::Raw),
+                oci: None,
+            },
+            user_data_secret_ref: None,
+            network_data_secret_ref: None,
+            storage: None,
+            hostname: None,
+            subnet_ref: None,
+            erase: ErasePolicy::None,
+        },
+    )
+}
+
+/// The simulated agent: applies every pending intent of every machine; commissioning
+/// reports inventory. Deploy intents are applied but never reported (machines stay
+/// Deploying), so the allocation measurement is not mixed with later steps.
+async fn agent_pass(api: &Api<Machine>, calls: &AtomicU64) -> usize {
+    let list = api.list(&ListParams::default()).await.unwrap().items;
+    calls.fetch_add(1, Ordering::Relaxed);
+    let todo: Vec<Machine> = list
+        .into_iter()
+        .filter(|m| {
+            let st = m.status.as_ref();
+            let intent = st
+                .and_then(|s| s.boot_intent.as_ref())
+                .map_or(0, |i| i.attempt);
+            intent
+                > st.and_then(|s| s.boot_applied.as_ref())
+                    .map_or(0, |a| a.attempt)
+        })
+        .collect();
+    let n = todo.len();
+    stream::iter(todo)
+        .for_each_concurrent(CONCURRENCY, |m| async move {
+            let st = m.status.as_ref().unwrap();
+            let i = st.boot_intent.as_ref().unwrap();
+            let now = Timestamp::now().to_string();
+            let mut status = json!({"bootApplied": {"attempt": i.attempt, "appliedAt": now}, "power": {"state": "On", "lastSync": now}});
+            if let Some(h) = &st.hardware {
+                status["hardware"] = serde_json::to_value(h).unwrap();
+            }
+            if let Some(p) = &st.provisioning {
+                status["provisioning"] = serde_json::to_value(p).unwrap();
+            }
+            if format!("{:?}", i.purpose) == "Commission" {
+                status["hardware"] = json!({"cpu": {"cores": 16}, "memoryBytes": 68719476736i64, "memory": "64Gi", "disks": [{"name": "vda", "sizeBytes": 500107862016i64}]});
+                status["provisioning"] = json!({"attempt": i.attempt, "step": "Succeeded"});
+            }
+            let patch = json!({"apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine", "metadata": {"name": m.name_any()}, "status": status});
+            let _ = api.patch_status(&m.name_any(), &PatchParams::apply("ironpool-agent").force(), &Patch::Apply(&patch)).await;
+            calls.fetch_add(1, Ordering::Relaxed);
+        })
+        .await;
+    n
+}
+
+fn scrape(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", url])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    out.unwrap_or_default()
+}
+
+/// Sum of a Prometheus counter family (all label sets) in `text`.
+fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// apiserver requests on Ironpool kinds, leases and events, from its own metrics.
+fn apiserver_requests(cp: &ControlPlane) -> f64 {
+    let out = cp
+        .kubectl()
+        .args(["get", "--raw", "/metrics"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    [
+        "resource=\"machines\"",
+        "resource=\"deployments\"",
+        "resource=\"subnets\"",
+        "resource=\"leases\"",
+        "resource=\"events\"",
+    ]
+    .iter()
+    .map(|r| metric_sum(&text, "apiserver_request_total{", r))
+    .sum()
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn count_phase(api: &Api<Machine>, p: MachinePhase) -> usize {
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|m| m.status.as_ref().and_then(|s| s.phase) == Some(p))
+        .count()
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let machines_n = args.first().copied().unwrap_or(5000);
+    let deployments_n = args.get(1).copied().unwrap_or(1000);
+    let cp = ControlPlane::start().unwrap();
+    ironpool_e2e::cluster::install_crds(&cp).unwrap();
+    let client: Client = cp.client().await.unwrap();
+    let ns = cp.create_namespace("bench").await.unwrap();
+    let base_ns = cp.create_namespace("baseline").await.unwrap();
+    let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let calls = Arc::new(AtomicU64::new(0));
+
+    // Baseline: the apiserver's time for `deployments_n` status writes at the operator's concurrency.
+    let base: Api<Deployment> = Api::namespaced(client.clone(), &base_ns);
+    stream::iter(0..deployments_n)
+        .for_each_concurrent(CONCURRENCY, |i| {
+            let base = base.clone();
+            async move {
+                base.create(&PostParams::default(), &deployment(i))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    let t = Instant::now();
+    stream::iter(0..deployments_n)
+        .for_each_concurrent(CONCURRENCY, |i| {
+            let base = base.clone();
+            async move {
+                let patch = json!({"apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Deployment", "metadata": {"name": format!("d{i:05}")},
+                    "status": {"phase": "Allocated", "machineRef": {"name": format!("m{i:05}")}}});
+                base.patch_status(&format!("d{i:05}"), &PatchParams::apply("baseline").force(), &Patch::Apply(&patch)).await.unwrap();
+            }
+        })
+        .await;
+    let baseline = t.elapsed();
+    let _ = cp
+        .kubectl()
+        .args(["delete", "namespace", &base_ns, "--wait=false"])
+        .output();
+
+    // Machines, created before the operator starts.
+    let t = Instant::now();
+    stream::iter(0..machines_n)
+        .for_each_concurrent(32, |i| {
+            let machines = machines.clone();
+            async move {
+                machines
+                    .create(&PostParams::default(), &machine(i))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    eprintln!("created {machines_n} Machines in {:?}", t.elapsed());
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(cp.dir().join("operator.log")).unwrap();
+    let mut op = Command::new(env!("CARGO_BIN_EXE_ironpool-operator"))
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .args([
+            "--namespace",
+            &ns,
+            "--lease-namespace",
+            &ns,
+            "--identity",
+            "bench",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let pid = op.id();
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let requests_before = apiserver_requests(&cp);
+    let calls_before = calls.load(Ordering::Relaxed);
+
+    // Commission everything: steady state when all are Ready, every intent is applied,
+    // and the operator's reconcile count stops moving.
+    let t = Instant::now();
+    let mut last_reconciles = -1.0;
+    loop {
+        let pending = agent_pass(&machines, &calls).await;
+        let ready = count_phase(&machines, MachinePhase::Ready).await;
+        calls.fetch_add(1, Ordering::Relaxed);
+        let reconciles = metric_sum(
+            &scrape(&metrics_url),
+            "ironpool_reconciles_total",
+            "machine",
+        );
+        eprintln!(
+            "  t={:>5.1}s Ready {ready}/{machines_n}, intents applied this pass {pending}, reconciles {reconciles}",
+            t.elapsed().as_secs_f64()
+        );
+        if ready == machines_n && pending == 0 && reconciles == last_reconciles {
+            break;
+        }
+        last_reconciles = reconciles;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let steady = t.elapsed();
+    let m1 = scrape(&metrics_url);
+    let machine_reconciles = metric_sum(&m1, "ironpool_reconciles_total", "machine");
+    let machine_writes = metric_sum(&m1, "ironpool_status_writes_total", "machine");
+    let requests_commission = apiserver_requests(&cp)
+        - requests_before
+        - (calls.load(Ordering::Relaxed) - calls_before) as f64;
+
+    // Idle: nothing changes, so nothing should be reconciled.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle = metric_sum(&scrape(&metrics_url), "ironpool_reconciles_total", "")
+        - metric_sum(&m1, "ironpool_reconciles_total", "");
+
+    // Allocation of all Deployments at once.
+    let requests_before = apiserver_requests(&cp);
+    let calls_before = calls.load(Ordering::Relaxed);
+    let t = Instant::now();
+    stream::iter(0..deployments_n)
+        .for_each_concurrent(32, |i| {
+            let d = deployments.clone();
+            async move {
+                d.create(&PostParams::default(), &deployment(i))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    let created = t.elapsed();
+    loop {
+        let list = deployments
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items;
+        calls.fetch_add(1, Ordering::Relaxed);
+        let allocated: BTreeMap<String, String> = list
+            .iter()
+            .filter_map(|d| {
+                Some((
+                    d.status.as_ref()?.machine_ref.as_ref()?.name.clone(),
+                    d.name_any(),
+                ))
+            })
+            .collect();
+        let with_ref = list
+            .iter()
+            .filter(|d| {
+                d.status
+                    .as_ref()
+                    .and_then(|s| s.machine_ref.as_ref())
+                    .is_some()
+            })
+            .count();
+        assert_eq!(allocated.len(), with_ref, "a machine was allocated twice");
+        if with_ref == deployments_n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let allocation = t.elapsed();
+    let m2 = scrape(&metrics_url);
+    let dep_reconciles = metric_sum(&m2, "ironpool_reconciles_total", "deployment");
+    let dep_writes = metric_sum(&m2, "ironpool_status_writes_total", "deployment");
+    let requests_alloc = apiserver_requests(&cp)
+        - requests_before
+        - (calls.load(Ordering::Relaxed) - calls_before) as f64
+        - deployments_n as f64;
+    let peak = rss_kib(pid, "VmHWM:");
+    let _ = op.kill();
+    let _ = op.wait();
+
+    println!(
+        "\nironpool-operator scale benchmark ({machines_n} Machines, {deployments_n} Deployments, real kube-apiserver + etcd on this machine)"
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| peak RSS of the operator | {:.1} MiB |",
+        peak as f64 / 1024.0
+    );
+    println!(
+        "| commission {machines_n} machines to steady state (simulated agent) | {:.1} s |",
+        steady.as_secs_f64()
+    );
+    println!(
+        "| machine reconciles per machine | {:.2} |",
+        machine_reconciles / machines_n as f64
+    );
+    println!(
+        "| machine status writes per machine | {:.2} |",
+        machine_writes / machines_n as f64
+    );
+    println!(
+        "| apiserver requests by the operator per machine (commissioning) | {:.2} |",
+        requests_commission / machines_n as f64
+    );
+    println!("| reconciles during 10 s with nothing changing | {idle} |");
+    println!(
+        "| allocate {deployments_n} Deployments (create took {:.1} s) | {:.2} s |",
+        created.as_secs_f64(),
+        allocation.as_secs_f64()
+    );
+    println!(
+        "| same apiserver: {deployments_n} plain status writes, concurrency {CONCURRENCY} | {:.2} s |",
+        baseline.as_secs_f64()
+    );
+    println!(
+        "| allocation / baseline (goal < 2) | {:.2} |",
+        allocation.as_secs_f64() / baseline.as_secs_f64()
+    );
+    println!(
+        "| deployment reconciles per Deployment | {:.2} |",
+        dep_reconciles / deployments_n as f64
+    );
+    println!(
+        "| deployment status writes per Deployment | {:.2} |",
+        dep_writes / deployments_n as f64
+    );
+    println!(
+        "| apiserver requests by the operator per Deployment (allocation) | {:.2} |",
+        requests_alloc / deployments_n as f64
+    );
+}
