@@ -252,7 +252,11 @@ async fn cleanup(d: Arc<Deployment>, ctx: &Context) -> Result<Action, Error> {
         {
             ctx.wrote(NAME);
         }
-        return Ok(Action::requeue(Duration::from_secs(5)));
+        // Not done: an error keeps the finalizer (kube's helper removes it on any Ok).
+        return Err(Error::Releasing(format!(
+            "waiting for machine {} to be released",
+            m.name_any()
+        )));
     }
     if let Some(subnet) = &d.spec.subnet_ref {
         let api: Api<Subnet> = Api::namespaced(ctx.client.clone(), &ns);
@@ -291,7 +295,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
 
 fn error_policy(d: Arc<Deployment>, e: &Error, ctx: Arc<Context>) -> Action {
     let wait = ctx.failed(NAME, &key(&*d), e);
-    if !matches!(e, Error::Conflict(_)) {
+    if !matches!(e, Error::Conflict(_) | Error::Releasing(_)) {
         tracing::warn!(deployment = %key(&*d), error = %e, retry_in = ?wait, "reconcile failed");
     }
     Action::requeue(wait)

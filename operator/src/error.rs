@@ -17,6 +17,9 @@ pub enum Error {
     /// Adding or removing the Deployment finalizer failed.
     #[error("Deployment finalizer: {0}")]
     Finalizer(String),
+    /// A deleted Deployment's machine is still being released; the finalizer stays until it is.
+    #[error("{0}")]
+    Releasing(String),
     /// An object lacks something the API guarantees (e.g. a namespace).
     #[error("{0}")]
     Malformed(String),
@@ -30,6 +33,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Ipam(_) => "ipam",
             Error::Finalizer(_) => "finalizer",
+            Error::Releasing(_) => "releasing",
             Error::Malformed(_) => "malformed",
         }
     }
@@ -40,6 +44,7 @@ impl Error {
     pub fn backoff(&self, failures: u32) -> Duration {
         match self {
             Error::Conflict(_) => Duration::from_millis(100),
+            Error::Releasing(_) => Duration::from_secs(2),
             _ => Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300)),
         }
     }

@@ -91,8 +91,11 @@ async fn reconcile(
         .state()
         .into_iter()
         .filter(|n| n.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|n| n.metadata.deletion_timestamp.is_none())
         .collect();
     let next = status_of(&s, &neighbours, Timestamp::now());
+    let overlapping =
+        conditions::get(&next.conditions, READY).is_some_and(|c| c.reason == "Overlaps");
     let current = s.status.clone().unwrap_or_default();
     let mine = SubnetStatus {
         allocations: Vec::new(),
@@ -125,7 +128,13 @@ async fn reconcile(
     }
     ctx.observe(NAME, started.elapsed());
     ctx.succeeded(&key(&*s));
-    Ok(Action::await_change())
+    // The delete of an overlapping neighbour can reach us before our store drops it: look
+    // again shortly while overlapping.
+    Ok(if overlapping {
+        Action::requeue(std::time::Duration::from_secs(5))
+    } else {
+        Action::await_change()
+    })
 }
 
 fn error_policy(s: Arc<Subnet>, e: &Error, ctx: Arc<(Arc<Context>, Store<Subnet>)>) -> Action {
