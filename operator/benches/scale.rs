@@ -153,6 +153,15 @@ fn apiserver_requests(cp: &ControlPlane) -> f64 {
     .sum()
 }
 
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0);
+    (field(11) + field(12)) / 100.0
+}
+
 fn rss_kib(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
@@ -283,6 +292,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let steady = t.elapsed();
+    let cpu_after_commission = cpu_seconds(pid);
     let m1 = scrape(&metrics_url);
     let machine_reconciles = metric_sum(&m1, "ironpool_reconciles_total", "machine");
     let machine_writes = metric_sum(&m1, "ironpool_status_writes_total", "machine");
@@ -339,9 +349,11 @@ async fn main() {
         if with_ref == deployments_n {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Poll gently: listing every Deployment loads the apiserver we are measuring.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let allocation = t.elapsed();
+    let cpu_alloc = cpu_seconds(pid) - cpu_after_commission;
     let m2 = scrape(&metrics_url);
     let dep_reconciles = metric_sum(&m2, "ironpool_reconciles_total", "deployment");
     let dep_writes = metric_sum(&m2, "ironpool_status_writes_total", "deployment");
@@ -350,6 +362,10 @@ async fn main() {
         - (calls.load(Ordering::Relaxed) - calls_before) as f64
         - deployments_n as f64;
     let peak = rss_kib(pid, "VmHWM:");
+    let kept = std::env::temp_dir().join("ironpool-bench-operator.log");
+    if std::fs::copy(cp.dir().join("operator.log"), &kept).is_ok() {
+        eprintln!("operator log kept in {}", kept.display());
+    }
     let _ = op.kill();
     let _ = op.wait();
 
@@ -378,6 +394,8 @@ async fn main() {
         "| apiserver requests by the operator per machine (commissioning) | {:.2} |",
         requests_commission / machines_n as f64
     );
+    println!("| operator CPU during commissioning | {cpu_after_commission:.1} s |");
+    println!("| operator CPU during allocation | {cpu_alloc:.1} s |");
     println!("| reconciles during 10 s with nothing changing | {idle} |");
     println!(
         "| allocate {deployments_n} Deployments (create took {:.1} s) | {:.2} s |",

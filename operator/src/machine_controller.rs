@@ -29,8 +29,15 @@ pub fn image_key(image: &Image) -> String {
     format!("{what}@{}", image.checksum.as_deref().unwrap_or(""))
 }
 
-fn view_of(d: &Deployment) -> DeploymentView {
-    if d.metadata.deletion_timestamp.is_some() {
+/// The Deployment as machine `me` sees it. A Deployment whose status names another machine
+/// does not want this one (a claim left over from a failed write): release it.
+fn view_for(d: &Deployment, me: &str) -> DeploymentView {
+    let other = d
+        .status
+        .as_ref()
+        .and_then(|s| s.machine_ref.as_ref())
+        .is_some_and(|r| r.name != me);
+    if other || d.metadata.deletion_timestamp.is_some() {
         DeploymentView::Releasing {
             erase: d.spec.erase,
         }
@@ -51,11 +58,12 @@ async fn deployment_view(
     let Some(r) = m.status.as_ref().and_then(|s| s.deployment_ref.as_ref()) else {
         return Ok(None);
     };
+    let me = m.name_any();
     if let Some(d) = ctx.deployments.get(&ObjectRef::new(&r.name).within(ns)) {
-        return Ok(Some(view_of(&d)));
+        return Ok(Some(view_for(&d, &me)));
     }
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    Ok(api.get_opt(&r.name).await?.map(|d| view_of(&d)))
+    Ok(api.get_opt(&r.name).await?.map(|d| view_for(&d, &me)))
 }
 
 /// What the lifecycle sees of machine `m`.
@@ -233,6 +241,47 @@ pub async fn run(
 mod tests {
     use super::*;
     use ironpool_crds::deployment::ImageFormat;
+
+    #[test]
+    fn a_deployment_holding_another_machine_releases_this_one() {
+        use ironpool_crds::deployment::{DeploymentSpec, DeploymentStatus, ErasePolicy};
+        let mut d = Deployment::new(
+            "web",
+            DeploymentSpec {
+                machine_selector: None,
+                machine_ref: Some(ironpool_crds::LocalObjectRef::new("m1")),
+                image: Image {
+                    url: Some("http://i/os.raw".into()),
+                    checksum: Some("sha256:ab".into()),
+                    format: Some(ImageFormat::Raw),
+                    oci: None,
+                },
+                user_data_secret_ref: None,
+                network_data_secret_ref: None,
+                storage: None,
+                hostname: None,
+                subnet_ref: None,
+                erase: ErasePolicy::Full,
+            },
+        );
+        assert_eq!(
+            view_for(&d, "m1"),
+            DeploymentView::Active {
+                image: "http://i/os.raw@sha256:ab".into()
+            }
+        );
+        d.status = Some(DeploymentStatus {
+            machine_ref: Some(ironpool_crds::LocalObjectRef::new("m1")),
+            ..Default::default()
+        });
+        assert!(matches!(view_for(&d, "m1"), DeploymentView::Active { .. }));
+        assert_eq!(
+            view_for(&d, "m2"),
+            DeploymentView::Releasing {
+                erase: ErasePolicy::Full
+            }
+        );
+    }
 
     #[test]
     fn image_key_names_source_and_checksum() {
