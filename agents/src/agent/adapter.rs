@@ -1,0 +1,130 @@
+//! The HTTP server's view of the API: [`StoreBootSource`] answers "which Machine has this
+//! MAC" from the reflectors, and [`ApiReportSink`] writes ramdisk reports into Machine
+//! status (`hardware` as `ironpool-agent-hardware`, `provisioning` as
+//! `ironpool-agent-provisioning`, each writer applying only its own field).
+
+use futures::future::BoxFuture;
+use ironpool_crds::deployment::ImageFormat;
+use ironpool_crds::machine::{Hardware, ProvisioningReport};
+use ironpool_crds::{Deployment, Machine};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use super::stores::Stores;
+use super::{MANAGER_HARDWARE, MANAGER_PROVISIONING};
+use crate::http::{
+    BootSource, DeployInputs, HttpError, ImageRef, MacAddr, MachineView, ReportSink,
+};
+
+/// [`BootSource`] over the Machine and Deployment stores.
+#[derive(Clone)]
+pub struct StoreBootSource {
+    /// The stores.
+    pub stores: Stores,
+}
+
+/// The Deploy inputs of a Deployment with an HTTP image. Cloud-init Secrets are not read
+/// yet (`user_data`/`network_data` stay empty); OCI images are not served yet.
+pub fn deploy_inputs(d: &Deployment) -> Option<DeployInputs> {
+    let image = &d.spec.image;
+    let storage = d.spec.storage.clone().unwrap_or_default();
+    Some(DeployInputs {
+        image: ImageRef {
+            url: image.url.clone()?,
+            checksum: image.checksum.clone()?,
+            format: image.format.unwrap_or(ImageFormat::Raw),
+        },
+        root_device_hints: storage.root_device_hints,
+        layout: storage.layout,
+        hostname: d.spec.hostname.clone(),
+        user_data: None,
+        network_data: None,
+    })
+}
+
+/// The HTTP server's view of a Machine (and its Deployment, if allocated).
+pub fn view(machine: &Machine, mac: MacAddr, deployment: Option<&Deployment>) -> MachineView {
+    MachineView {
+        name: machine.name_any(),
+        namespace: machine.namespace().unwrap_or_default(),
+        mac,
+        boot_mode: machine.spec.boot_mode,
+        architecture: machine.spec.architecture,
+        intent: machine.status.as_ref().and_then(|s| s.boot_intent.clone()),
+        root_device_hints: machine.spec.root_device_hints.clone(),
+        erase: deployment.map(|d| d.spec.erase).unwrap_or_default(),
+        deploy: deployment.and_then(deploy_inputs),
+    }
+}
+
+impl BootSource for StoreBootSource {
+    fn machine_by_mac(&self, mac: &MacAddr) -> Option<MachineView> {
+        let m = self.stores.machine_by_mac(mac)?;
+        let d = self.stores.deployment_of(&m);
+        Some(view(&m, *mac, d.as_deref()))
+    }
+}
+
+/// [`ReportSink`] writing Machine status by server-side apply.
+#[derive(Clone)]
+pub struct ApiReportSink {
+    /// Kubernetes client.
+    pub client: Client,
+}
+
+impl ApiReportSink {
+    async fn apply(
+        &self,
+        machine: &MachineView,
+        manager: &str,
+        status: serde_json::Value,
+    ) -> Result<(), HttpError> {
+        let api: Api<Machine> = Api::namespaced(self.client.clone(), &machine.namespace);
+        let patch = json!({
+            "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine", "status": status,
+        });
+        api.patch_status(
+            &machine.name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| HttpError::Sink(format!("Machine {}: {e}", machine.name)))
+    }
+}
+
+impl ReportSink for ApiReportSink {
+    fn inventory<'a>(
+        &'a self,
+        mac: MacAddr,
+        machine: Option<&'a MachineView>,
+        hardware: Hardware,
+    ) -> BoxFuture<'a, Result<(), HttpError>> {
+        Box::pin(async move {
+            let Some(m) = machine else {
+                // Enlistment creates the Machine from DHCP; its next inventory lands here.
+                tracing::info!(%mac, "inventory from a MAC without a Machine; not recorded");
+                return Ok(());
+            };
+            self.apply(m, MANAGER_HARDWARE, json!({"hardware": hardware}))
+                .await
+        })
+    }
+
+    fn provisioning<'a>(
+        &'a self,
+        machine: &'a MachineView,
+        report: ProvisioningReport,
+    ) -> BoxFuture<'a, Result<(), HttpError>> {
+        Box::pin(async move {
+            self.apply(
+                machine,
+                MANAGER_PROVISIONING,
+                json!({"provisioning": report}),
+            )
+            .await
+        })
+    }
+}

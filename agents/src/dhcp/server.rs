@@ -1,0 +1,260 @@
+//! The DHCP socket loop: receives on an already-bound socket, decodes (malformed packets
+//! are dropped and counted), asks the pure pipeline, applies its effects, waits for the
+//! journal where a dynamic lease was bound (group commit), and sends the reply — each
+//! packet under a deadline. Shutdown through a CancellationToken with a bounded drain.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dhcproto::v4::{Message, MessageType};
+use dhcproto::{Decodable, Decoder, Encodable};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::journal::{JournalHandle, Record};
+use super::metrics::DhcpMetrics;
+use super::pipeline::{Decision, Effect, ReplyTo, Request, ServerState, handle};
+use super::{DhcpError, DhcpEvent};
+
+/// Binds a UDP socket for DHCP: SO_REUSEADDR, SO_BROADCAST, and SO_BINDTODEVICE to
+/// `interface` when given (so limited broadcasts leave through it and only its packets
+/// arrive). All through socket2's safe API: no unsafe code.
+pub fn bind_socket(addr: SocketAddrV4, interface: Option<&str>) -> Result<UdpSocket, DhcpError> {
+    let what = format!(
+        "bind {addr}{}",
+        interface.map(|i| format!(" on {i}")).unwrap_or_default()
+    );
+    let err = |source| DhcpError::Socket {
+        what: what.clone(),
+        source,
+    };
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    s.set_broadcast(true).map_err(err)?;
+    if let Some(dev) = interface {
+        s.bind_device(Some(dev.as_bytes())).map_err(err)?;
+    }
+    // Bursts of DISCOVERs (a rack powering on) must not overflow the default buffer.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&SocketAddr::V4(addr).into()).map_err(err)?;
+    UdpSocket::from_std(s.into()).map_err(err)
+}
+
+/// The DHCP server: shared state, journal, metrics and event sink.
+#[derive(Clone, Debug)]
+pub struct DhcpServer {
+    /// Decision state (reservations, leases). Shared so the agent can update reservations.
+    pub state: Arc<Mutex<ServerState>>,
+    journal: Option<JournalHandle>,
+    metrics: DhcpMetrics,
+    events: Option<mpsc::Sender<DhcpEvent>>,
+    /// Time allowed from receipt to reply (journal wait included).
+    pub deadline: Duration,
+    /// Time allowed for in-flight replies after shutdown is requested.
+    pub drain: Duration,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn type_label(msg: &Message) -> &'static str {
+    match msg.opts().msg_type() {
+        Some(MessageType::Discover) => "discover",
+        Some(MessageType::Request) => "request",
+        Some(MessageType::Decline) => "decline",
+        Some(MessageType::Release) => "release",
+        Some(MessageType::Inform) => "inform",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
+impl DhcpServer {
+    /// A server over `state`; `journal` makes dynamic leases durable before their ACK.
+    pub fn new(state: ServerState, journal: Option<JournalHandle>, metrics: DhcpMetrics) -> Self {
+        DhcpServer {
+            state: Arc::new(Mutex::new(state)),
+            journal,
+            metrics,
+            events: None,
+            deadline: Duration::from_secs(2),
+            drain: Duration::from_secs(2),
+        }
+    }
+
+    /// Sends [`DhcpEvent`]s to `tx` (never blocks: a full channel drops and counts).
+    pub fn with_events(mut self, tx: mpsc::Sender<DhcpEvent>) -> Self {
+        self.events = Some(tx);
+        self
+    }
+
+    /// Serves `socket` until `token` is cancelled; `interface_ip` is the agent's address on
+    /// the socket's network (selects the Subnet of non-relayed requests).
+    pub async fn serve(
+        &self,
+        socket: UdpSocket,
+        interface_ip: Ipv4Addr,
+        token: CancellationToken,
+    ) -> Result<(), DhcpError> {
+        let socket = Arc::new(socket);
+        let mut inflight = JoinSet::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, _peer) = tokio::select! {
+                () = token.cancelled() => break,
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => continue,
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "DHCP receive failed");
+                        continue;
+                    }
+                },
+            };
+            let received = Instant::now();
+            let Some(msg) = decode(buf.get(..len).unwrap_or(&[])) else {
+                self.metrics.packet("malformed", "dropped");
+                continue;
+            };
+            let label = type_label(&msg);
+            let decision = self.decide(&msg, interface_ip);
+            self.metrics.packet(label, decision.outcome.label());
+            if let Some(ev) = decision.event.clone() {
+                self.emit(ev);
+            }
+            let Some((reply, to)) = decision.reply.clone() else {
+                continue;
+            };
+            let dest = self.dest(to);
+            match self.durable_record(&decision) {
+                None => send(&socket, &reply, dest, &self.metrics, label).await,
+                Some((journal, record)) => {
+                    let (socket, metrics, deadline) =
+                        (socket.clone(), self.metrics.clone(), self.deadline);
+                    inflight.spawn(async move {
+                        let left = deadline.saturating_sub(received.elapsed());
+                        match tokio::time::timeout(left, journal.commit(record)).await {
+                            Ok(Ok(())) => send(&socket, &reply, dest, &metrics, label).await,
+                            Ok(Err(e)) => {
+                                tracing::error!(error = %e, "lease not durable; ACK withheld");
+                                metrics.packet(label, "journal_error");
+                            }
+                            Err(_) => metrics.packet(label, "deadline"),
+                        }
+                    });
+                }
+            }
+        }
+        let drain = tokio::time::timeout(self.drain, async {
+            while inflight.join_next().await.is_some() {}
+        });
+        if drain.await.is_err() {
+            tracing::warn!(
+                left = inflight.len(),
+                "DHCP drain timed out; abandoning in-flight replies"
+            );
+            inflight.abort_all();
+        }
+        Ok(())
+    }
+
+    /// Runs the pipeline under the state lock and applies its effects; releases and
+    /// declines are journalled without waiting.
+    fn decide(&self, msg: &Message, interface_ip: Ipv4Addr) -> Decision {
+        let now = unix_now();
+        let Ok(mut state) = self.state.lock() else {
+            return Decision {
+                reply: None,
+                effects: Vec::new(),
+                event: None,
+                outcome: super::Outcome::Ignored,
+            };
+        };
+        let decision = handle(&Request { msg, interface_ip }, &state, now);
+        for e in &decision.effects {
+            state.apply(e);
+            if let (Effect::Free(mac, ip), Some(j)) = (e, &self.journal)
+                && j.append(Record::Free { mac: *mac, ip: *ip }).is_err()
+            {
+                tracing::error!("lease journal closed; release not recorded");
+            }
+        }
+        decision
+    }
+
+    fn durable_record(&self, d: &Decision) -> Option<(JournalHandle, Record)> {
+        let journal = self.journal.clone()?;
+        d.effects.iter().find_map(|e| match e {
+            Effect::Bind {
+                lease,
+                durable: true,
+            } => Some((
+                journal.clone(),
+                Record::Bind {
+                    mac: lease.mac,
+                    ip: lease.ip,
+                    expires: lease.expires,
+                },
+            )),
+            _ => None,
+        })
+    }
+
+    fn dest(&self, to: ReplyTo) -> SocketAddrV4 {
+        let Ok(state) = self.state.lock() else {
+            return SocketAddrV4::new(Ipv4Addr::BROADCAST, 68);
+        };
+        let c = &state.config;
+        match to {
+            ReplyTo::Relay(ip) => SocketAddrV4::new(ip, c.relay_port),
+            ReplyTo::Unicast(ip) => SocketAddrV4::new(ip, c.client_port),
+            ReplyTo::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, c.client_port),
+        }
+    }
+
+    fn emit(&self, ev: DhcpEvent) {
+        if let Some(tx) = &self.events
+            && tx.try_send(ev).is_err()
+        {
+            self.metrics.events_dropped.inc();
+        }
+    }
+}
+
+/// Decodes a packet; `None` for anything malformed (a decoder panic is caught too).
+pub fn decode(bytes: &[u8]) -> Option<Message> {
+    if bytes.len() < 240 {
+        return None;
+    }
+    let msg = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(bytes)).ok())
+        .ok()
+        .flatten()?;
+    // dhcproto's `chaddr()` slices by `hlen` and panics beyond 16: reject such packets here.
+    (usize::from(msg.hlen()) <= 16).then_some(msg)
+}
+
+async fn send(
+    socket: &UdpSocket,
+    reply: &Message,
+    dest: SocketAddrV4,
+    metrics: &DhcpMetrics,
+    label: &str,
+) {
+    let Ok(bytes) = reply.to_vec() else {
+        metrics.packet(label, "encode_error");
+        return;
+    };
+    if let Err(e) = socket.send_to(&bytes, dest).await {
+        tracing::warn!(%dest, error = %e, "DHCP send failed");
+        metrics.packet(label, "send_error");
+    }
+}

@@ -1,0 +1,260 @@
+//! The machine API's wire types (JSON, camelCase) and its pure decisions: who is calling
+//! (token check against the Machine's current attempt) and what the ramdisk must do (the
+//! plan).
+
+use ironpool_crds::common::RootDeviceHints;
+use ironpool_crds::deployment::{ErasePolicy, ImageFormat, StorageLayout};
+use ironpool_crds::machine::{BootPurpose, BootTarget, Hardware, ProvisioningStep};
+use serde::{Deserialize, Serialize};
+
+use super::cache::CacheKey;
+use super::token::{ENLIST_ATTEMPT, TokenKey};
+use super::{MacAddr, MachineView};
+
+/// `POST /api/v1/machines/<mac>/inventory`: the hardware inventory, shaped like the
+/// Machine's `status.hardware`.
+pub type InventoryReport = Hardware;
+
+/// `POST /api/v1/machines/<mac>/progress`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProgressReport {
+    /// Current step: Inventory, Erasing, WritingImage or WritingConfig.
+    pub step: ProvisioningStep,
+    /// Bytes written so far.
+    #[serde(default)]
+    pub bytes_written: Option<i64>,
+    /// Total bytes to write, when known.
+    #[serde(default)]
+    pub bytes_total: Option<i64>,
+    /// Free text (truncated to 1024 characters).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// `POST /api/v1/machines/<mac>/result`: the end of the attempt's work.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResultReport {
+    /// The attempt this result belongs to (must be the token's).
+    pub attempt: i64,
+    /// Succeeded or Failed.
+    pub step: ProvisioningStep,
+    /// What happened; for Failed, why (truncated to 1024 characters).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// `GET /api/v1/machines/<mac>/plan`: what the ramdisk must do in this attempt.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// `<namespace>/<name>` of the Machine; absent while enlisting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    /// The boot MAC, colon-separated, lower case.
+    pub mac: String,
+    /// Enlist, Commission, Deploy or Erase.
+    pub purpose: BootPurpose,
+    /// The boot intent attempt (0 while enlisting).
+    pub attempt: i64,
+    /// Deploy: the image to write, served by this agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<PlanImage>,
+    /// Deploy: the disk to write (Deployment hints, else the Machine's); Erase: unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_device_hints: Option<RootDeviceHints>,
+    /// Deploy: partition layout after writing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<StorageLayout>,
+    /// Erase: how to erase every disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erase: Option<ErasePolicy>,
+    /// Deploy: the cloud-init NoCloud seed to write for first boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInitSeed>,
+}
+
+/// The image in a Deploy plan.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanImage {
+    /// Where to download it: this agent's cache, `<base>/images/<algo>-<hex>`.
+    pub url: String,
+    /// `sha256:<hex>` or `sha512:<hex>`; the ramdisk verifies it too.
+    pub checksum: String,
+    /// raw or qcow2.
+    pub format: ImageFormat,
+}
+
+/// cloud-init NoCloud seed files.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudInitSeed {
+    /// `meta-data`: instance-id (new per attempt, so cloud-init runs again) and hostname.
+    pub meta_data: String,
+    /// `user-data`, if the Deployment has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// `network-config`, if the Deployment has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data: Option<String>,
+}
+
+/// Who is calling the machine API, once the token checked out.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Caller {
+    /// The ramdisk of a known Machine, for its current attempt.
+    Machine {
+        /// The Machine.
+        machine: Box<MachineView>,
+        /// Its current ramdisk attempt.
+        attempt: i64,
+        /// Its current purpose.
+        purpose: BootPurpose,
+    },
+    /// The enlistment ramdisk of a MAC no Machine has.
+    Enlisting(MacAddr),
+}
+
+/// How many earlier attempts are recognised to tell "stale ramdisk" from "bad token".
+const STALE_LOOKBACK: i64 = 16;
+
+/// Checks `bearer` for `mac`: the token of the Machine's current ramdisk attempt, or the
+/// enlistment token while no Machine has the MAC. The error is the 401 message.
+pub fn authenticate(
+    keys: &TokenKey,
+    mac: &MacAddr,
+    machine: Option<MachineView>,
+    bearer: Option<&str>,
+) -> Result<Caller, String> {
+    let Some(token) = bearer else {
+        return Err(
+            "missing 'Authorization: Bearer <token>' header; the ramdisk finds its \
+                    token on the kernel command line (ironpool.token=)"
+                .to_string(),
+        );
+    };
+    let Some(m) = machine else {
+        if keys.verify(mac, ENLIST_ATTEMPT, token) {
+            return Ok(Caller::Enlisting(*mac));
+        }
+        return Err(format!(
+            "token is not valid for MAC {mac}, which no Machine has"
+        ));
+    };
+    let who = format!("Machine {}/{}", m.namespace, m.name);
+    let current = match &m.intent {
+        Some(i) if i.target == BootTarget::Ramdisk => Some((i.attempt, i.purpose)),
+        _ => None,
+    };
+    if let Some((attempt, purpose)) = current
+        && keys.verify(mac, attempt, token)
+    {
+        return Ok(Caller::Machine {
+            machine: Box::new(m),
+            attempt,
+            purpose,
+        });
+    }
+    let now = match &m.intent {
+        Some(i) => format!(
+            "its current boot intent is {:?}/{:?} attempt {}",
+            i.target, i.purpose, i.attempt
+        ),
+        None => "it has no boot intent".to_string(),
+    };
+    if keys.verify(mac, ENLIST_ATTEMPT, token) {
+        return Err(format!(
+            "enlistment token, but {who} now has this MAC and {now}; reboot the machine"
+        ));
+    }
+    let newest = m.intent.as_ref().map_or(0, |i| i.attempt);
+    let stale = (newest.saturating_sub(STALE_LOOKBACK).max(1)..newest)
+        .rev()
+        .find(|a| keys.verify(mac, *a, token));
+    Err(match (stale, current) {
+        (Some(a), _) => format!("token of attempt {a} has expired: {now}; this ramdisk is stale"),
+        (None, None) => format!("token rejected: {who} has no ramdisk work ({now})"),
+        (None, Some(_)) => format!("token does not match {who} ({now})"),
+    })
+}
+
+/// The plan for a caller; `base_url` is this agent's. `Err` is a 409 message (the
+/// Machine's facts are not complete yet; the ramdisk retries).
+pub fn plan(caller: &Caller, base_url: &str) -> Result<Plan, String> {
+    let (m, attempt, purpose) = match caller {
+        Caller::Enlisting(mac) => {
+            return Ok(Plan {
+                machine: None,
+                mac: mac.to_string(),
+                purpose: BootPurpose::Enlist,
+                attempt: ENLIST_ATTEMPT,
+                image: None,
+                root_device_hints: None,
+                layout: None,
+                erase: None,
+                cloud_init: None,
+            });
+        }
+        Caller::Machine {
+            machine,
+            attempt,
+            purpose,
+        } => (machine, *attempt, *purpose),
+    };
+    let mut plan = Plan {
+        machine: Some(format!("{}/{}", m.namespace, m.name)),
+        mac: m.mac.to_string(),
+        purpose,
+        attempt,
+        image: None,
+        root_device_hints: None,
+        layout: None,
+        erase: None,
+        cloud_init: None,
+    };
+    match purpose {
+        BootPurpose::Erase => plan.erase = Some(m.erase),
+        BootPurpose::Deploy => {
+            let Some(d) = &m.deploy else {
+                return Err(format!(
+                    "Machine {}/{} is to deploy (attempt {attempt}) but its Deployment's image \
+                     is not known to this agent yet; retry shortly",
+                    m.namespace, m.name
+                ));
+            };
+            let key = CacheKey::from_checksum(&d.image.checksum).map_err(|e| e.to_string())?;
+            plan.image = Some(PlanImage {
+                url: format!("{base_url}/images/{}", key.file_name()),
+                checksum: d.image.checksum.clone(),
+                format: d.image.format,
+            });
+            plan.root_device_hints = d
+                .root_device_hints
+                .clone()
+                .or_else(|| m.root_device_hints.clone());
+            plan.layout = Some(d.layout);
+            let hostname = d.hostname.clone().unwrap_or_else(|| m.name.clone());
+            plan.cloud_init = Some(CloudInitSeed {
+                meta_data: format!(
+                    "instance-id: {}-{}-{attempt}\nlocal-hostname: {hostname}\n",
+                    m.namespace, m.name
+                ),
+                user_data: d.user_data.clone(),
+                network_data: d.network_data.clone(),
+            });
+        }
+        _ => {}
+    }
+    Ok(plan)
+}
+
+/// Cuts `message` to at most 1024 characters (the Machine status limit).
+pub fn clip(message: Option<String>) -> Option<String> {
+    message.map(|m| m.chars().take(1024).collect())
+}
+
+#[cfg(test)]
+#[path = "api_tests.rs"]
+mod tests;

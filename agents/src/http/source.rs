@@ -1,0 +1,105 @@
+//! The narrow interfaces between the HTTP server and the rest of the agent: where machine
+//! facts come from ([`BootSource`]), where ramdisk reports go ([`ReportSink`]) and the boot
+//! flight-recorder events ([`BootEvent`]).
+
+use futures::future::BoxFuture;
+use ironpool_crds::common::RootDeviceHints;
+use ironpool_crds::deployment::{ErasePolicy, ImageFormat, StorageLayout};
+use ironpool_crds::machine::{
+    Architecture, BootIntent, BootMode, BootStep, Hardware, ProvisioningReport,
+};
+
+use super::{HttpError, MacAddr};
+
+/// What the HTTP server needs to know about one Machine. The agent builds it from its
+/// Machine (and Deployment, Secret) reflectors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MachineView {
+    /// Machine name.
+    pub name: String,
+    /// Machine namespace.
+    pub namespace: String,
+    /// `spec.bootMACAddress`.
+    pub mac: MacAddr,
+    /// `spec.bootMode`: decides how "boot from disk" is spelled in iPXE.
+    pub boot_mode: BootMode,
+    /// `spec.architecture`.
+    pub architecture: Architecture,
+    /// `status.bootIntent`, if the operator has set one.
+    pub intent: Option<BootIntent>,
+    /// `spec.rootDeviceHints` (a Deployment's storage hints override them in `deploy`).
+    pub root_device_hints: Option<RootDeviceHints>,
+    /// How to erase disks when the purpose is Erase (from the Deployment being released).
+    pub erase: ErasePolicy,
+    /// What to write when the purpose is Deploy.
+    pub deploy: Option<DeployInputs>,
+}
+
+/// The Deployment facts a Deploy plan needs, with the cloud-init Secrets already read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeployInputs {
+    /// The image to write.
+    pub image: ImageRef,
+    /// Root disk hints of the Deployment; they override the Machine's.
+    pub root_device_hints: Option<RootDeviceHints>,
+    /// Partition layout after writing.
+    pub layout: StorageLayout,
+    /// Hostname of the deployed OS.
+    pub hostname: Option<String>,
+    /// cloud-init user-data (content of `userDataSecretRef`).
+    pub user_data: Option<String>,
+    /// cloud-init network-config (content of `networkDataSecretRef`).
+    pub network_data: Option<String>,
+}
+
+/// An upstream image: where it is, its checksum and its format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRef {
+    /// Upstream http:// or https:// URL.
+    pub url: String,
+    /// `sha256:<hex>` or `sha512:<hex>`.
+    pub checksum: String,
+    /// raw or qcow2.
+    pub format: ImageFormat,
+}
+
+/// Where the HTTP server looks machines up. Implemented by the agent from its Machine
+/// reflector; [`super::MemoryBootSource`] serves tests.
+pub trait BootSource: Send + Sync {
+    /// The Machine whose `spec.bootMACAddress` is `mac`, if any.
+    fn machine_by_mac(&self, mac: &MacAddr) -> Option<MachineView>;
+}
+
+/// Where the machine API's reports go. Implemented by the agent by writing Machine status
+/// (server-side apply, field manager `ironpool-agent`); [`super::MemoryReportSink`] serves
+/// tests. `machine` is `None` for an unknown MAC that is enlisting.
+pub trait ReportSink: Send + Sync {
+    /// Hardware inventory from commissioning or enlistment (`status.hardware`).
+    fn inventory<'a>(
+        &'a self,
+        mac: MacAddr,
+        machine: Option<&'a MachineView>,
+        hardware: Hardware,
+    ) -> BoxFuture<'a, Result<(), HttpError>>;
+
+    /// Progress or the final result of ramdisk work (`status.provisioning`).
+    fn provisioning<'a>(
+        &'a self,
+        machine: &'a MachineView,
+        report: ProvisioningReport,
+    ) -> BoxFuture<'a, Result<(), HttpError>>;
+}
+
+/// One step a MAC took on the HTTP server, for the boot flight recorder (`status.boot` and
+/// Events). Sent with `try_send`: a full channel drops the event rather than stall a boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootEvent {
+    /// The machine's boot MAC.
+    pub mac: MacAddr,
+    /// What happened: ScriptFetched, AssetFetched or RamdiskCheckIn.
+    pub step: BootStep,
+    /// Details, e.g. "/boot/3c-ec-ef-12-34-56.ipxe: ramdisk for Deploy attempt 3".
+    pub detail: String,
+    /// Whether a Machine has this MAC (false: an unknown machine, enlisting).
+    pub known: bool,
+}

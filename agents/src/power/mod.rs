@@ -1,0 +1,160 @@
+//! The agent's power controller: carries out each Machine's boot intent exactly once per
+//! attempt, syncs observed power periodically, and reports BMC reachability in the
+//! `BMCReachable` condition.
+//!
+//! Exactly once: before sending the power action of attempt N the controller records N
+//! in the annotation `metal.ironpool.dev/applying-attempt`; after it, it writes
+//! `status.bootApplied.attempt = N` and removes the annotation. A controller that starts
+//! and finds the annotation equal to the pending attempt knows the action may have
+//! landed, and only finishes idempotently (see [`decide::plan`]).
+
+mod context;
+pub mod decide;
+pub mod metrics;
+mod reconcile;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use ironpool_crds::Machine;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use metrics::Metrics;
+
+use crate::bmc::BmcError;
+
+/// Errors of the power controller.
+#[derive(Debug, thiserror::Error)]
+pub enum PowerError {
+    /// A BMC call failed.
+    #[error(transparent)]
+    Bmc(#[from] BmcError),
+    /// The Kubernetes API refused or failed a call.
+    #[error("Kubernetes API call failed: {0}; check the agent's RBAC and the apiserver")]
+    Kube(#[from] kube::Error),
+    /// The BMC credentials Secret is missing or incomplete.
+    #[error("{0}")]
+    NoCredentials(String),
+}
+
+impl PowerError {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            PowerError::Bmc(e) => e.metric_label(),
+            PowerError::Kube(_) => "KubernetesAPI",
+            PowerError::NoCredentials(_) => "NoCredentials",
+        }
+    }
+}
+
+/// Settings of the power controller.
+#[derive(Clone)]
+pub struct Config {
+    /// Watch Machines in this namespace only; all namespaces when None.
+    pub namespace: Option<String>,
+    /// Label selector for the credentials Secrets watched (all Secrets when None).
+    pub secret_selector: Option<String>,
+    /// How often each machine's power state is read (±10 % jitter).
+    pub sync_interval: Duration,
+    /// Machines reconciled at once by this agent.
+    pub max_concurrent: u16,
+    /// BMC calls in flight at once per BMC host:port.
+    pub per_bmc_concurrent: usize,
+    /// First retry delay after a failure; doubles per failure.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Deadline of one BMC call.
+    pub bmc_timeout: Duration,
+    /// PEM CA bundle for Redfish BMC certificates (system roots when None).
+    pub ca_bundle: Option<Vec<u8>>,
+    /// Server-side apply field manager.
+    pub field_manager: String,
+    /// Metrics to record into.
+    pub metrics: Metrics,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            secret_selector: None,
+            sync_interval: Duration::from_secs(60),
+            max_concurrent: 32,
+            per_bmc_concurrent: 2,
+            backoff_base: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(300),
+            bmc_timeout: Duration::from_secs(20),
+            ca_bundle: None,
+            field_manager: "ironpool-agent".into(),
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+/// Runs the power controller until `cancel` fires (then drains running reconciles).
+pub async fn run(
+    client: Client,
+    config: Config,
+    cancel: CancellationToken,
+) -> Result<(), PowerError> {
+    let (machines, secrets): (Api<Machine>, Api<Secret>) = match &config.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let mut secret_watch = watcher::Config::default().any_semantic();
+    if let Some(sel) = &config.secret_selector {
+        secret_watch = secret_watch.labels(sel);
+    }
+    let concurrency = config.max_concurrent;
+    let ctx = Arc::new(context::Ctx::new(client, config));
+    let controller = Controller::new(machines, watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().concurrency(concurrency));
+    let store = controller.store();
+    let mapper_ctx = ctx.clone();
+    info!("power controller started");
+    controller
+        .watches(secrets, secret_watch, move |secret: Secret| {
+            mapper_ctx.secret_changed(&secret);
+            let ns = secret.namespace();
+            let name = secret.name_any();
+            store
+                .state()
+                .iter()
+                .filter(|m| {
+                    m.namespace() == ns
+                        && m.spec
+                            .bmc
+                            .as_ref()
+                            .is_some_and(|b| b.credentials_secret_ref.name == name)
+                })
+                .map(|m| ObjectRef::from_obj(&**m))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(cancel.cancelled_owned())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                match e {
+                    controller::Error::ReconcilerFailed(_, _) => {}
+                    other => warn!(error = %other, "power controller"),
+                }
+            }
+        })
+        .await;
+    ctx.close_all().await;
+    info!("power controller stopped");
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! One reconcile of one Machine: apply a pending boot intent, or sync power when due,
+//! then write status; on failure, say why in `BMCReachable` and back off.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use ironpool_crds::Machine;
+use ironpool_crds::machine::{BootApplied, PowerState};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use tracing::{info, warn};
+
+use super::PowerError;
+use super::context::Ctx;
+use super::decide::{self, Step};
+use super::status::{self, Reachability};
+use crate::bmc::{BmcAddress, BmcError, PowerDriver};
+
+/// How soon to look again after carrying out an intent (to observe the power landing).
+const AFTER_APPLY: Duration = Duration::from_secs(10);
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Times a BMC call into the metrics.
+async fn timed<T>(
+    ctx: &Ctx,
+    driver: &dyn PowerDriver,
+    operation: &'static str,
+    call: BoxFuture<'_, Result<T, BmcError>>,
+) -> Result<T, BmcError> {
+    let started = Instant::now();
+    let r = call.await;
+    let result = r.as_ref().map_or_else(BmcError::metric_label, |_| "ok");
+    ctx.config
+        .metrics
+        .call(driver.kind().as_str(), operation, result, started.elapsed());
+    r
+}
+
+/// The reconcile function given to the kube Controller.
+pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Ctx>) -> Result<Action, PowerError> {
+    let ns = machine.namespace().unwrap_or_default();
+    let name = machine.name_any();
+    let key = format!("{ns}/{name}");
+    let Some(bmc_spec) = machine.spec.bmc.clone() else {
+        return Ok(Action::await_change());
+    };
+    let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret = &bmc_spec.credentials_secret_ref.name;
+    let found = ctx.credentials(&ns, secret).await?;
+    let creds = match found.creds {
+        Ok(c) => c,
+        Err(detail) => {
+            write_status(
+                &ctx,
+                &api,
+                &machine,
+                None,
+                None,
+                &Reachability::no_credentials(detail.clone()),
+            )
+            .await?;
+            return Err(PowerError::NoCredentials(detail));
+        }
+    };
+    let (driver, fresh) = match ctx.driver(&key, &bmc_spec, &creds, &found.version) {
+        Ok(d) => d,
+        Err(PowerError::Bmc(e)) => {
+            write_status(&ctx, &api, &machine, None, None, &Reachability::failed(&e)).await?;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e),
+    };
+    if !fresh && let Some(until) = ctx.backoff_until(&key) {
+        return Ok(Action::requeue(
+            until.saturating_duration_since(Instant::now()),
+        ));
+    }
+    let host = BmcAddress::parse(&bmc_spec.address)
+        .map(|a| a.host_port())
+        .unwrap_or_default();
+    let limit = ctx.host_limit(&host);
+    let _permit = limit.acquire_owned().await;
+    let status = machine.status.clone().unwrap_or_default();
+    let pending = decide::pending(status.boot_intent.as_ref(), status.boot_applied.as_ref())
+        .filter(|a| ctx.applied(&key).is_none_or(|done| *a > done));
+    let held = machine.spec.maintenance == Some(true) || machine.spec.broken == Some(true);
+
+    let outcome = match (pending, status.boot_intent.as_ref()) {
+        (Some(attempt), Some(intent)) if !held => {
+            apply(&ctx, &api, &machine, driver.as_ref(), intent, attempt).await
+        }
+        _ if ctx.sync_due(&key) => sync(driver.as_ref(), &ctx)
+            .await
+            .map(|p| (p, status.boot_applied.clone())),
+        _ => {
+            return Ok(Action::requeue(
+                ctx.until_sync(&key).max(Duration::from_secs(1)),
+            ));
+        }
+    };
+    match outcome {
+        Ok((power, applied)) => {
+            let r = Reachability::reachable(driver.kind().as_str());
+            write_status(&ctx, &api, &machine, Some(power), applied.as_ref(), &r).await?;
+            if applied.as_ref().map(|a| a.attempt)
+                != status.boot_applied.as_ref().map(|a| a.attempt)
+            {
+                clear_annotation(&ctx, &api, &name).await?;
+            }
+            if let Some(a) = &applied {
+                ctx.remember_applied(&key, a.attempt);
+            }
+            ctx.succeeded(&key);
+            let after = if pending.is_some() {
+                AFTER_APPLY
+            } else {
+                ctx.config.sync_interval
+            };
+            Ok(Action::requeue(ctx.schedule_sync(&key, after)))
+        }
+        Err(e) => {
+            warn!(machine = %key, bmc = %host, driver = driver.kind().as_str(), reason = e.metric_label(), error = %e, "BMC call failed");
+            if matches!(e, BmcError::Authentication { .. }) {
+                ctx.forget_secret(&ns, secret);
+            }
+            let unknown = status::power(PowerState::Unknown, now());
+            let power = (!matches!(e, BmcError::Unsupported { .. })).then_some(unknown);
+            write_status(
+                &ctx,
+                &api,
+                &machine,
+                power,
+                status.boot_applied.as_ref(),
+                &Reachability::failed(&e),
+            )
+            .await?;
+            Err(e.into())
+        }
+    }
+}
+
+/// Reads power for the periodic sync.
+async fn sync(
+    driver: &dyn PowerDriver,
+    ctx: &Ctx,
+) -> Result<ironpool_crds::machine::PowerStatus, BmcError> {
+    let r = timed(ctx, driver, "power_state", driver.power_state()).await;
+    ctx.config
+        .metrics
+        .sync(r.as_ref().map_or_else(BmcError::metric_label, |_| "ok"));
+    Ok(status::power(r?, now()))
+}
+
+/// Carries out attempt `attempt` of `intent`.
+async fn apply(
+    ctx: &Ctx,
+    api: &Api<Machine>,
+    machine: &Machine,
+    driver: &dyn PowerDriver,
+    intent: &ironpool_crds::machine::BootIntent,
+    attempt: i64,
+) -> Result<(ironpool_crds::machine::PowerStatus, Option<BootApplied>), BmcError> {
+    let name = machine.name_any();
+    let power = timed(ctx, driver, "power_state", driver.power_state()).await?;
+    let resumed = status::applying_attempt(machine) == Some(attempt);
+    let steps = decide::plan(intent.target, machine.spec.boot_mode, power, resumed);
+    info!(machine = %name, attempt, target = ?intent.target, ?power, resumed, ?steps, "applying boot intent");
+    let mut expected = power;
+    for step in steps {
+        match step {
+            Step::SetBoot(b) => {
+                timed(ctx, driver, "set_boot_device", driver.set_boot_device(b)).await?
+            }
+            Step::Power(action) => {
+                // Record before acting: a restart from here on never sends it twice.
+                if !resumed {
+                    mark_applying(ctx, api, &name, attempt).await?;
+                }
+                timed(ctx, driver, "set_power", driver.set_power(action)).await?;
+                expected = match action {
+                    crate::bmc::PowerAction::Off | crate::bmc::PowerAction::GracefulOff => {
+                        PowerState::Off
+                    }
+                    _ => PowerState::On,
+                };
+            }
+        }
+    }
+    ctx.config.metrics.intents_applied.inc();
+    let at = now();
+    Ok((
+        status::power(expected, at.clone()),
+        Some(BootApplied {
+            attempt,
+            applied_at: Some(at),
+        }),
+    ))
+}
+
+async fn mark_applying(
+    ctx: &Ctx,
+    api: &Api<Machine>,
+    name: &str,
+    attempt: i64,
+) -> Result<(), BmcError> {
+    let pp = PatchParams::apply(&ctx.config.field_manager).force();
+    api.patch(
+        name,
+        &pp,
+        &Patch::Apply(status::annotation_patch(name, Some(attempt))),
+    )
+    .await
+    .map(drop)
+    // Not a BMC failure, but it must stop the action: report it as setup.
+    .map_err(|e| BmcError::Setup(format!("cannot record the attempt before acting: {e}")))
+}
+
+async fn clear_annotation(ctx: &Ctx, api: &Api<Machine>, name: &str) -> Result<(), PowerError> {
+    let pp = PatchParams::apply(&ctx.config.field_manager).force();
+    api.patch(
+        name,
+        &pp,
+        &Patch::Apply(status::annotation_patch(name, None)),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_status(
+    ctx: &Ctx,
+    api: &Api<Machine>,
+    machine: &Machine,
+    power: Option<ironpool_crds::machine::PowerStatus>,
+    applied: Option<&BootApplied>,
+    r: &Reachability,
+) -> Result<(), PowerError> {
+    let existing = machine.status.as_ref();
+    let power = power.or_else(|| existing.and_then(|s| s.power.clone()));
+    let applied = applied.or_else(|| existing.and_then(|s| s.boot_applied.as_ref()));
+    let condition = status::condition(machine, r, now());
+    let pp = PatchParams::apply(&ctx.config.field_manager).force();
+    api.patch_status(
+        &machine.name_any(),
+        &pp,
+        &Patch::Apply(status::patch(power, applied, condition)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Backs off per machine: exponential, capped, jittered.
+pub fn error_policy(machine: Arc<Machine>, error: &PowerError, ctx: Arc<Ctx>) -> Action {
+    let key = format!(
+        "{}/{}",
+        machine.namespace().unwrap_or_default(),
+        machine.name_any()
+    );
+    ctx.config.metrics.failure(error.metric_label());
+    let delay = ctx.failed(&key);
+    warn!(machine = %key, reason = error.metric_label(), error = %error, retry_in = ?delay, "power reconcile failed");
+    Action::requeue(delay)
+}
