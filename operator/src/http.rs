@@ -1,7 +1,9 @@
-//! The operator's HTTP endpoints: /metrics (Prometheus), /healthz, /readyz.
+//! Operational HTTP endpoints shared by the operator and the agent: `/metrics`
+//! (Prometheus text), `/healthz` (the process runs) and `/readyz` (the caller says ready).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -11,36 +13,53 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+struct Shared {
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            e.to_string(),
-        ),
+    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+        Ok(()) => {
+            let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+            (StatusCode::OK, [(header::CONTENT_TYPE, kind)], body)
+        }
+        Err(e) => {
+            let kind = "text/plain";
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, kind)],
+                e.to_string(),
+            )
+        }
     }
 }
 
-/// Serves the endpoints on `addr` until `stop` fires; returns the bound address at once.
+async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: caches not synced yet",
+        )
+    }
+}
+
+/// Binds `addr` and serves until `stop` fires; returns the bound address and the task.
+/// `/readyz` answers 200 once `ready` is set, 503 before.
 pub async fn serve(
     addr: SocketAddr,
     registry: Registry,
+    ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
-        .with_state(Arc::new(registry));
+        .route("/readyz", get(readyz))
+        .with_state(Arc::new(Shared { registry, ready }));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -48,7 +67,7 @@ pub async fn serve(
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
         if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed");
+            tracing::error!(error = %e, "metrics server failed");
         }
     });
     Ok((bound, task))

@@ -103,7 +103,8 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::new(&mut registry);
     let root = CancellationToken::new();
     tokio::spawn(shutdown_signal(root.clone()));
-    let (bound, http_task) = http::serve(config.listen, registry, root.clone())
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (bound, http_task) = http::serve(config.listen, registry, ready, root.clone())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(%bound, identity, "serving /metrics, /healthz, /readyz");
