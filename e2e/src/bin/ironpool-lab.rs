@@ -1,7 +1,7 @@
 //! ironpool-lab: the local lab behind the README's first command.
 //!
 //! `up` starts a real control plane (etcd + kube-apiserver built from the Kubernetes Go
-//! modules), installs the Ironpool CRDs, applies `examples/` into namespace `lab`, prints
+//! modules), installs the Ironpool CRDs, runs the operator, applies `examples/` into namespace `lab`, prints
 //! `kubectl get ironpool`, and keeps everything running until Ctrl-C or `down`.
 //! `status` tells whether a lab runs and how to reach it.
 
@@ -75,6 +75,13 @@ fn up() -> Result<()> {
     let kubeconfig = state.join("kubeconfig");
     std::fs::copy(cp.kubeconfig_path(), &kubeconfig).context("copying the kubeconfig")?;
     std::fs::write(state.join("pid"), std::process::id().to_string())?;
+    let mut operator = start_operator(&cp, &state)?;
+    eprintln!(
+        "[lab] operator running (log: {})",
+        state.join("operator.log").display()
+    );
+    // Let the operator take its first decisions before showing the table.
+    std::thread::sleep(std::time::Duration::from_secs(4));
     let table = cluster::kubectl_ok(cp.kubectl().args(["get", "ironpool", "-n", NAMESPACE]))?;
     println!("{table}");
     let kubectl = ironpool_e2e::Binaries::ensure()?.kubectl;
@@ -88,11 +95,38 @@ fn up() -> Result<()> {
         .build()?;
     rt.block_on(wait_for_stop())?;
     eprintln!("[lab] stopping");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &operator.id().to_string()])
+        .status();
+    let _ = operator.wait();
     cp.stop();
     let _ = std::fs::remove_file(state.join("pid"));
     let _ = std::fs::remove_file(&kubeconfig);
     eprintln!("[lab] stopped");
     Ok(())
+}
+
+/// Starts the operator binary (built by `e2e/run lab`) against the lab's control plane.
+fn start_operator(cp: &ControlPlane, state: &std::path::Path) -> Result<std::process::Child> {
+    let bin = ironpool_e2e::repo_dir().join("target/debug/ironpool-operator");
+    if !bin.exists() {
+        bail!(
+            "{} is missing; run the lab with `e2e/run lab`, which builds it",
+            bin.display()
+        );
+    }
+    let log = std::fs::File::create(state.join("operator.log"))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    std::process::Command::new(bin)
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .args(["--lease-namespace", NAMESPACE, "--identity", "lab-operator"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::from(log.try_clone()?))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .context("starting ironpool-operator")
 }
 
 async fn wait_for_stop() -> Result<()> {
