@@ -301,23 +301,30 @@ fn error_policy(d: Arc<Deployment>, e: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(wait)
 }
 
-/// A machine change concerns the Deployment it holds and, when it is free, every Pending
-/// Deployment of its namespace (one of them may fit now).
+/// A machine change concerns the Deployment it holds, any Deployment whose status still
+/// names it, and, when it is free, every Pending Deployment of its namespace (one of them
+/// may fit now).
 fn deployments_of(ctx: &Context, m: &Machine) -> Vec<ObjectRef<Deployment>> {
     let ns = m.namespace().unwrap_or_default();
     let mut out: Vec<ObjectRef<Deployment>> = holder(m)
         .map(|n| ObjectRef::new(n).within(&ns))
         .into_iter()
         .collect();
-    if selection::is_free(m) {
-        for d in ctx.deployments.state() {
-            let pending = d
-                .status
-                .as_ref()
-                .is_none_or(|s| s.phase == Some(DeploymentPhase::Pending));
-            if pending && d.namespace().as_deref() == Some(ns.as_str()) {
-                out.push(ObjectRef::from_obj(&*d));
-            }
+    let name = m.name_any();
+    let free = selection::is_free(m);
+    for d in ctx.deployments.state() {
+        if d.namespace().as_deref() != Some(ns.as_str()) {
+            continue;
+        }
+        let status = d.status.as_ref();
+        // A Deployment that still names this machine (e.g. one being deleted, waiting for
+        // the release) must learn at once that the machine moved on.
+        let names_it = status
+            .and_then(|s| s.machine_ref.as_ref())
+            .is_some_and(|r| r.name == name);
+        let pending = status.is_none_or(|s| s.phase == Some(DeploymentPhase::Pending));
+        if names_it || (free && pending) {
+            out.push(ObjectRef::from_obj(&*d));
         }
     }
     out

@@ -33,6 +33,11 @@ async fn allocations(
         .items;
     let mut by_machine = BTreeMap::new();
     for d in &ds {
+        // A Deployment being deleted keeps its machineRef until its finalizer goes, after
+        // its machine was released (and possibly claimed again): that ref is history.
+        if d.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
         if let Some(r) = d.status.as_ref().and_then(|s| s.machine_ref.as_ref()) {
             let name = d.metadata.name.clone().unwrap();
             if let Some(other) = by_machine.insert(r.name.clone(), name.clone()) {
