@@ -95,6 +95,24 @@ fn apply(cp: &ControlPlane, ns: &str, yaml: &str) -> Output {
     )
 }
 
+/// `kubectl explain`, retried for up to 30 s: the apiserver publishes a new CRD's schema a
+/// moment after the CRD is Established, and kubectl may read an older document until then.
+fn explain(cp: &ControlPlane, what: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = run(cp.kubectl().args(["explain", what]), None);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`kubectl explain {what}` kept failing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 #[test]
 fn crds_are_established_and_explained() {
     let cp = cluster();
@@ -111,7 +129,7 @@ fn crds_are_established_and_explained() {
             .unwrap_or_else(|| panic!("{kind} missing: {names}"));
         assert!(line.contains(short) && line.contains("ironpool"), "{line}");
     }
-    let bmc = run_ok(cp.kubectl().args(["explain", "bmm.spec.bmc"]));
+    let bmc = explain(cp, "bmm.spec.bmc");
     for text in [
         "baseboard management controller",
         "redfish+https://",
@@ -123,7 +141,7 @@ fn crds_are_established_and_explained() {
             "`kubectl explain bmm.spec.bmc` lacks {text:?}:\n{bmc}"
         );
     }
-    let progress = run_ok(cp.kubectl().args(["explain", "bmd.status.progress"]));
+    let progress = explain(cp, "bmd.status.progress");
     for text in [
         "Progress of the current step",
         "bytesWritten",
