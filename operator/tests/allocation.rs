@@ -96,11 +96,20 @@ async fn fifty_deployments_for_twenty_machines() {
     .await;
     let (by_machine, ds) = eventually(T, "20 allocations and 30 Pending", || async {
         let (by_machine, ds) = allocations(&machines, &deployments).await;
-        let pending = ds
+        // Pending with the settled reason: a Deployment that lost a race says "retrying"
+        // for a moment before it finds every machine taken.
+        let settled = ds
             .iter()
             .filter(|d| d.status.as_ref().and_then(|s| s.phase) == Some(DeploymentPhase::Pending))
+            .filter(|d| {
+                d.status.as_ref().is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == "Ready" && c.message.starts_with("no Ready machine is free")
+                    })
+                })
+            })
             .count();
-        (by_machine.len() == 20 && pending == 30).then_some((by_machine, ds))
+        (by_machine.len() == 20 && settled == 30).then_some((by_machine, ds))
     })
     .await;
     eprintln!(
