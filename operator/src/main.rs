@@ -73,7 +73,7 @@ async fn run_controllers(
             config.concurrency,
             stop.clone()
         ),
-        subnet_controller::run(subnets, ctx.clone(), stop.clone()),
+        subnet_controller::run(subnets, api(&client, ns), ctx.clone(), stop.clone()),
         machine_controller::count_phases(ctx.clone(), stop.clone()),
     );
 }

@@ -144,24 +144,27 @@ fn error_policy(s: Arc<Subnet>, e: &Error, ctx: Arc<(Arc<Context>, Store<Subnet>
 }
 
 /// Runs the Subnet controller until `stop` fires.
-pub async fn run(controller: Controller<Subnet>, ctx: Arc<Context>, stop: CancellationToken) {
+/// `subnets` must have the controller's own scope (one namespace or all), so that a
+/// namespace-scoped operator never needs cluster-wide list/watch on Subnets.
+pub async fn run(
+    controller: Controller<Subnet>,
+    subnets: Api<Subnet>,
+    ctx: Arc<Context>,
+    stop: CancellationToken,
+) {
     let store = controller.store();
     // A Subnet's neighbours matter for overlap: any change re-checks its whole namespace.
     let neighbours = store.clone();
     controller
-        .watches(
-            Api::<Subnet>::all(ctx.client.clone()),
-            Default::default(),
-            move |s: Subnet| {
-                let ns = s.namespace().unwrap_or_default();
-                neighbours
-                    .state()
-                    .into_iter()
-                    .filter(|n| n.namespace().as_deref() == Some(ns.as_str()))
-                    .map(|n| ObjectRef::from_obj(&*n))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches(subnets, Default::default(), move |s: Subnet| {
+            let ns = s.namespace().unwrap_or_default();
+            neighbours
+                .state()
+                .into_iter()
+                .filter(|n| n.namespace().as_deref() == Some(ns.as_str()))
+                .map(|n| ObjectRef::from_obj(&*n))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, Arc::new((ctx, store)))
         .for_each(|_| async {})
