@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the DHCP/TFTP protocol tests and benchmarks of
 # ironpool-agents use as real peers: dhclient, busybox udhcpc, dhcrelay, ISC Kea with
-# perfdhcp (shipped by kea-admin), tftpd-hpa, atftp, tftp-hpa, Debian's iPXE binaries and
-# iproute2 (ip netns). Idempotent: apt-get runs only when a command or file is missing.
+# perfdhcp (shipped by kea-admin), tftpd-hpa, atftp, tftp-hpa, Debian's iPXE binaries,
+# iproute2 (ip netns), and for the benchmarks nginx-light (the HTTP peer) and taskset. Idempotent: apt-get runs only when a command or file is missing.
 set -euo pipefail
 
 # command-or-file => package
@@ -18,6 +18,8 @@ declare -A need=(
   [/usr/lib/ipxe/undionly.kpxe]=ipxe
   [/usr/bin/curl]=curl
   [/sbin/ip]=iproute2
+  [/usr/sbin/nginx]=nginx-light
+  [/usr/bin/taskset]=util-linux
 )
 
 missing=()
@@ -44,8 +46,9 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || {
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 # The Debian packages start daemons that would hold ports 67/69 in the root namespace;
-# tests and benchmarks start their own instances inside network namespaces.
-for svc in tftpd-hpa isc-dhcp-relay kea-dhcp4-server kea-ctrl-agent kea-dhcp6-server kea-dhcp-ddns-server; do
+# tests and benchmarks start their own instances inside network namespaces (nginx: the
+# HTTP benchmark starts its own on a free loopback port).
+for svc in nginx tftpd-hpa isc-dhcp-relay kea-dhcp4-server kea-ctrl-agent kea-dhcp6-server kea-dhcp-ddns-server; do
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
   if [[ -x /etc/init.d/$svc ]]; then /etc/init.d/$svc stop >/dev/null 2>&1 || true; fi
 done
