@@ -6,5 +6,6 @@ pub mod agent;
 pub mod bmc;
 pub mod dhcp;
 pub mod http;
+pub mod machine;
 pub mod power;
 pub mod tftp;

@@ -1,0 +1,63 @@
+//! `ironpool-machine-agent`: runs in the boot ramdisk. Reads `ironpool.url=`,
+//! `ironpool.token=`, `ironpool.mac=`, `ironpool.purpose=` and `ironpool.attempt=` from the
+//! kernel command line, reports the inventory, and carries out the agent's plan (erase or
+//! deploy). Exits 0 when the work succeeded, 1 (with the reason on stderr) otherwise.
+//!
+//! Flags (for tests): `--cmdline FILE` (default `/proc/cmdline`), `--root DIR` (default `/`;
+//! `/proc`, `/sys` and `/dev` are read under it).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ironpool_agents::machine::{cmdline, run};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .init();
+    let mut cmdline_file = PathBuf::from("/proc/cmdline");
+    let mut root = PathBuf::from("/");
+    let mut argv = std::env::args().skip(1);
+    while let Some(flag) = argv.next() {
+        let value = argv.next();
+        match (flag.as_str(), value) {
+            ("--cmdline", Some(v)) => cmdline_file = v.into(),
+            ("--root", Some(v)) => root = v.into(),
+            (other, _) => {
+                eprintln!("ironpool-machine-agent: unknown flag or missing value: {other}");
+                eprintln!("usage: ironpool-machine-agent [--cmdline FILE] [--root DIR]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let line = match std::fs::read_to_string(&cmdline_file) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "ironpool-machine-agent: read {}: {e}",
+                cmdline_file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let args = match cmdline::parse(&line) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ironpool-machine-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(url = %args.url, mac = %args.mac, purpose = ?args.purpose, attempt = args.attempt, "machine agent starting");
+    match run::run(&args, &root) {
+        Ok(summary) => {
+            println!("ironpool-machine-agent: done: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ironpool-machine-agent: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

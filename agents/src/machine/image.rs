@@ -1,0 +1,298 @@
+//! Writing an image stream onto a disk: raw or QCOW2 (through [`super::qcow2`]), hashing
+//! every byte as it arrives. The disk's first and last MiB are zeroed before the first
+//! write and the image's first MiB (where partition tables and boot code live) is held in
+//! memory and written only after the checksum matched, so a failed or wrong image never
+//! leaves a disk that looks deployed.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ironpool_crds::deployment::ImageFormat;
+use ring::digest;
+
+use super::MachineError;
+use super::qcow2::Qcow2Stream;
+
+/// Bytes at the start of the image held back until the checksum matched.
+pub const HOLD: u64 = 1 << 20;
+/// Read size from the network.
+const CHUNK: usize = 4 << 20;
+/// Largest coalesced write.
+const WRITE_MAX: usize = 8 << 20;
+
+/// A declared checksum: the algorithm and the expected lower-case hex digest.
+#[derive(Clone, Debug)]
+pub struct Checksum {
+    /// ring's algorithm.
+    pub algorithm: &'static digest::Algorithm,
+    /// `sha256` or `sha512`.
+    pub name: &'static str,
+    /// Expected hex digest, lower case.
+    pub hex: String,
+}
+
+impl Checksum {
+    /// Parses `sha256:<hex>` or `sha512:<hex>`.
+    pub fn parse(text: &str) -> Result<Self, MachineError> {
+        let bad = || {
+            MachineError::Image(format!(
+                "checksum '{text}' is not sha256:<64 hex digits> or sha512:<128 hex digits>"
+            ))
+        };
+        let (name, hex) = text.split_once(':').ok_or_else(bad)?;
+        let (algorithm, name, len) = match name {
+            "sha256" => (&digest::SHA256, "sha256", 64),
+            "sha512" => (&digest::SHA512, "sha512", 128),
+            _ => return Err(bad()),
+        };
+        if hex.len() != len || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        Ok(Self {
+            algorithm,
+            name,
+            hex: hex.to_ascii_lowercase(),
+        })
+    }
+}
+
+/// What a successful write did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Image bytes received (the file, as hashed).
+    pub bytes_read: u64,
+    /// Bytes of the disk the image covers (raw size or QCOW2 virtual size).
+    pub disk_bytes: u64,
+    /// Time from the first byte to the final sync.
+    pub elapsed: Duration,
+}
+
+/// Coalescing positioned writer that holds the first [`HOLD`] bytes back.
+struct Writer<'a> {
+    disk: &'a File,
+    limit: u64,
+    head: Vec<u8>,
+    buf: Vec<u8>,
+    buf_at: u64,
+    extent: u64,
+}
+
+impl<'a> Writer<'a> {
+    fn new(disk: &'a File, limit: u64) -> Self {
+        Self {
+            disk,
+            limit,
+            head: vec![0; usize::try_from(HOLD.min(limit)).unwrap_or(0)],
+            buf: Vec::with_capacity(WRITE_MAX),
+            buf_at: 0,
+            extent: 0,
+        }
+    }
+
+    fn write(&mut self, at: u64, data: &[u8]) -> Result<(), MachineError> {
+        let end = at + data.len() as u64;
+        if end > self.limit {
+            return Err(MachineError::Image(format!(
+                "the image needs {end} bytes but the disk has {}",
+                self.limit
+            )));
+        }
+        self.extent = self.extent.max(end);
+        let (mut at, mut data) = (at, data);
+        if at < HOLD {
+            let n = usize::try_from((HOLD - at).min(data.len() as u64)).unwrap_or(0);
+            let h = usize::try_from(at).unwrap_or(0);
+            self.head[h..h + n].copy_from_slice(&data[..n]);
+            at += n as u64;
+            data = &data[n..];
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let contiguous = self.buf_at + self.buf.len() as u64 == at;
+        if !(contiguous && self.buf.len() + data.len() <= WRITE_MAX) {
+            self.flush()?;
+        }
+        if self.buf.is_empty() && data.len() >= WRITE_MAX / 2 {
+            return write_at(self.disk, at, data);
+        }
+        if self.buf.is_empty() {
+            self.buf_at = at;
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), MachineError> {
+        if !self.buf.is_empty() {
+            write_at(self.disk, self.buf_at, &self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+fn write_at(disk: &File, at: u64, data: &[u8]) -> Result<(), MachineError> {
+    disk.write_all_at(data, at)
+        .map_err(|e| MachineError::io(format!("write {} bytes at {at}", data.len()), &e))
+}
+
+/// Writes zeros over `[at, at + len)`.
+pub fn zero(disk: &File, at: u64, len: u64) -> Result<(), MachineError> {
+    let zeros = vec![0u8; WRITE_MAX];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(WRITE_MAX as u64) as usize;
+        write_at(disk, at + done, &zeros[..n])?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Zeros the first and last [`HOLD`] bytes of a disk of `size` bytes and syncs: no
+/// partition table (primary or GPT backup) and no filesystem signature at the start stay.
+pub fn wipe_ends(disk: &File, size: u64) -> Result<(), MachineError> {
+    zero(disk, 0, HOLD.min(size))?;
+    if size > HOLD {
+        zero(disk, size - HOLD.min(size - HOLD), HOLD.min(size - HOLD))?;
+    }
+    disk.sync_all()
+        .map_err(|e| MachineError::io("sync the disk after wiping its ends", &e))
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn fill(src: &mut dyn Read, buf: &mut [u8]) -> Result<usize, MachineError> {
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(MachineError::io("read the image from the agent", &e)),
+        }
+    }
+    Ok(n)
+}
+
+/// Streams `src` (`total` bytes: the file as served) onto `disk` (`disk_size` bytes) as
+/// `format`, verifying `checksum`; `progress` follows the bytes received. On any error the
+/// disk's ends are wiped again, so it never looks deployed.
+pub fn write_image(
+    src: &mut dyn Read,
+    total: u64,
+    format: ImageFormat,
+    checksum: &Checksum,
+    disk: &File,
+    disk_size: u64,
+    progress: &AtomicU64,
+) -> Result<Written, MachineError> {
+    if format == ImageFormat::Raw && total > disk_size {
+        return Err(MachineError::Image(format!(
+            "the {total}-byte raw image does not fit the {disk_size}-byte disk"
+        )));
+    }
+    wipe_ends(disk, disk_size)?;
+    let started = Instant::now();
+    let mut writer = Writer::new(disk, disk_size);
+    let result = stream(src, total, format, checksum, &mut writer, progress);
+    match result {
+        Ok(disk_bytes) => {
+            let head = writer
+                .head
+                .len()
+                .min(usize::try_from(writer.extent).unwrap_or(0));
+            write_at(disk, 0, &writer.head[..head])?;
+            disk.sync_all()
+                .map_err(|e| MachineError::io("sync the disk after writing the image", &e))?;
+            Ok(Written {
+                bytes_read: progress.load(Ordering::Relaxed),
+                disk_bytes,
+                elapsed: started.elapsed(),
+            })
+        }
+        Err(e) => {
+            // Best effort: the error that stopped the write is the one to report.
+            let _ = writer.flush();
+            let _ = wipe_ends(disk, disk_size);
+            if writer.extent > HOLD {
+                let tail = HOLD.min(writer.extent - HOLD);
+                let _ = zero(disk, writer.extent - tail, tail);
+                let _ = disk.sync_all();
+            }
+            Err(e)
+        }
+    }
+}
+
+fn stream(
+    src: &mut dyn Read,
+    total: u64,
+    format: ImageFormat,
+    checksum: &Checksum,
+    writer: &mut Writer<'_>,
+    progress: &AtomicU64,
+) -> Result<u64, MachineError> {
+    let mut ctx = digest::Context::new(checksum.algorithm);
+    let mut qcow = (format == ImageFormat::Qcow2).then(Qcow2Stream::new);
+    let mut buf = vec![0u8; CHUNK];
+    let mut read = 0u64;
+    loop {
+        let n = fill(src, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let data = &buf[..n];
+        ctx.update(data);
+        match &mut qcow {
+            Some(q) => q.push(data, &mut |at, b| writer.write(at, b))?,
+            None => writer.write(read, data)?,
+        }
+        read += n as u64;
+        progress.store(read, Ordering::Relaxed);
+    }
+    if read != total {
+        return Err(MachineError::Image(format!(
+            "the agent announced {total} bytes but sent {read}"
+        )));
+    }
+    let got = crate::http::fetch::hex(ctx.finish().as_ref());
+    if got != checksum.hex {
+        return Err(MachineError::Image(format!(
+            "checksum mismatch: the Deployment declares {}:{} but the {read} bytes received \
+             hash to {}:{got}; the disk was wiped and not deployed — fix the image or its \
+             checksum",
+            checksum.name, checksum.hex, checksum.name
+        )));
+    }
+    let disk_bytes = match &mut qcow {
+        Some(q) => {
+            q.finish(&mut |at, b| writer.write(at, b))?;
+            let size = q.header().map_or(0, |h| h.size);
+            if size > writer.limit {
+                return Err(MachineError::Image(format!(
+                    "the QCOW2 virtual size {size} exceeds the {}-byte disk",
+                    writer.limit
+                )));
+            }
+            writer.flush()?;
+            for (at, len) in q.unwritten() {
+                let start = at.max(HOLD);
+                if start < at + len {
+                    zero(writer.disk, start, at + len - start)?;
+                }
+            }
+            writer.extent = writer.extent.max(size);
+            size
+        }
+        None => read,
+    };
+    writer.flush()?;
+    Ok(disk_bytes)
+}
+
+#[cfg(test)]
+#[path = "image_tests.rs"]
+mod tests;

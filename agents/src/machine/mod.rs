@@ -1,0 +1,63 @@
+//! The machine agent: the program that runs inside the boot ramdisk. It reads its agent URL
+//! and token from the kernel command line ([`cmdline`]), takes the hardware inventory from
+//! `/proc` and `/sys` ([`inventory`]), asks the network agent for its plan and carries it
+//! out: erase disks ([`erase`]) or stream an image (raw or qcow2, [`qcow2`]) onto the root
+//! disk chosen by the root-device hints ([`disks`], [`image`]), verifying the checksum while
+//! writing and reporting progress every second, then reports the result ([`run`]).
+//!
+//! Parsing and decisions are pure and tested with fixtures; [`client`] (a small blocking
+//! HTTP/1.1 client over `std::net`, plain http only: the agent URL is on the provisioning
+//! LAN) and the device writes are the only I/O. It is built as a static
+//! `x86_64-unknown-linux-musl` binary by `boot-images/build.sh`.
+
+pub mod client;
+pub mod cmdline;
+pub mod disks;
+pub mod erase;
+pub mod image;
+pub mod inventory;
+pub mod qcow2;
+pub mod run;
+
+pub use cmdline::BootArgs;
+
+/// Everything that can go wrong in the machine agent; each message says what happened and,
+/// where it can, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// The kernel command line lacks or garbles an `ironpool.*` argument.
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
+    /// Talking to the network agent failed.
+    #[error("agent {url}: {message}")]
+    Http {
+        /// The URL called.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The image is not what the plan promised (checksum, format, size).
+    #[error("image: {0}")]
+    Image(String),
+    /// No disk fits the root-device hints (or the image).
+    #[error("root disk: {0}")]
+    NoDisk(String),
+    /// Reading or writing a device or file failed.
+    #[error("{what}: {message}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        message: String,
+    },
+}
+
+impl MachineError {
+    /// A [`MachineError::Io`] from an I/O error and what was being done.
+    pub fn io(what: impl Into<String>, err: &std::io::Error) -> Self {
+        MachineError::Io {
+            what: what.into(),
+            message: err.to_string(),
+        }
+    }
+}
