@@ -72,22 +72,7 @@ impl Binaries {
 
     fn from_script() -> Result<Binaries> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-control-plane.sh");
-        let _lock = BuildLock::acquire()?;
-        let output = Command::new("bash")
-            .arg(&script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .output()
-            .with_context(|| format!("running {}", script.display()))?;
-        if !output.status.success() {
-            bail!(
-                "{} failed ({}); its progress log is above on stderr",
-                script.display(),
-                output.status
-            );
-        }
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stdout = run_build_script(&script)?;
         parse_script_output(&stdout)
             .with_context(|| format!("reading the output of {}: {stdout:?}", script.display()))
     }
@@ -102,6 +87,59 @@ impl Binaries {
         }
         Ok(())
     }
+}
+
+/// The helm CLI, built once from the `helm.sh/helm/v3` Go module by
+/// `e2e/scripts/build-helm.sh` (a no-op when cached), or `IRONPOOL_HELM` when set. The
+/// result is remembered for the life of the process; the same lock as the control-plane
+/// build keeps concurrent test binaries from building it twice.
+pub fn helm() -> Result<PathBuf> {
+    static CACHED: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut cached = CACHED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(found) = cached.as_ref() {
+        return Ok(found.clone());
+    }
+    let found = match std::env::var_os("IRONPOOL_HELM") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-helm.sh");
+            let stdout = run_build_script(&script)?;
+            stdout
+                .lines()
+                .find_map(|line| line.trim().strip_prefix("HELM="))
+                .map(PathBuf::from)
+                .with_context(|| {
+                    format!("{} printed no HELM= line: {stdout:?}", script.display())
+                })?
+        }
+    };
+    if !found.is_file() {
+        bail!("helm binary {} is missing", found.display());
+    }
+    *cached = Some(found.clone());
+    Ok(found)
+}
+
+/// Runs a build script under the build lock; returns its stdout (progress goes to stderr).
+fn run_build_script(script: &Path) -> Result<String> {
+    let _lock = BuildLock::acquire()?;
+    let output = Command::new("bash")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed ({}); its progress log is above on stderr",
+            script.display(),
+            output.status
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Parses the `ETCD=`, `KUBE_APISERVER=` and `KUBECTL=` lines the build script prints.

@@ -15,13 +15,14 @@
 //! from `IRONPOOL_ETCD`, `IRONPOOL_KUBE_APISERVER` and `IRONPOOL_KUBECTL`; see [`Binaries`].
 
 mod binaries;
+pub mod chart;
 mod client;
 pub mod cluster;
 mod control_plane;
 mod pki;
 mod process;
 
-pub use binaries::Binaries;
+pub use binaries::{Binaries, helm};
 pub use control_plane::ControlPlane;
 
 /// The repository root (where `crds/`, `examples/` and `e2e/` live).
