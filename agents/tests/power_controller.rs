@@ -73,7 +73,12 @@ async fn intent(api: &Api<Machine>, name: &str, target: &str, attempt: i64) {
 }
 
 fn start(client: &Client, ns: &str) -> tokio::task::JoinHandle<()> {
+    start_with(client, ns, power::Metrics::default())
+}
+
+fn start_with(client: &Client, ns: &str, metrics: power::Metrics) -> tokio::task::JoinHandle<()> {
     let config = Config {
+        metrics,
         namespace: Some(ns.to_string()),
         sync_interval: Duration::from_secs(1),
         backoff_base: Duration::from_millis(300),
@@ -297,5 +302,126 @@ async fn bmc_reachable_condition_says_what_to_fix() {
     })
     .unwrap();
     wait_reason(&api, "dead", "Reachable").await;
+    task.abort();
+}
+
+/// resourceVersion and the time of the agent's status entry in managedFields.
+async fn versions(api: &Api<Machine>, name: &str) -> (String, Option<String>) {
+    let m = api.get(name).await.unwrap();
+    let agent = m
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .find(|f| {
+            f.manager.as_deref() == Some("ironpool-agent")
+                && f.subresource.as_deref() == Some("status")
+        })
+        .and_then(|f| f.time)
+        .map(|t| t.0.to_string());
+    (m.metadata.resource_version.unwrap(), agent)
+}
+
+fn ok_syncs(metrics: &power::Metrics) -> u64 {
+    metrics
+        .power_syncs
+        .get_or_create(&power::metrics::ReasonLabels { reason: "ok" })
+        .get()
+}
+
+#[tokio::test]
+async fn status_is_written_only_on_change_and_deleted_machines_are_forgotten() {
+    let (client, ns) = setup().await;
+    let emu = start_sushy(&SushyOptions {
+        systems: vec![(UUID.into(), "quiet".into(), "On".into())],
+        ..Default::default()
+    })
+    .unwrap();
+    secret(&client, &ns, "quiet-bmc", "admin", "password").await;
+    let api = machine(
+        &client,
+        &ns,
+        "quiet",
+        &format!("redfish+http://127.0.0.1:{}", emu.port),
+        "quiet-bmc",
+    )
+    .await;
+    let dead = support::free_tcp_port().unwrap();
+    machine(
+        &client,
+        &ns,
+        "dead",
+        &format!("redfish+http://127.0.0.1:{dead}"),
+        "quiet-bmc",
+    )
+    .await;
+    let metrics = power::Metrics::default();
+    let task = start_with(&client, &ns, metrics.clone());
+    wait_reason(&api, "quiet", "Reachable").await;
+    wait_reason(&api, "dead", "Unreachable").await;
+    assert_eq!(metrics.tracked_machines.get(), 2);
+
+    // Syncs every second (and retries of the dead BMC) that see nothing new write nothing.
+    let quiet_before = versions(&api, "quiet").await;
+    let dead_before = versions(&api, "dead").await;
+    let syncs = ok_syncs(&metrics);
+    let writes = metrics.status_writes.get();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(ok_syncs(&metrics) >= syncs + 3, "syncs kept running");
+    assert_eq!(
+        versions(&api, "quiet").await,
+        quiet_before,
+        "a sync with no change wrote"
+    );
+    assert_eq!(
+        versions(&api, "dead").await,
+        dead_before,
+        "a retry with the same failure wrote"
+    );
+    assert_eq!(metrics.status_writes.get(), writes);
+
+    // A change on the BMC side is written once.
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"ResetType":"ForceOff"}"#,
+            &format!(
+                "http://127.0.0.1:{}/redfish/v1/Systems/{UUID}/Actions/ComputerSystem.Reset",
+                emu.port
+            ),
+        ])
+        .status()
+        .await
+        .unwrap();
+    assert!(out.success());
+    let off = eventually(Duration::from_secs(30), || async {
+        let m = api.get("quiet").await.ok()?;
+        (m.status?.power?.state == ironpool_crds::machine::PowerState::Off).then_some(())
+    })
+    .await;
+    assert!(off.is_some(), "the power change never reached status");
+    let after_change = versions(&api, "quiet").await;
+    assert_ne!(after_change, quiet_before);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(versions(&api, "quiet").await, after_change);
+
+    // Deleting the machines drops their drivers, backoff and schedules.
+    for name in ["quiet", "dead"] {
+        api.delete(name, &Default::default()).await.unwrap();
+    }
+    let forgotten = eventually(Duration::from_secs(15), || async {
+        (metrics.tracked_machines.get() == 0).then_some(())
+    })
+    .await;
+    assert!(
+        forgotten.is_some(),
+        "still holding {} machines",
+        metrics.tracked_machines.get()
+    );
     task.abort();
 }

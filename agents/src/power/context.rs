@@ -1,7 +1,7 @@
 //! Shared state of the power controller: credentials cache, driver cache, per-BMC
 //! limits, per-machine backoff and sync schedule.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,8 @@ pub struct SecretCreds {
 pub struct CachedDriver {
     /// address, insecure flag and Secret version.
     pub fingerprint: String,
+    /// host:port of the BMC (the key of its concurrency limit).
+    pub host: String,
     /// The driver.
     pub driver: Arc<dyn PowerDriver>,
 }
@@ -89,14 +91,10 @@ impl Ctx {
         }
     }
 
-    /// Called by the Secret watch: refreshes the cached credentials.
+    /// Called by the Secret watch for every change, deletion included: drops the cached
+    /// credentials so the next reconcile reads the Secret (or finds it gone).
     pub fn secret_changed(&self, secret: &Secret) {
-        let key = format!(
-            "{}/{}",
-            secret.namespace().unwrap_or_default(),
-            secret.name_any()
-        );
-        lock(&self.secrets).insert(key, read_secret(secret));
+        self.forget_secret(&secret.namespace().unwrap_or_default(), &secret.name_any());
     }
 
     /// Forgets cached credentials (after the BMC rejected them), so the next use reads the
@@ -148,18 +146,57 @@ impl Ctx {
         cfg.insecure_skip_verify = bmc_spec.insecure_skip_verify;
         cfg.ca_bundle = self.config.ca_bundle.clone();
         cfg.timeout = self.config.bmc_timeout;
+        let host = cfg.address.host_port();
         let driver: Arc<dyn PowerDriver> = Arc::from(bmc::connect(cfg)?);
-        m.drivers.insert(
+        let old = m.drivers.insert(
             machine.to_string(),
             CachedDriver {
                 fingerprint,
+                host,
                 driver: driver.clone(),
             },
         );
         // New settings or credentials: retry at once, sync at once.
         m.failures.remove(machine);
         m.next_sync.remove(machine);
+        self.config.metrics.tracked_machines.set(tracked(&m) as i64);
+        drop(m);
+        if let Some(old) = old {
+            close_later(old.driver);
+        }
         Ok((driver, true))
+    }
+
+    /// Drops everything held for machines that are gone: drivers (their Redfish sessions
+    /// are closed), backoff, schedules, and the credentials and per-BMC limits no live
+    /// machine uses any more. `live` maps each existing machine to its Secret's key.
+    pub fn prune(&self, live: &HashMap<String, String>) {
+        let mut m = lock(&self.machines);
+        let gone: Vec<CachedDriver> = m
+            .drivers
+            .extract_if(|k, _| !live.contains_key(k))
+            .map(|(_, d)| d)
+            .collect();
+        m.failures.retain(|k, _| live.contains_key(k));
+        m.next_sync.retain(|k, _| live.contains_key(k));
+        m.applied.retain(|k, _| live.contains_key(k));
+        let hosts_in_use: HashSet<&str> = m.drivers.values().map(|d| d.host.as_str()).collect();
+        lock(&self.hosts)
+            .retain(|h, sem| hosts_in_use.contains(h.as_str()) || Arc::strong_count(sem) > 1);
+        let secrets_in_use: HashSet<&String> = live.values().collect();
+        lock(&self.secrets).retain(|k, _| secrets_in_use.contains(k));
+        self.config.metrics.tracked_machines.set(tracked(&m) as i64);
+        drop(m);
+        for d in gone {
+            close_later(d.driver);
+        }
+    }
+
+    /// How many machines, BMC limits and Secrets the controller holds state for.
+    #[cfg(test)]
+    pub fn held(&self) -> (usize, usize, usize) {
+        let machines = tracked(&lock(&self.machines));
+        (machines, lock(&self.hosts).len(), lock(&self.secrets).len())
     }
 
     /// The limit of calls in flight to one BMC.
@@ -247,6 +284,23 @@ impl Ctx {
     }
 }
 
+/// Machines with any state held.
+fn tracked(m: &Machines) -> usize {
+    let mut keys: HashSet<&String> = m.drivers.keys().collect();
+    keys.extend(m.failures.keys());
+    keys.extend(m.next_sync.keys());
+    keys.extend(m.applied.keys());
+    keys.len()
+}
+
+/// Closes a driver that is no longer used (logs out of its Redfish session) without
+/// holding up the caller.
+fn close_later(driver: Arc<dyn PowerDriver>) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move { driver.close().await });
+    }
+}
+
 /// `base * 2^failures`, capped at `max`, with ±20 % jitter.
 pub fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
     let raw = base.saturating_mul(1u32 << failures.min(16)).min(max);
@@ -256,6 +310,46 @@ pub fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn state_of_deleted_machines_is_dropped() {
+        let kube_config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let ctx = Ctx::new(Client::try_from(kube_config).unwrap(), Config::default());
+        let bmc_spec: Bmc = serde_json::from_value(serde_json::json!({
+            "address": "redfish+http://127.0.0.1:8000",
+            "credentialsSecretRef": {"name": "s"}
+        }))
+        .unwrap();
+        let creds = Credentials {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        for m in ["ns/a", "ns/b"] {
+            ctx.driver(m, &bmc_spec, &creds, "1").unwrap();
+            ctx.failed(m);
+            ctx.schedule_sync(m, Duration::from_secs(60));
+            ctx.remember_applied(m, 1);
+        }
+        lock(&ctx.secrets).insert(
+            "ns/s".into(),
+            SecretCreds {
+                version: "1".into(),
+                creds: Ok(creds.clone()),
+            },
+        );
+        drop(ctx.host_limit("127.0.0.1:8000"));
+        assert_eq!(ctx.held(), (2, 1, 1));
+
+        let live = HashMap::from([("ns/b".to_string(), "ns/s".to_string())]);
+        ctx.prune(&live);
+        assert_eq!(ctx.held(), (1, 1, 1), "b and its BMC and Secret stay");
+        assert!(ctx.applied("ns/a").is_none() && ctx.backoff_until("ns/a").is_none());
+        assert_eq!(ctx.config.metrics.tracked_machines.get(), 1);
+
+        ctx.prune(&HashMap::new());
+        assert_eq!(ctx.held(), (0, 0, 0));
+        assert_eq!(ctx.config.metrics.tracked_machines.get(), 0);
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

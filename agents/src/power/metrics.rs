@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -37,6 +38,10 @@ pub struct Metrics {
     pub failures: Family<ReasonLabels, Counter>,
     /// Boot intent attempts carried out.
     pub intents_applied: Counter,
+    /// Machine status writes (only when something changed).
+    pub status_writes: Counter,
+    /// Machines the controller holds state for (driver, backoff, schedule).
+    pub tracked_machines: Gauge,
 }
 
 impl Default for Metrics {
@@ -48,6 +53,8 @@ impl Default for Metrics {
             power_syncs: Family::default(),
             failures: Family::default(),
             intents_applied: Counter::default(),
+            status_writes: Counter::default(),
+            tracked_machines: Gauge::default(),
         }
     }
 }
@@ -74,6 +81,16 @@ impl Metrics {
             "ironpool_boot_intents_applied",
             "Boot intent attempts carried out",
             self.intents_applied.clone(),
+        );
+        registry.register(
+            "ironpool_bmc_status_writes",
+            "Machine status writes by the power controller (only on change)",
+            self.status_writes.clone(),
+        );
+        registry.register(
+            "ironpool_bmc_tracked_machines",
+            "Machines the power controller holds a driver, backoff or schedule for",
+            self.tracked_machines.clone(),
         );
     }
 

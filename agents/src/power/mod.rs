@@ -17,7 +17,7 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use ironpool_crds::Machine;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{self, Controller};
@@ -123,6 +123,12 @@ pub async fn run(
     let controller = Controller::new(machines, watcher::Config::default().any_semantic())
         .with_config(controller::Config::default().concurrency(concurrency));
     let store = controller.store();
+    let pruner = tokio::spawn(prune_deleted(
+        store.clone(),
+        ctx.clone(),
+        ctx.config.sync_interval,
+        cancel.clone(),
+    ));
     let mapper_ctx = ctx.clone();
     info!("power controller started");
     controller
@@ -154,7 +160,41 @@ pub async fn run(
             }
         })
         .await;
+    pruner.abort();
     ctx.close_all().await;
     info!("power controller stopped");
     Ok(())
+}
+
+/// Every `every`, drops the drivers, backoff and credentials held for Machines that no
+/// longer exist (the controller is not called for deleted objects).
+async fn prune_deleted(
+    store: kube::runtime::reflector::Store<Machine>,
+    ctx: Arc<context::Ctx>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let every = every.max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        // Not before the first full list (an empty store would drop everything). Polled
+        // once per tick: a task parked in `wait_until_ready` before the list completed
+        // was seen never to wake (kube-runtime 5).
+        if !matches!(store.wait_until_ready().now_or_never(), Some(Ok(()))) {
+            continue;
+        }
+        let live = store
+            .state()
+            .iter()
+            .filter_map(|m| {
+                let ns = m.namespace().unwrap_or_default();
+                let secret = &m.spec.bmc.as_ref()?.credentials_secret_ref.name;
+                Some((format!("{ns}/{}", m.name_any()), format!("{ns}/{secret}")))
+            })
+            .collect();
+        ctx.prune(&live);
+    }
 }

@@ -244,6 +244,10 @@ async fn write_status(
     let power = power.or_else(|| existing.and_then(|s| s.power.clone()));
     let applied = applied.or_else(|| existing.and_then(|s| s.boot_applied.as_ref()));
     let condition = status::condition(machine, r, now());
+    if status::unchanged(machine, power.as_ref(), applied, &condition) {
+        return Ok(());
+    }
+    ctx.config.metrics.status_writes.inc();
     let pp = PatchParams::apply(&ctx.config.field_manager).force();
     api.patch_status(
         &machine.name_any(),

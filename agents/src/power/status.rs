@@ -93,6 +93,34 @@ pub fn condition(machine: &Machine, r: &Reachability, now: Time) -> Condition {
     })
 }
 
+/// Whether applying `power`, `applied` and `condition` would change nothing the status
+/// already shows. The time of the read does not count: a periodic sync that sees what the
+/// status says writes nothing (`power.lastSync` is the time of the last observed change).
+pub fn unchanged(
+    machine: &Machine,
+    power: Option<&PowerStatus>,
+    applied: Option<&BootApplied>,
+    condition: &Condition,
+) -> bool {
+    let Some(st) = machine.status.as_ref() else {
+        return false;
+    };
+    let same_power = match (power, st.power.as_ref()) {
+        (Some(new), Some(old)) => new.state == old.state,
+        (None, None) => true,
+        _ => false,
+    };
+    let same_applied = applied.map(|a| a.attempt) == st.boot_applied.as_ref().map(|a| a.attempt);
+    let same_condition = st.conditions.iter().any(|c| {
+        c.type_ == condition.type_
+            && c.status == condition.status
+            && c.reason == condition.reason
+            && c.message == condition.message
+            && c.observed_generation == condition.observed_generation
+    });
+    same_power && same_applied && same_condition
+}
+
 /// The whole agent-owned part of status that this controller writes. Every apply carries
 /// all of it (power, bootApplied, the condition): server-side apply removes owned fields
 /// an apply leaves out.
@@ -171,6 +199,44 @@ mod tests {
         assert_eq!(p["status"]["bootApplied"]["attempt"], 2);
         assert_eq!(p["status"]["conditions"][0]["reason"], "Reachable");
         assert_eq!(p["status"]["power"]["state"], "On");
+    }
+
+    #[test]
+    fn only_a_change_needs_a_write() {
+        let t = |s| Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap());
+        let mut m = Machine::new(
+            "m",
+            serde_json::from_value(json!({"bootMACAddress": "52:54:00:00:00:01"})).unwrap(),
+        );
+        let ok = Reachability::reachable("redfish");
+        let c = condition(&m, &ok, t(10));
+        let on = power(PowerState::On, t(10));
+        assert!(!unchanged(&m, Some(&on), None, &c), "no status yet");
+        m.status = Some(
+            serde_json::from_value(json!({
+                "power": {"state": "On", "lastSync": "1970-01-01T00:00:10Z"},
+                "bootApplied": {"attempt": 1},
+                "conditions": [c],
+            }))
+            .unwrap(),
+        );
+        let applied = BootApplied {
+            attempt: 1,
+            applied_at: None,
+        };
+        let later = condition(&m, &ok, t(99));
+        let on_later = power(PowerState::On, t(99));
+        assert!(unchanged(&m, Some(&on_later), Some(&applied), &later));
+        let off = power(PowerState::Off, t(99));
+        assert!(!unchanged(&m, Some(&off), Some(&applied), &later));
+        let next = BootApplied {
+            attempt: 2,
+            applied_at: None,
+        };
+        assert!(!unchanged(&m, Some(&on_later), Some(&next), &later));
+        let e = BmcError::Authentication { host: "h".into() };
+        let failed = condition(&m, &Reachability::failed(&e), t(99));
+        assert!(!unchanged(&m, Some(&on_later), Some(&applied), &failed));
     }
 
     #[test]
