@@ -166,7 +166,7 @@ fn renders_what_the_values_ask_for() {
         "ironpool-boot-assets",
     ] {
         assert!(
-            out.contains(&format!("ghcr.io/ironpool/{image}:0.1.0")),
+            out.contains(&format!("localhost/ironpool/{image}:0.1.0")),
             "{image}"
         );
     }
