@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod argocd;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -495,6 +497,22 @@ fn the_real_binaries_reconcile_examples_as_their_service_accounts() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Argo CD's view of them, through the README's health checks.
+    let machine = kubectl_json(cp, &["get", M, "r1-u07", "-n", &ns]);
+    assert_eq!(
+        argocd::health("Machine", &machine).0,
+        "Progressing",
+        "{machine}"
+    );
+    let deployment = kubectl_json(cp, &["get", D, "web-1", "-n", &ns]);
+    let (status, message) = argocd::health("Deployment", &deployment);
+    let reason = deployment["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap();
+    assert_eq!((status.as_str(), message.as_str()), ("Progressing", reason));
+    let subnet = kubectl_json(cp, &["get", S, "prov", "-n", &ns]);
+    assert_eq!(argocd::health("Subnet", &subnet).0, "Healthy", "{subnet}");
+
     // GitOps: what the controllers wrote does not show as drift of the applied manifests.
     let diff = cp
         .kubectl()
@@ -507,5 +525,62 @@ fn the_real_binaries_reconcile_examples_as_their_service_accounts() {
         "kubectl diff --server-side -f examples/ is not empty after reconciling:\n{}{}",
         String::from_utf8_lossy(&diff.stdout),
         String::from_utf8_lossy(&diff.stderr)
+    );
+}
+
+/// The health checks on the states the live test does not reach.
+#[test]
+fn argocd_health_checks_read_every_state() {
+    use serde_json::json;
+    let machine = |phase: &str, generation: i64, observed: i64| {
+        json!({"metadata": {"generation": generation}, "status": {"phase": phase,
+            "observedGeneration": observed,
+            "conditions": [{"type": "Ready", "status": "False", "reason": "R", "message": "why"}]}})
+    };
+    for (phase, want) in [
+        ("Ready", "Healthy"),
+        ("Deployed", "Healthy"),
+        ("Commissioning", "Progressing"),
+        ("FailedDeployment", "Degraded"),
+        ("FailedCommissioning", "Degraded"),
+        ("Broken", "Degraded"),
+        ("Maintenance", "Suspended"),
+    ] {
+        let (status, message) = argocd::health("Machine", &machine(phase, 2, 2));
+        assert_eq!(
+            (status.as_str(), message.as_str()),
+            (want, "why"),
+            "{phase}"
+        );
+    }
+    // Not yet observed: Progressing whatever the phase says.
+    assert_eq!(
+        argocd::health("Machine", &machine("Deployed", 3, 2)).0,
+        "Progressing"
+    );
+    assert_eq!(
+        argocd::health("Machine", &json!({"metadata": {}})).0,
+        "Progressing"
+    );
+    for (phase, want) in [
+        ("Deployed", "Healthy"),
+        ("Failed", "Degraded"),
+        ("Pending", "Progressing"),
+    ] {
+        assert_eq!(
+            argocd::health("Deployment", &machine(phase, 1, 1)).0,
+            want,
+            "{phase}"
+        );
+    }
+    let subnet = |status: &str| json!({"status": {"conditions": [{"type": "Ready", "status": status, "reason": "Overlaps", "message": "m"}]}});
+    assert_eq!(argocd::health("Subnet", &subnet("True")).0, "Healthy");
+    assert_eq!(
+        argocd::health("Subnet", &subnet("False")),
+        ("Degraded".into(), "m".into())
+    );
+    assert_eq!(
+        argocd::health("Subnet", &json!({"spec": {}})).0,
+        "Progressing"
     );
 }
