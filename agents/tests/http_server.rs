@@ -415,3 +415,62 @@ async fn shutdown_drains_within_the_deadline() {
     );
     drop(idle);
 }
+
+/// One keep-alive connection: pipelined asset downloads (the zero-copy `sendfile` path), a
+/// 404 answered on that path, then a script request, which hands the connection with the
+/// bytes already read to hyper; every answer arrives in order and complete.
+#[tokio::test]
+async fn file_downloads_and_other_requests_share_a_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(1 << 30).await;
+    let kernel = blob(3_000_000, 5);
+    write(h.assets.path(), "vmlinuz", &kernel);
+    let mut conn = tokio::net::TcpStream::connect(h.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let requests = "GET /assets/vmlinuz HTTP/1.1\r\nHost: t\r\nRange: bytes=10-19\r\n\r\n\
+        GET /assets/vmlinuz HTTP/1.1\r\nHost: t\r\n\r\n\
+        GET /assets/missing HTTP/1.1\r\nHost: t\r\n\r\n\
+        GET /boot/3c-ec-ef-12-34-56.ipxe HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    conn.write_all(requests.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut rest = got.as_slice();
+    let mut next = |want_status: &str| -> Vec<u8> {
+        let end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8(rest[..end].to_vec()).unwrap();
+        assert!(head.starts_with(want_status), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(String::from)
+            })
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = rest[end..end + len].to_vec();
+        rest = &rest[end + len..];
+        body
+    };
+    assert_eq!(next("HTTP/1.1 206"), &kernel[10..20]);
+    assert_eq!(next("HTTP/1.1 200"), kernel);
+    assert!(
+        String::from_utf8(next("HTTP/1.1 404"))
+            .unwrap()
+            .contains("no asset 'missing'")
+    );
+    assert!(next("HTTP/1.1 200").starts_with(b"#!ipxe\n"));
+    assert!(
+        rest.is_empty(),
+        "{} bytes after the last answer",
+        rest.len()
+    );
+    assert_eq!(h.metrics.request_count("assets", 206), 1);
+    assert_eq!(h.metrics.request_count("assets", 404), 1);
+    assert_eq!(h.metrics.request_count("boot", 200), 1);
+}

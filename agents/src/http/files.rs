@@ -106,15 +106,33 @@ pub fn open_confined(root: &Path, name: &str) -> Option<(File, u64)> {
     meta.is_file().then_some((file, meta.len()))
 }
 
-/// A response for `file` of `len` bytes honouring `Range`; `guard` is held until the body
-/// is dropped (the image cache counts readers with it); `served` counts body bytes.
-pub fn file_response<G: Send + Sync + 'static>(
+/// A file answer decided but not yet sent: status 200 or 206, the byte range, and a guard
+/// held until the body is finished (the image cache counts readers with it). Sent either
+/// as a streaming body through hyper ([`FileReply::into_response`]) or with `sendfile`
+/// by the zero-copy connection path (`http::zerocopy`).
+pub struct FileReply {
+    /// The open file.
+    pub file: File,
+    /// 200 (whole file) or 206 (one range).
+    pub status: StatusCode,
+    /// First byte sent.
+    pub start: u64,
+    /// Bytes sent.
+    pub count: u64,
+    /// Response headers (length, type, ranges).
+    pub headers: HeaderMap,
+    /// Held until the body is sent or dropped.
+    pub guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// Decides the answer for `file` of `len` bytes honouring `Range`: a [`FileReply`], or the
+/// 416 response for a range outside the file.
+pub fn file_reply<G: Send + Sync + 'static>(
     file: File,
     len: u64,
     headers: &HeaderMap,
     guard: G,
-    served: Counter,
-) -> Response {
+) -> Result<FileReply, Box<Response>> {
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, count) = match parse_range(range, len) {
         RangeSpec::Full => (StatusCode::OK, 0, len),
@@ -128,13 +146,10 @@ pub fn file_response<G: Send + Sync + 'static>(
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 resp.headers_mut().insert(header::CONTENT_RANGE, v);
             }
-            return resp;
+            return Err(Box::new(resp));
         }
     };
-    let body = Body::from_stream(file_stream(Arc::new(file), start, count, guard, served));
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
+    let mut h = HeaderMap::new();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
@@ -147,7 +162,48 @@ pub fn file_response<G: Send + Sync + 'static>(
             h.insert(header::CONTENT_RANGE, v);
         }
     }
-    resp
+    Ok(FileReply {
+        file,
+        status,
+        start,
+        count,
+        headers: h,
+        guard: Box::new(guard),
+    })
+}
+
+impl FileReply {
+    /// A response streaming the range read in chunks; `served` counts body bytes.
+    pub fn into_response(self, served: Counter) -> Response {
+        let FileReply {
+            file,
+            status,
+            start,
+            count,
+            headers,
+            guard,
+        } = self;
+        let body = Body::from_stream(file_stream(Arc::new(file), start, count, guard, served));
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+}
+
+/// A response for `file` of `len` bytes honouring `Range`; `guard` is held until the body
+/// is dropped (the image cache counts readers with it); `served` counts body bytes.
+pub fn file_response<G: Send + Sync + 'static>(
+    file: File,
+    len: u64,
+    headers: &HeaderMap,
+    guard: G,
+    served: Counter,
+) -> Response {
+    match file_reply(file, len, headers, guard) {
+        Ok(reply) => reply.into_response(served),
+        Err(resp) => *resp,
+    }
 }
 
 struct StreamState<G> {

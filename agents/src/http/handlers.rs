@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::api::{self, Caller, ProgressReport, ResultReport};
 use super::cache::{CacheKey, Lookup};
-use super::files::{file_response, open_confined};
+use super::files::{FileReply, file_reply, open_confined};
 use super::server::HttpServer;
 use super::{BootEvent, MacAddr, render_script};
 
@@ -97,16 +97,31 @@ pub async fn asset(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    match asset_file(&s, &name, &uri, &headers).await {
+        Ok(reply) => reply.into_response(s.metrics.bytes_served.clone()),
+        Err(resp) => *resp,
+    }
+}
+
+/// The answer to `GET /assets/<name>`: the file to send, or the response to send instead.
+/// An un-ranged fetch with `?mac=` is a flight-recorder step. Shared by the handler and
+/// the zero-copy path.
+pub async fn asset_file(
+    s: &HttpServer,
+    name: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<FileReply, Refusal> {
     let root = s.config.assets_dir.clone();
-    let lookup = name.clone();
+    let lookup = name.to_string();
     let opened = tokio::task::spawn_blocking(move || open_confined(&root, &lookup)).await;
     let Ok(Some((file, len))) = opened else {
-        return text(
+        return Err(Box::new(text(
             StatusCode::NOT_FOUND,
             format!("no asset '{name}' in this agent's assets directory"),
-        );
+        )));
     };
-    if let Some(mac) = query_mac(&uri)
+    if let Some(mac) = query_mac(uri)
         && !headers.contains_key(header::RANGE)
     {
         let known = s.source.machine_by_mac(&mac).is_some();
@@ -118,36 +133,43 @@ pub async fn asset(
             known,
         });
     }
-    file_response(file, len, &headers, (), s.metrics.bytes_served.clone())
+    file_reply(file, len, headers, ())
 }
 
 /// `GET /images/<algo>-<hex>`: a verified image from the cache, with Range.
 pub async fn image(State(s): St, Path(key): Path<String>, headers: HeaderMap) -> Response {
-    let Some(key) = CacheKey::from_file_name(&key) else {
-        return text(
+    match image_file(&s, &key, &headers) {
+        Ok(reply) => reply.into_response(s.metrics.bytes_served.clone()),
+        Err(resp) => *resp,
+    }
+}
+
+/// The answer to `GET /images/<key>`: the cached file to send (holding a reader guard so
+/// eviction leaves it alone), or the response to send instead. Shared with the zero-copy path.
+pub fn image_file(s: &HttpServer, key: &str, headers: &HeaderMap) -> Result<FileReply, Refusal> {
+    let Some(key) = CacheKey::from_file_name(key) else {
+        return Err(Box::new(text(
             StatusCode::NOT_FOUND,
             format!("'{key}' is not an image address; use sha256-<hex> or sha512-<hex>"),
-        );
+        )));
     };
     match s.cache.lookup(&key) {
-        Lookup::Ready(file, len, guard) => {
-            file_response(file, len, &headers, guard, s.metrics.bytes_served.clone())
-        }
-        Lookup::Fetching => retry_later(
+        Lookup::Ready(file, len, guard) => file_reply(file, len, headers, guard),
+        Lookup::Fetching => Err(Box::new(retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "image {} is being fetched from upstream and verified; retry",
                 key.file_name()
             ),
-        ),
-        Lookup::Failed(e) => text(StatusCode::BAD_GATEWAY, e.to_string()),
-        Lookup::Unknown => text(
+        ))),
+        Lookup::Failed(e) => Err(Box::new(text(StatusCode::BAD_GATEWAY, e.to_string()))),
+        Lookup::Unknown => Err(Box::new(text(
             StatusCode::NOT_FOUND,
             format!(
                 "image {} is not in this agent's cache and no plan asked for it",
                 key.file_name()
             ),
-        ),
+        ))),
     }
 }
 

@@ -3,7 +3,8 @@
 //! the machine API the boot ramdisk calls with a per-machine token ([`api`], [`token`]).
 //!
 //! Decisions are pure (script rendering, token derivation, Range parsing, plan building);
-//! [`server`] and [`fetch`] are the only files that touch sockets. The agent plugs in its
+//! [`server`], [`zerocopy`] (image and asset downloads with `sendfile`) and [`fetch`]
+//! are the only files that touch sockets. The agent plugs in its
 //! Machine reflector through [`BootSource`] and writes Machine status through
 //! [`ReportSink`]; both have in-memory implementations in [`memory`] for tests.
 
@@ -18,6 +19,7 @@ pub mod script;
 pub mod server;
 pub mod source;
 pub mod token;
+pub mod zerocopy;
 
 pub use crate::dhcp::MacAddr;
 pub use api::{CloudInitSeed, InventoryReport, Plan, PlanImage, ProgressReport, ResultReport};

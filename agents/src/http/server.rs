@@ -12,11 +12,12 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::handlers;
 use super::token::TokenKey;
 use super::{BootEvent, BootSource, HttpError, HttpMetrics, ImageCache, ReportSink, ScriptConfig};
+use super::{handlers, zerocopy};
 
 /// Settings of the HTTP server.
 #[derive(Clone, Debug)]
@@ -89,7 +90,8 @@ impl HttpServer {
     }
 
     /// Serves `listener` until `cancel` fires, then lets open requests finish for at most
-    /// `config.drain` before dropping them.
+    /// `config.drain` before dropping them. Image and asset downloads take the zero-copy
+    /// path ([`super::zerocopy`]); everything else goes through hyper and the router.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -100,25 +102,39 @@ impl HttpServer {
             .map_err(|e| HttpError::io("read the listen address", &e))?;
         tracing::info!(%addr, "HTTP boot server listening");
         let drain = self.config.drain;
-        let stop = cancel.clone();
-        let server = axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        let mut task = tokio::spawn(async move { server.await });
-        tokio::select! {
-            joined = &mut task => return finish(joined),
-            () = cancel.cancelled() => {}
+        let router = self.router();
+        let me = Arc::new(self);
+        let mut conns = JoinSet::new();
+        loop {
+            let stream = tokio::select! {
+                () = cancel.cancelled() => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+                r = listener.accept() => match r {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "HTTP accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let conn =
+                zerocopy::connection(Arc::clone(&me), router.clone(), stream, cancel.clone());
+            conns.spawn(conn);
         }
-        match tokio::time::timeout(drain, &mut task).await {
-            Ok(joined) => finish(joined),
-            Err(_) => {
-                tracing::warn!(
-                    ?drain,
-                    "HTTP drain deadline passed; dropping open connections"
-                );
-                task.abort();
-                Ok(())
-            }
+        drop(listener);
+        let drained =
+            tokio::time::timeout(drain, async { while conns.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                ?drain,
+                "HTTP drain deadline passed; dropping open connections"
+            );
+            conns.abort_all();
         }
+        Ok(())
     }
 
     /// Sends a flight-recorder event without waiting; a full channel drops it.
@@ -126,17 +142,6 @@ impl HttpServer {
         if self.events.try_send(event).is_err() {
             self.metrics.events_dropped.inc();
         }
-    }
-}
-
-fn finish(joined: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), HttpError> {
-    match joined {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(HttpError::io("serve HTTP", &e)),
-        Err(e) => Err(HttpError::Io {
-            what: "HTTP server task".into(),
-            message: e.to_string(),
-        }),
     }
 }
 
