@@ -131,8 +131,10 @@ async fn main() -> anyhow::Result<()> {
         }
         stop.cancel();
     });
-    server.serve(socket, file.server_ip, token).await?;
-    drop(server);
+    // On a runtime worker, not in `block_on`: the worker that polls the socket then runs
+    // the loop itself, with no wake-up of the main thread per packet (as in the agent).
+    let ip = file.server_ip;
+    tokio::spawn(async move { server.serve(socket, ip, token).await }).await??;
     events.abort();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);

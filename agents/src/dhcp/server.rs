@@ -4,6 +4,7 @@
 //! packet under a deadline. Shutdown through a CancellationToken with a bounded drain.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +13,6 @@ use dhcproto::{Decodable, Decoder, Encodable};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::journal::{JournalHandle, Record};
@@ -98,20 +98,23 @@ impl DhcpServer {
     }
 
     /// Serves `socket` until `token` is cancelled; `interface_ip` is the agent's address on
-    /// the socket's network (selects the Subnet of non-relayed requests).
+    /// the socket's network (selects the Subnet of non-relayed requests). ACKs still
+    /// waiting for the journal get up to `drain` to leave after cancellation.
     pub async fn serve(
         &self,
         socket: UdpSocket,
         interface_ip: Ipv4Addr,
         token: CancellationToken,
     ) -> Result<(), DhcpError> {
-        let socket = Arc::new(socket);
-        let mut inflight = JoinSet::new();
+        // ACKs that wait for the lease journal are sent by its writer thread right after the
+        // group commit, through a second handle of the same socket: no task, channel or
+        // runtime wake-up per ACK (those were most of the cost of a lease).
+        let durable_sender = Arc::new(std_clone(&socket)?);
+        let inflight = Arc::new(AtomicUsize::new(0));
         let mut buf = vec![0u8; 4096];
         loop {
             let (len, _peer) = tokio::select! {
                 () = token.cancelled() => break,
-                Some(_) = inflight.join_next(), if !inflight.is_empty() => continue,
                 r = socket.recv_from(&mut buf) => match r {
                     Ok(x) => x,
                     Err(e) => {
@@ -128,41 +131,53 @@ impl DhcpServer {
             let label = type_label(&msg);
             let decision = self.decide(&msg, interface_ip);
             self.metrics.packet(label, decision.outcome.label());
-            if let Some(ev) = decision.event.clone() {
+            let durable = self.durable_record(&decision);
+            let Decision { reply, event, .. } = decision;
+            if let Some(ev) = event {
                 self.emit(ev);
             }
-            let Some((reply, to)) = decision.reply.clone() else {
+            let Some((reply, to)) = reply else {
                 continue;
             };
             let dest = self.dest(to);
-            match self.durable_record(&decision) {
-                None => send(&socket, &reply, dest, &self.metrics, label).await,
-                Some((journal, record)) => {
-                    let (socket, metrics, deadline) =
-                        (socket.clone(), self.metrics.clone(), self.deadline);
-                    inflight.spawn(async move {
-                        let left = deadline.saturating_sub(received.elapsed());
-                        match tokio::time::timeout(left, journal.commit(record)).await {
-                            Ok(Ok(())) => send(&socket, &reply, dest, &metrics, label).await,
-                            Ok(Err(e)) => {
-                                tracing::error!(error = %e, "lease not durable; ACK withheld");
-                                metrics.packet(label, "journal_error");
-                            }
-                            Err(_) => metrics.packet(label, "deadline"),
-                        }
-                    });
+            let Some((journal, record)) = durable else {
+                send(&socket, &reply, dest, &self.metrics, label).await;
+                continue;
+            };
+            let (sender, metrics, deadline) = (
+                Arc::clone(&durable_sender),
+                self.metrics.clone(),
+                self.deadline,
+            );
+            let pending = Arc::clone(&inflight);
+            pending.fetch_add(1, Ordering::SeqCst);
+            let then = Box::new(move |r: Result<(), String>| {
+                match r {
+                    Ok(()) if received.elapsed() <= deadline => {
+                        send_blocking(&sender, &reply, dest, &metrics, label);
+                    }
+                    Ok(()) => metrics.packet(label, "deadline"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "lease not durable; ACK withheld");
+                        metrics.packet(label, "journal_error");
+                    }
                 }
+                pending.fetch_sub(1, Ordering::SeqCst);
+            });
+            if journal.commit_then(record, then).is_err() {
+                // The callback was dropped unrun with the command.
+                inflight.fetch_sub(1, Ordering::SeqCst);
+                tracing::error!("lease journal closed; ACK withheld");
+                self.metrics.packet(label, "journal_error");
             }
         }
-        let drain = tokio::time::timeout(self.drain, async {
-            while inflight.join_next().await.is_some() {}
-        });
-        if drain.await.is_err() {
-            tracing::warn!(
-                left = inflight.len(),
-                "DHCP drain timed out; abandoning in-flight replies"
-            );
-            inflight.abort_all();
+        let until = Instant::now() + self.drain;
+        while inflight.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let left = inflight.load(Ordering::SeqCst);
+        if left > 0 {
+            tracing::warn!(left, "DHCP drain timed out; abandoning in-flight replies");
         }
         Ok(())
     }
@@ -240,6 +255,37 @@ pub fn decode(bytes: &[u8]) -> Option<Message> {
         .flatten()?;
     // dhcproto's `chaddr()` slices by `hlen` and panics beyond 16: reject such packets here.
     (usize::from(msg.hlen()) <= 16).then_some(msg)
+}
+
+/// A second, blocking-API handle of `socket` (a dup of the same descriptor, so the same
+/// bound address and options), for sends from the journal's writer thread.
+fn std_clone(socket: &UdpSocket) -> Result<std::net::UdpSocket, DhcpError> {
+    socket2::SockRef::from(socket)
+        .try_clone()
+        .map(std::net::UdpSocket::from)
+        .map_err(|source| DhcpError::Socket {
+            what: "clone the DHCP socket for the journal thread".into(),
+            source,
+        })
+}
+
+/// Sends from a plain thread. The descriptor is non-blocking; a full send buffer (never
+/// seen with UDP at DHCP rates) drops the reply like a lost packet, and is counted.
+fn send_blocking(
+    socket: &std::net::UdpSocket,
+    reply: &Message,
+    dest: SocketAddrV4,
+    metrics: &DhcpMetrics,
+    label: &str,
+) {
+    let Ok(bytes) = reply.to_vec() else {
+        metrics.packet(label, "encode_error");
+        return;
+    };
+    if let Err(e) = socket.send_to(&bytes, dest) {
+        tracing::warn!(%dest, error = %e, "DHCP send failed");
+        metrics.packet(label, "send_error");
+    }
 }
 
 async fn send(
