@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs what boot-images/build.sh needs on the build host from Debian: musl-tools
-# (musl-gcc, for ring's C code when the machine agent is built for x86_64-unknown-linux-musl),
-# cpio (packs the initramfs, --reproducible), dpkg-dev tooling (dpkg-deb extracts the
-# downloaded packages) and the Rust musl target. Idempotent: apt-get and rustup run only
+# Installs what boot-images/build.sh and the ramdisk test need from Debian: musl-tools
+# (musl-gcc, for ring's C code in the static x86_64-unknown-linux-musl machine agent), cpio
+# (packs the initramfs, --reproducible), kmod (depmod: the kernel .deb ships no modules.dep),
+# dpkg (dpkg-deb unpacks the downloaded packages), zstd, qemu-system-x86 and qemu-utils
+# (boot the ramdisk, make QCOW2 images), fdisk and mtools (check the cloud-init seed with
+# independent tools), and the Rust musl target. Idempotent: apt-get and rustup run only
 # when something is missing.
 set -euo pipefail
 
@@ -12,11 +14,18 @@ declare -A need=(
   [/usr/bin/cpio]=cpio
   [/usr/bin/dpkg-deb]=dpkg
   [/usr/bin/zstd]=zstd
+  [/usr/sbin/depmod]=kmod
+  # the ramdisk test boots it under QEMU and makes QCOW2 images with qemu-img
+  [/usr/bin/qemu-system-x86_64]=qemu-system-x86
+  [/usr/bin/qemu-img]=qemu-utils
+  # ... and checks the cloud-init seed partition with independent tools
+  [/usr/sbin/sfdisk]=fdisk
+  [/usr/bin/mcopy]=mtools
 )
 
 missing=()
 for path in "${!need[@]}"; do
-  [[ -e "$path" ]] || missing+=("${need[$path]}")
+  [[ -e "$path" || -e "${path/\/usr\/sbin/\/sbin}" ]] || missing+=("${need[$path]}")
 done
 if ((${#missing[@]} > 0)); then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

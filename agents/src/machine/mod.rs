@@ -16,8 +16,10 @@ pub mod disks;
 pub mod erase;
 pub mod image;
 pub mod inventory;
+pub mod partition;
 pub mod qcow2;
 pub mod run;
+pub mod seed;
 
 pub use cmdline::BootArgs;
 

@@ -92,7 +92,7 @@ fn unstreamable_or_unsupported_images_are_refused_with_advice() {
     assert!(err.contains("qemu-img convert -O qcow2"), "{err}");
 
     let mut compressed = image(2 * CS, &[0], &[], 2);
-    compressed[1024..1032].copy_from_slice(&(3 * CS | 1 << 62).to_be_bytes());
+    compressed[1024..1032].copy_from_slice(&((3 * CS) | (1 << 62)).to_be_bytes());
     let err = convert(&compressed, 4096).unwrap_err().to_string();
     assert!(err.contains("compressed clusters"), "{err}");
 

@@ -281,8 +281,23 @@ fn deploy(api: &Api<'_>, plan: &Plan, hw: &Hardware, root: &Path) -> Result<Stri
         },
     )?;
     let secs = written.elapsed.as_secs_f64().max(1e-3);
+    let seed = match &plan.cloud_init {
+        Some(ci) => {
+            api.progress(&ProgressReport {
+                step: ProvisioningStep::WritingConfig,
+                bytes_written: None,
+                bytes_total: None,
+                message: Some("writing the cloud-init NoCloud seed".to_string()),
+            });
+            write_seed(&dev, size, written.disk_bytes, ci).inspect_err(|_| {
+                // A disk without its first-boot data must not look deployed.
+                let _ = image::wipe_ends(&dev, size);
+            })?
+        }
+        None => "no cloud-init seed".to_string(),
+    };
     Ok(format!(
-        "wrote {} ({} image bytes, {:?}) to /dev/{} in {:.1}s ({:.1} MiB/s), {} verified",
+        "wrote {} ({} image bytes, {:?}) to /dev/{} in {:.1}s ({:.1} MiB/s), {} verified; {seed}",
         inventory::human_bytes(i64::try_from(written.disk_bytes).unwrap_or(0)),
         written.bytes_read,
         img.format,
@@ -290,5 +305,27 @@ fn deploy(api: &Api<'_>, plan: &Plan, hw: &Hardware, root: &Path) -> Result<Stri
         secs,
         written.bytes_read as f64 / secs / f64::from(1 << 20),
         checksum.name
+    ))
+}
+
+/// Adds the seed partition after the image and writes the `CIDATA` filesystem into it.
+fn write_seed(
+    dev: &std::fs::File,
+    disk_size: u64,
+    image_end: u64,
+    ci: &crate::http::CloudInitSeed,
+) -> Result<String, MachineError> {
+    let start = super::partition::add_seed_partition(dev, disk_size / 512, image_end)?;
+    let hidden = u32::try_from(start)
+        .map_err(|_| MachineError::NoDisk(format!("seed sector {start} is beyond 2 TiB")))?;
+    let files = super::seed::files(ci);
+    let fs = super::seed::fat12(&files, hidden)?;
+    std::os::unix::fs::FileExt::write_all_at(dev, &fs, start * 512)
+        .and_then(|()| dev.sync_all())
+        .map_err(|e| MachineError::io("write the cloud-init seed", &e))?;
+    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+    Ok(format!(
+        "cloud-init seed CIDATA ({}) at sector {start}",
+        names.join(", ")
     ))
 }
