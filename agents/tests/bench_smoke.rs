@@ -1,0 +1,79 @@
+//! The serving benchmarks run end to end at a tiny size so they cannot rot: `dhcp-bench`
+//! (one 1-second perfdhcp step against ironpool-dhcpd and against ISC Kea) and
+//! `tftp-bench` (a 1 MiB file from our server and from tftpd-hpa), each in network
+//! namespaces it creates and removes. Skipped, loudly, without root or the peers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn ready(tools: &[&str]) -> bool {
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let missing: Vec<_> = tools
+        .iter()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if !netns || !missing.is_empty() {
+        eprintln!(
+            "SKIPPED: needs root with `ip netns` and {missing:?} (e2e/scripts/install-net-tools.sh)"
+        );
+        return false;
+    }
+    true
+}
+
+fn run(bin: &str, args: &[&str]) -> String {
+    let out = Command::new(bin).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{bin} {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn dhcp_bench_runs_one_step_against_both_servers() {
+    if !ready(&["perfdhcp", "kea-dhcp4"]) {
+        return;
+    }
+    let out = run(env!("CARGO_BIN_EXE_dhcp-bench"), &["1", "200", "200"]);
+    for server in ["ironpool-dhcpd", "kea-dhcp4"] {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {server} |")))
+            .unwrap_or_else(|| panic!("no row for {server}: {out}"));
+        let leases: f64 = row
+            .split('|')
+            .nth(2)
+            .and_then(|c| c.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no rate in {row}"));
+        assert!(leases > 50.0, "{row}");
+    }
+    assert!(out.contains("ironpool / kea:"), "{out}");
+}
+
+#[test]
+fn tftp_bench_fetches_from_both_servers() {
+    if !ready(&["in.tftpd"]) {
+        return;
+    }
+    let out = run(env!("CARGO_BIN_EXE_tftp-bench"), &["1", "1", "1"]);
+    for row in [
+        "| ironpool | 1468 | 1 |",
+        "| tftpd-hpa | 1468 | 1 |",
+        "| ironpool | 1468 | 16 |",
+    ] {
+        assert!(out.contains(row), "no {row}: {out}");
+    }
+    assert!(out.contains("ironpool / tftpd-hpa, lockstep:"), "{out}");
+}
