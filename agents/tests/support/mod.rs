@@ -335,3 +335,93 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A committed mockup tree under agents/tests/mockups.
+pub fn mockup(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/mockups")
+        .join(name)
+}
+
+/// Builds a DMTF mockup tree (`redfish/v1/.../index.json`) of the DMTF
+/// "public-rackmount1" system 437XR1138R2 from the JSON samples the python `sushy`
+/// package ships (taken from DMTF's public mockups), under `dest`.
+pub fn dmtf_rackmount_mockup(dest: &Path) -> Result<()> {
+    let bin = venv_bin()?;
+    let out = Command::new(bin.join("python"))
+        .args([
+            "-c",
+            "import os, sushy; print(os.path.join(os.path.dirname(sushy.__file__), 'tests/unit/json_samples'))",
+        ])
+        .output()?;
+    let samples = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    let tree = [
+        ("root.json", ""),
+        ("system_collection.json", "Systems"),
+        ("system.json", "Systems/437XR1138R2"),
+        ("session_service.json", "SessionService"),
+        ("session_collection.json", "SessionService/Sessions"),
+        ("manager_collection.json", "Managers"),
+        ("manager.json", "Managers/BMC"),
+        ("chassis_collection.json", "Chassis"),
+        ("chassis.json", "Chassis/1U"),
+    ];
+    for (sample, at) in tree {
+        let dir = dest.join("redfish/v1").join(at);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(samples.join(sample), dir.join("index.json"))
+            .with_context(|| format!("copying sushy's sample {sample}"))?;
+    }
+    Ok(())
+}
+
+/// Starts sushy-tools' `sushy-static` serving the mockup tree at `mockup` (the folder
+/// that holds `redfish/v1`; sushy-static itself takes the `redfish/v1` folder).
+pub fn start_sushy_static(mockup: &Path) -> Result<Emulator> {
+    let bin = venv_bin()?;
+    let dir = tempfile::tempdir()?;
+    let port = free_tcp_port()?;
+    let mut cmd = Command::new(bin.join("sushy-static"));
+    cmd.arg("-m")
+        .arg(mockup.join("redfish/v1"))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()]);
+    let emu = Emulator::spawn(cmd, dir, port)?;
+    wait_tcp(port, &emu)?;
+    Ok(emu)
+}
+
+/// Starts sushy-static with a real SessionService (agents/tests/support/redfish_static.py).
+pub fn start_redfish_static(
+    mockup: &Path,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+) -> Result<Emulator> {
+    let bin = venv_bin()?;
+    let dir = tempfile::tempdir()?;
+    let port = free_tcp_port()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/redfish_static.py");
+    let mut cmd = Command::new(bin.join("python"));
+    cmd.arg("-u")
+        .arg(script)
+        .arg("--mockup")
+        .arg(mockup.join("redfish/v1"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--user",
+            user,
+            "--password",
+            password,
+        ])
+        .args(extra);
+    let emu = Emulator::spawn(cmd, dir, port)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !emu.log_text().contains("LISTENING") {
+        if Instant::now() > deadline {
+            bail!("redfish_static did not start:\n{}", emu.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(emu)
+}
