@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds Ironpool's three container images with buildah, without a daemon or a registry:
+#   ironpool-operator, ironpool-agent    static musl binaries FROM scratch, non-root
+#   ironpool-boot-assets                 iPXE binaries (Debian's ipxe), the ramdisk later
+# from containers/*.Containerfile, named localhost/ironpool/<name>:<tag> (the chart's
+# default image.registry is localhost/ironpool), and writes each as an OCI archive:
+#   ${IRONPOOL_CACHE:-~/.cache/ironpool}/images/<name>-<tag>.oci.tar
+# Load an archive with `skopeo copy oci-archive:F docker://REGISTRY/ironpool/<name>:<tag>`
+# or `ctr -n k8s.io images import F`.
+#
+# buildah uses vfs storage and chroot isolation (no overlayfs, no user namespaces, no
+# daemon) and --timestamp 0, so the same binaries give the same image digests.
+# Environment: IRONPOOL_IMAGE_TAG (default: the chart's appVersion),
+# IRONPOOL_IMAGE_PROFILE (cargo profile, default release), IRONPOOL_IMAGE_BINARIES (a
+# directory with prebuilt static ironpool-operator and ironpool-agent; skips cargo).
+# Prints IMAGE_<NAME>=<archive> lines on stdout; progress goes to stderr.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CACHE="${IRONPOOL_CACHE:-$HOME/.cache/ironpool}"
+TARGET=x86_64-unknown-linux-musl
+PROFILE="${IRONPOOL_IMAGE_PROFILE:-release}"
+TAG="${IRONPOOL_IMAGE_TAG:-$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/ironpool/Chart.yaml)}"
+[[ -n "$TAG" ]] || { echo "[build-images] no appVersion in charts/ironpool/Chart.yaml" >&2; exit 1; }
+
+log() { echo "[build-images] $*" >&2; }
+
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  ((${#missing[@]})) || return 0
+  log "installing Debian packages: ${missing[*]}"
+  local sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+apt_install buildah ipxe ca-certificates musl-tools
+rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET" >&2
+
+started=$(date +%s)
+if [[ -n "${IRONPOOL_IMAGE_BINARIES:-}" ]]; then
+  # Prebuilt static binaries (e.g. to check that the same binaries give the same images).
+  bin_dir="$IRONPOOL_IMAGE_BINARIES"
+  log "using the binaries in $bin_dir"
+else
+  log "cargo build --profile $PROFILE --target $TARGET (static binaries)"
+  cargo build -q --profile "$PROFILE" --target "$TARGET" \
+    -p ironpool-operator --bin ironpool-operator -p ironpool-agents --bin ironpool-agent >&2
+  bin_dir="target/$TARGET/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")"
+  log "binaries built in $(( $(date +%s) - started ))s"
+fi
+
+out="$CACHE/images"
+ctx="$out/context"
+rm -rf "$ctx"; mkdir -p "$ctx/operator" "$ctx/agent" "$ctx/boot-assets/ipxe" "$ctx/boot-assets/assets"
+install -m 0755 "$bin_dir/ironpool-operator" "$ctx/operator/"
+install -m 0755 "$bin_dir/ironpool-agent" "$ctx/agent/"
+install -m 0644 /etc/ssl/certs/ca-certificates.crt "$ctx/agent/"
+for f in undionly.kpxe ipxe.efi snponly.efi; do install -m 0644 "/usr/lib/ipxe/$f" "$ctx/boot-assets/ipxe/"; done
+# The ramdisk (boot-images/) is not built yet; /assets stays empty until it is.
+
+buildah_() {
+  buildah --root "$CACHE/buildah/storage" --runroot "$CACHE/buildah/run" --storage-driver vfs "$@"
+}
+
+for name in operator agent boot-assets; do
+  image="localhost/ironpool/ironpool-$name:$TAG"
+  archive="$out/ironpool-$name-$TAG.oci.tar"
+  log "building $image"
+  buildah_ bud -q --isolation chroot --timestamp 0 --layers=false \
+    -f "containers/$name.Containerfile" -t "$image" "$ctx/$name" >/dev/null
+  rm -f "$archive"
+  buildah_ push -q "$image" "oci-archive:$archive:$image" >&2
+  log "$image -> $archive ($(du -h "$archive" | cut -f1))"
+  echo "IMAGE_$(echo "$name" | tr a-z- A-Z_)=$archive"
+done
+log "done in $(( $(date +%s) - started ))s"
