@@ -49,20 +49,17 @@ struct Step {
 /// What perfdhcp's final report says.
 #[derive(Debug, PartialEq)]
 struct Report {
-    rate: f64,
     discovers_sent: u64,
     acks_received: u64,
 }
 
-/// Parses perfdhcp's final report: the "Rate:" line and the sent/received counts of the
+/// Parses perfdhcp's final report: the sent/received counts of the
 /// DISCOVER-OFFER and REQUEST-ACK sections.
 fn parse_report(text: &str) -> Result<Report> {
-    let rate = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Rate: "))
-        .and_then(|r| r.split_whitespace().next())
-        .context("no 'Rate:' line in perfdhcp's output")?
-        .parse()?;
+    // The "Rate:" line opens the final report; without it the run did not finish.
+    text.lines()
+        .find(|l| l.starts_with("Rate: "))
+        .context("no 'Rate:' line in perfdhcp's output")?;
     let section = |name: &str, key: &str| -> Result<u64> {
         let start = text
             .find(&format!("Statistics for: {name}"))
@@ -76,14 +73,15 @@ fn parse_report(text: &str) -> Result<Report> {
             .with_context(|| format!("'{key}' of {name}"))
     };
     Ok(Report {
-        rate,
         discovers_sent: section("DISCOVER-OFFER", "sent packets:")?,
         acks_received: section("REQUEST-ACK", "received packets:")?,
     })
 }
 
 impl Report {
-    fn step(&self, rate: u32) -> Step {
+    /// The step of a run of `secs` seconds: ACKs per second of sending (perfdhcp's own
+    /// "Rate" also divides by its final wait for late replies, so it reads low).
+    fn step(&self, rate: u32, secs: u64) -> Step {
         let drops = if self.discovers_sent == 0 {
             100.0
         } else {
@@ -91,7 +89,7 @@ impl Report {
         };
         Step {
             rate,
-            leases: self.rate,
+            leases: self.acks_received as f64 / secs.max(1) as f64,
             drops: drops.max(0.0),
         }
     }
@@ -246,7 +244,7 @@ fn perfdhcp(pair: &Pair, rate: u32, secs: u64) -> Result<Step> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(parse_report(&text)?.step(rate))
+    Ok(parse_report(&text)?.step(rate, secs))
 }
 
 /// Waits until the server answers a few exchanges.
@@ -357,13 +355,13 @@ mod tests {
         assert_eq!(
             r,
             Report {
-                rate: 1322.64,
                 discovers_sent: 15967,
                 acks_received: 5954
             }
         );
-        let s = r.step(4000);
+        let s = r.step(4000, 2);
         assert!((s.drops - 62.71).abs() < 0.01, "{s:?}");
+        assert_eq!(s.leases, 2977.0);
         assert!(parse_report("garbage").is_err());
     }
 
