@@ -180,6 +180,13 @@ fn renders_what_the_values_ask_for() {
         assert!(out.contains(flag), "{flag} missing");
     }
 
+    let (ok, out, _) = template(&["operator.replicas=1"]);
+    assert!(
+        ok && !kinds(&out)
+            .iter()
+            .any(|k| k.starts_with("PodDisruptionBudget/"))
+    );
+
     let (ok, out, err) = template(&[
         "metrics.serviceMonitor.enabled=true",
         "watchNamespace=dc-a",
