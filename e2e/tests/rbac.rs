@@ -585,3 +585,63 @@ fn argocd_health_checks_read_every_state() {
         "Progressing"
     );
 }
+
+/// Every flag the chart passes is one the binaries have, with a value they accept: clap
+/// checks the arguments in order, so appending `--help` prints help only when all of them
+/// parse (a renamed flag would otherwise crash-loop the pods).
+#[test]
+fn the_binaries_accept_the_flags_the_chart_renders() {
+    let cp = cp();
+    for (template, binary, set) in [
+        ("operator-deployment.yaml", "ironpool-operator", &[][..]),
+        (
+            "operator-deployment.yaml",
+            "ironpool-operator",
+            &["watchNamespace=dc-a", "operator.autoCommission=false"][..],
+        ),
+        ("agent-daemonset.yaml", "ironpool-agent", &[][..]),
+        (
+            "agent-daemonset.yaml",
+            "ironpool-agent",
+            &[
+                "agent.dhcp.enabled=false",
+                "agent.tftp.enabled=false",
+                "agent.http.enabled=false",
+                "agent.power.enabled=false",
+                "agent.dhcpInterface=eno2",
+            ][..],
+        ),
+    ] {
+        let mut helm = ironpool_e2e::chart::helm(cp).unwrap();
+        helm.args(["template", "f"])
+            .arg(ironpool_e2e::chart::chart_dir())
+            .args(["--show-only", &format!("templates/{template}")]);
+        for value in set {
+            helm.args(["--set", value]);
+        }
+        let rendered = kubectl_ok(&mut helm).unwrap();
+        let workload = rendered
+            .split("\n---")
+            .map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).unwrap())
+            .find(|doc| doc["kind"] == "Deployment" || doc["kind"] == "DaemonSet")
+            .unwrap();
+        let args: Vec<String> = workload["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        assert!(args.len() >= 3, "{args:?}");
+        let out = Command::new(workspace_binary(binary))
+            .args(&args)
+            .arg("--help")
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{binary} {args:?} was refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
