@@ -19,8 +19,10 @@ pub mod chart;
 mod client;
 pub mod cluster;
 mod control_plane;
+pub mod netlab;
 mod pki;
 mod process;
+pub mod qemu;
 
 pub use binaries::{Binaries, helm};
 pub use control_plane::ControlPlane;

@@ -1,0 +1,289 @@
+//! Virtual machines for tests and the lab: QEMU (`-accel tcg`, no display) with one virtio
+//! NIC on a tap device inside a [`Netns`], network boot first, its serial console in a file.
+//! Legacy BIOS is SeaBIOS with the iPXE option ROM of Debian's `ipxe-qemu` (its output
+//! mirrored to the serial port through SeaBIOS's `etc/sercon-port`); UEFI is OVMF with a
+//! private copy of the variable store. The VM is killed on drop.
+//!
+//! ```no_run
+//! # fn demo(ns: &ironpool_e2e::netlab::Netns, dir: &std::path::Path) -> anyhow::Result<()> {
+//! use ironpool_e2e::qemu::{Firmware, Vm, VmConfig};
+//! let vm = Vm::start(ns, &VmConfig::new("pxe-1", "52:54:00:00:00:01", "tap0", Firmware::Uefi), dir)?;
+//! vm.wait_serial("iPXE", std::time::Duration::from_secs(120))?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netlab::{Netns, NsChild};
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+/// OVMF firmware code (Debian `ovmf`).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// OVMF variable store template (copied per VM).
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// The iPXE ROM QEMU's virtio NIC uses (Debian `ipxe-qemu`; BIOS and EFI images in one).
+/// Debian's QEMU finds it on its firmware path by its default name; naming it with
+/// `romfile=<absolute path>` made SeaBIOS skip it in QEMU 7.2, so the VM relies on the
+/// default and this constant only checks that the package is installed.
+pub const VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
+
+/// Firmware of a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS (legacy PXE through the iPXE option ROM).
+    Bios,
+    /// OVMF (UEFI network boot).
+    Uefi,
+}
+
+impl Firmware {
+    /// The files this firmware needs on the host.
+    pub fn required_files(self) -> &'static [&'static str] {
+        match self {
+            Firmware::Bios => &[VIRTIO_ROM],
+            Firmware::Uefi => &[VIRTIO_ROM, OVMF_CODE, OVMF_VARS],
+        }
+    }
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// A name for logs and file names.
+    pub name: String,
+    /// The NIC's MAC address.
+    pub mac: String,
+    /// The tap device (already created in the namespace, e.g. by [`Netns::tap`]).
+    pub tap: String,
+    /// BIOS or UEFI.
+    pub firmware: Firmware,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Whether the NIC carries the iPXE option ROM (true, the default). Without it a UEFI
+    /// VM network-boots with EDK2's own PXE client (and a BIOS VM cannot network-boot).
+    pub ipxe_rom: bool,
+    /// Extra QEMU arguments (e.g. a disk).
+    pub extra: Vec<String>,
+}
+
+impl VmConfig {
+    /// A 256 MiB VM that boots from its NIC.
+    pub fn new(name: &str, mac: &str, tap: &str, firmware: Firmware) -> Self {
+        VmConfig {
+            name: name.to_string(),
+            mac: mac.to_string(),
+            tap: tap.to_string(),
+            firmware,
+            memory_mib: 256,
+            ipxe_rom: true,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The QEMU arguments; `dir` holds the serial log and the firmware's private files.
+    pub fn args(&self, dir: &Path) -> Vec<String> {
+        let serial = dir.join(format!("{}.serial.log", self.name));
+        let mut a: Vec<String> = [
+            "-name",
+            &self.name,
+            "-accel",
+            "tcg",
+            "-m",
+            &self.memory_mib.to_string(),
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-user-config",
+            "-serial",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push(format!("file:{}", serial.display()));
+        a.push("-netdev".into());
+        a.push(format!(
+            "tap,id=n0,ifname={},script=no,downscript=no",
+            self.tap
+        ));
+        a.push("-device".into());
+        let rom = if self.ipxe_rom { "" } else { ",romfile=" };
+        a.push(format!(
+            "virtio-net-pci,netdev=n0,mac={}{rom},bootindex=1",
+            self.mac
+        ));
+        match self.firmware {
+            Firmware::Bios => {
+                // SeaBIOS mirrors the screen (its own and the iPXE ROM's) to COM1.
+                a.push("-fw_cfg".into());
+                a.push(format!(
+                    "name=etc/sercon-port,file={}",
+                    sercon(dir).display()
+                ));
+            }
+            Firmware::Uefi => {
+                a.push("-drive".into());
+                a.push(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                ));
+                a.push("-drive".into());
+                a.push(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars(dir, &self.name).display()
+                ));
+            }
+        }
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+}
+
+fn sercon(dir: &Path) -> PathBuf {
+    dir.join("sercon-port")
+}
+
+fn vars(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.OVMF_VARS.fd"))
+}
+
+/// A running VM, killed on drop.
+#[derive(Debug)]
+pub struct Vm {
+    child: NsChild,
+    serial: PathBuf,
+    started: Instant,
+}
+
+impl Vm {
+    /// Starts `config` inside `ns`; files go to `dir`.
+    pub fn start(ns: &Netns, config: &VmConfig, dir: &Path) -> Result<Vm> {
+        for f in config.firmware.required_files() {
+            if !Path::new(f).exists() {
+                bail!("{f} is missing: run e2e/scripts/install-qemu.sh");
+            }
+        }
+        match config.firmware {
+            // COM1 (0x3f8) as a little-endian integer, the form SeaBIOS reads.
+            Firmware::Bios => std::fs::write(sercon(dir), 0x3f8u16.to_le_bytes())?,
+            Firmware::Uefi => {
+                std::fs::copy(OVMF_VARS, vars(dir, &config.name))
+                    .with_context(|| format!("copying {OVMF_VARS}"))?;
+            }
+        }
+        let serial = dir.join(format!("{}.serial.log", config.name));
+        let mut cmd = ns.cmd(QEMU);
+        cmd.args(config.args(dir));
+        let child = NsChild::spawn(
+            &format!("qemu {}", config.name),
+            cmd,
+            &dir.join(format!("{}.qemu.log", config.name)),
+        )?;
+        Ok(Vm {
+            child,
+            serial,
+            started: Instant::now(),
+        })
+    }
+
+    /// The serial console so far, escape sequences and carriage returns removed.
+    pub fn serial(&self) -> String {
+        let raw = std::fs::read(&self.serial).unwrap_or_default();
+        clean(&String::from_utf8_lossy(&raw))
+    }
+
+    /// Whether QEMU is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.running()
+    }
+
+    /// Time since the VM was started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits until the serial console contains `needle`; fails early if QEMU exits.
+    pub fn wait_serial(&mut self, needle: &str, timeout: Duration) -> Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.serial().contains(needle) {
+                return Ok(self.started.elapsed());
+            }
+            if !self.child.running() {
+                bail!("QEMU exited\n{}\n{}", self.child.tail(20), self.report());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "serial console shows no '{needle}' after {timeout:?}\n{}",
+                    self.report()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The serial console and QEMU's own output, for failure messages.
+    pub fn report(&self) -> String {
+        format!(
+            "--- serial console {} ---\n{}\n{}",
+            self.serial.display(),
+            self.serial(),
+            self.child.tail(20)
+        )
+    }
+}
+
+/// Removes ANSI escape sequences, backspace runs and carriage returns.
+pub fn clean(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for n in chars.by_ref() {
+                        if n.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\r' | '\u{8}' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_strips_escapes() {
+        assert_eq!(
+            clean("\u{1b}c\u{1b}[?7l\u{1b}[0;1miPXE\u{1b}[0m ok\r\n\u{8} \u{8}x"),
+            "iPXE ok\n x"
+        );
+    }
+
+    #[test]
+    fn args_name_the_firmware_and_the_tap() {
+        let dir = Path::new("/tmp/x");
+        let bios = VmConfig::new("a", "52:54:00:00:00:01", "tap0", Firmware::Bios).args(dir);
+        let s = bios.join(" ");
+        assert!(s.contains("-accel tcg") && s.contains("ifname=tap0") && s.contains("sercon"));
+        assert!(s.contains("mac=52:54:00:00:00:01") && s.contains("-m 256"));
+        let uefi = VmConfig::new("a", "52:54:00:00:00:01", "tap0", Firmware::Uefi).args(dir);
+        let s = uefi.join(" ");
+        assert!(s.contains(OVMF_CODE) && s.contains("/tmp/x/a.OVMF_VARS.fd"));
+    }
+}
