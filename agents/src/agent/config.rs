@@ -48,6 +48,12 @@ pub struct Cli {
         default_value = "/var/lib/ironpool/dhcp-leases.journal"
     )]
     pub journal: PathBuf,
+    /// Milliseconds to wait for an ICMP echo reply before offering a dynamic address
+    /// (RFC 2131 §4.4.1); an address that answers is quarantined. 0 turns probing off.
+    /// Probing is what keeps a standby that takes a Subnet over from offering addresses
+    /// the dead holder's clients still use.
+    #[arg(long, env = "IRONPOOL_DHCP_PROBE_MS", default_value_t = 500)]
+    pub dhcp_probe_ms: u64,
     /// TFTP listen address.
     #[arg(long, env = "IRONPOOL_TFTP_LISTEN", default_value = "0.0.0.0:69")]
     pub tftp_listen: SocketAddr,
@@ -157,6 +163,8 @@ pub struct DhcpSettings {
     pub server_ip: Ipv4Addr,
     /// Lease journal.
     pub journal: PathBuf,
+    /// ICMP probe timeout before offers (None: no probing).
+    pub probe: Option<Duration>,
 }
 
 /// HTTP boot settings.
@@ -215,6 +223,7 @@ impl TryFrom<&Cli> for AgentConfig {
             interface: cli.dhcp_interface.clone(),
             server_ip,
             journal: cli.journal.clone(),
+            probe: (cli.dhcp_probe_ms > 0).then(|| Duration::from_millis(cli.dhcp_probe_ms)),
         });
         let http = if cli.no_http {
             None

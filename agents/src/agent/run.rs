@@ -26,8 +26,8 @@ use crate::dhcp::journal::Journal;
 use crate::dhcp::metrics::DhcpMetrics;
 use crate::dhcp::{BootConfig, DhcpEvent, DhcpEventKind, DhcpServer, ServerConfig, ServerState};
 use crate::http::{self, BootEvent, HttpMetrics, HttpServer, ImageCache, ScriptConfig, TokenKey};
-use crate::tftp::TftpServer;
 use crate::tftp::server::TftpMetrics;
+use crate::tftp::{TftpEvent, TftpServer};
 
 /// At most one `status.boot` write per Machine per this interval.
 const BOOT_DEBOUNCE: Duration = Duration::from_millis(500);
@@ -99,10 +99,11 @@ pub async fn run(
         enlister.limited.clone(),
     );
 
+    let (tftp_tx, tftp_rx) = mpsc::channel(1024);
     if let Some((addr, dir)) = &config.tftp {
         let metrics = TftpMetrics::default();
         metrics.register(&mut registry);
-        let server = TftpServer::new(dir.clone(), metrics)?;
+        let server = TftpServer::new(dir.clone(), metrics)?.with_events(tftp_tx);
         let socket = tokio::net::UdpSocket::bind(addr)
             .await
             .map_err(|source| AgentError::Io {
@@ -154,7 +155,7 @@ pub async fn run(
         serving,
         ready: ready.clone(),
     };
-    tasks.spawn(pump.run(dhcp_rx, http_rx, root.clone()));
+    tasks.spawn(pump.run(dhcp_rx, http_rx, tftp_rx, root.clone()));
 
     let (addr, health_task) =
         health::serve(config.metrics_listen, registry, ready, root.clone()).await?;
@@ -204,7 +205,10 @@ fn start_dhcp(
     for l in leases {
         state.leases.insert(l);
     }
-    let server = DhcpServer::new(state, Some(journal.handle()), metrics).with_events(tx);
+    let mut server = DhcpServer::new(state, Some(journal.handle()), metrics).with_events(tx);
+    if let Some(timeout) = d.probe {
+        server = server.with_prober(crate::dhcp::probe::Prober::new(timeout));
+    }
     let socket = crate::dhcp::server::bind_socket(d.listen, d.interface.as_deref())?;
     tracing::info!(listen = %d.listen, interface = ?d.interface, server_ip = %d.server_ip, "DHCP listening");
     let (s, ip, token) = (server.clone(), d.server_ip, root.clone());
@@ -301,6 +305,7 @@ impl Pump {
         self,
         mut dhcp: mpsc::Receiver<DhcpEvent>,
         mut http: mpsc::Receiver<BootEvent>,
+        mut tftp: mpsc::Receiver<TftpEvent>,
         cancel: CancellationToken,
     ) {
         loop {
@@ -308,6 +313,7 @@ impl Pump {
                 () = cancel.cancelled() => return,
                 Some(e) = dhcp.recv() => self.dhcp(e),
                 Some(e) = http.recv() => self.http(e),
+                Some(e) = tftp.recv() => self.tftp(e),
                 else => return,
             }
         }
@@ -338,6 +344,15 @@ impl Pump {
         self.flight.record(e.mac, e.step, e.detail);
         if !e.known && e.step == BootStep::ScriptFetched {
             self.enlist(e.mac, None);
+        }
+    }
+
+    /// TFTP transfers carry only the client's address: the DHCP lease or reservation of
+    /// that address names the MAC (a transfer from an unknown address is not recorded).
+    fn tftp(&self, e: TftpEvent) {
+        match self.serving.mac_of(e.peer) {
+            Some(mac) => self.flight.record(mac, BootStep::TftpRead, e.detail()),
+            None => tracing::debug!(peer = %e.peer, file = %e.file, "TFTP client without a lease"),
         }
     }
 

@@ -89,6 +89,16 @@ impl Serving {
             .len()
     }
 
+    /// The MAC behind a client address, from the DHCP server's reservations and leases.
+    pub fn mac_of(&self, ip: std::net::IpAddr) -> Option<crate::dhcp::MacAddr> {
+        let std::net::IpAddr::V4(ip) = ip else {
+            return None;
+        };
+        let server = self.server.as_ref()?;
+        let state = server.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.mac_of(ip)
+    }
+
     /// Recomputes the DHCP server's subnets and reservations from the stores.
     pub fn sync(&self) {
         let Some(server) = &self.server else { return };

@@ -1,7 +1,7 @@
 //! The lease table the DHCP pipeline decides against: offers, bound leases, quarantined
 //! addresses, and a free-address search over a Subnet's dynamic range. No I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use super::MacAddr;
@@ -35,6 +35,9 @@ pub struct LeaseTable {
     by_mac: HashMap<MacAddr, Lease>,
     by_ip: HashMap<Ipv4Addr, MacAddr>,
     quarantine: HashMap<Ipv4Addr, u64>,
+    /// Quarantined addresses that answered an ICMP probe (a host this server has no lease
+    /// for uses them), as opposed to addresses a client declined.
+    abandoned: HashSet<Ipv4Addr>,
     cursor: HashMap<Ipv4Addr, u32>,
 }
 
@@ -97,6 +100,7 @@ impl LeaseTable {
             self.by_mac.remove(&prev);
         }
         self.quarantine.remove(&lease.ip);
+        self.abandoned.remove(&lease.ip);
         self.by_mac.insert(lease.mac, lease);
     }
 
@@ -109,12 +113,26 @@ impl LeaseTable {
         None
     }
 
-    /// Keeps `ip` out of the pool until `until`.
+    /// Keeps `ip` out of the pool until `until` (a client declined it: it conflicts).
     pub fn quarantine(&mut self, ip: Ipv4Addr, until: u64) {
         if let Some(mac) = self.by_ip.remove(&ip) {
             self.by_mac.remove(&mac);
         }
+        self.abandoned.remove(&ip);
         self.quarantine.insert(ip, until);
+    }
+
+    /// Keeps `ip` out of offers until `until` because a host answered a probe on it; a
+    /// client that then asks to keep it (INIT-REBOOT, RENEW, REBIND) is that host, and
+    /// may reclaim it (see [`LeaseTable::abandoned`]).
+    pub fn abandon(&mut self, ip: Ipv4Addr, until: u64) {
+        self.quarantine(ip, until);
+        self.abandoned.insert(ip);
+    }
+
+    /// Whether `ip` is quarantined at `now` because a probe was answered (not declined).
+    pub fn abandoned(&self, ip: Ipv4Addr, now: u64) -> bool {
+        self.abandoned.contains(&ip) && self.quarantined(ip, now) && self.holder(ip).is_none()
     }
 
     /// Forgets expired leases and quarantines; returns how many leases went.
@@ -124,6 +142,8 @@ impl LeaseTable {
         let by_mac = &self.by_mac;
         self.by_ip.retain(|_, m| by_mac.contains_key(m));
         self.quarantine.retain(|_, until| *until > now);
+        let quarantine = &self.quarantine;
+        self.abandoned.retain(|ip| quarantine.contains_key(ip));
         before - self.by_mac.len()
     }
 

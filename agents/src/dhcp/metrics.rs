@@ -26,6 +26,15 @@ pub struct DhcpMetrics {
     pub journal_records: Counter,
     /// Events dropped because the receiver was full.
     pub events_dropped: Counter,
+    /// ICMP probes of addresses about to be offered, by result (free, in_use, error).
+    pub probes: Family<ProbeLabels, Counter>,
+}
+
+/// Labels of `ironpool_dhcp_probes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    /// free, in_use or error.
+    pub result: String,
 }
 
 impl DhcpMetrics {
@@ -57,6 +66,20 @@ impl DhcpMetrics {
             "Flight-recorder events dropped (receiver full)",
             self.events_dropped.clone(),
         );
+        sub.register(
+            "probes",
+            "ICMP echo probes of addresses about to be offered, by result",
+            self.probes.clone(),
+        );
+    }
+
+    /// Counts one probe.
+    pub fn probe(&self, result: &str) {
+        self.probes
+            .get_or_create(&ProbeLabels {
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// Counts one packet.

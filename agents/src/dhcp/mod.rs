@@ -8,6 +8,7 @@ pub mod journal;
 pub mod leases;
 pub mod metrics;
 pub mod pipeline;
+pub mod probe;
 pub mod pxe;
 pub mod reply;
 pub mod server;

@@ -52,8 +52,11 @@ pub enum Effect {
     },
     /// Free the lease of a MAC on an address.
     Free(MacAddr, Ipv4Addr),
-    /// Keep an address out of the pool until a time.
+    /// Keep an address out of the pool until a time (declined: it conflicts).
     Quarantine(Ipv4Addr, u64),
+    /// Keep an address out of offers until a time because a host answered a probe on it;
+    /// that host may reclaim it with a REQUEST.
+    Abandon(Ipv4Addr, u64),
 }
 
 /// Why a request was answered or not (the `outcome` label of the packet metric).
@@ -95,6 +98,9 @@ pub struct Decision {
     pub event: Option<DhcpEvent>,
     /// Metric outcome.
     pub outcome: Outcome,
+    /// A dynamic address this MAC did not hold yet: probe it (ICMP echo) before the OFFER
+    /// leaves, in case a host this server does not know uses it (RFC 2131 §4.4.1).
+    pub probe: Option<Ipv4Addr>,
 }
 
 impl Decision {
@@ -104,6 +110,7 @@ impl Decision {
             effects: Vec::new(),
             event: None,
             outcome,
+            probe: None,
         }
     }
 
@@ -151,7 +158,17 @@ impl ServerState {
                 self.leases.remove(mac, *ip);
             }
             Effect::Quarantine(ip, until) => self.leases.quarantine(*ip, *until),
+            Effect::Abandon(ip, until) => self.leases.abandon(*ip, *until),
         }
+    }
+
+    /// The MAC that `ip` is reserved for or leased to (offered or bound), if any: how
+    /// TFTP and other IP-addressed requests are tied back to a machine.
+    pub fn mac_of(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+        self.reserved_ips
+            .get(&ip)
+            .copied()
+            .or_else(|| self.leases.holder(ip).map(|l| l.mac))
     }
 
     fn reserved_for_other(&self, ip: Ipv4Addr, mac: &MacAddr) -> bool {
@@ -252,6 +269,18 @@ fn may_have(cx: &Ctx<'_>, ip: Ipv4Addr) -> bool {
         && cx.state.leases.free_for(ip, &cx.mac, cx.now)
 }
 
+/// Whether `mac` may take back `ip` that a probe found in use: the client asking to keep
+/// an address (INIT-REBOOT, RENEW, REBIND) is the host that answered on it, e.g. a client
+/// of an agent that died and whose Subnet this server took over (as ISC dhcpd reclaims an
+/// abandoned lease).
+fn may_reclaim(cx: &Ctx<'_>, ip: Ipv4Addr) -> bool {
+    cx.state.reservation(&cx.mac).is_none()
+        && cx.subnet.in_dynamic(ip)
+        && cx.subnet.assignable(ip)
+        && !cx.state.reserved_for_other(ip, &cx.mac)
+        && cx.state.leases.abandoned(ip, cx.now)
+}
+
 /// The address to offer: reservation, current lease, requested address, or a free one.
 fn choose(cx: &Ctx<'_>) -> Option<Ipv4Addr> {
     if let Some(r) = cx
@@ -307,11 +336,11 @@ fn discover(cx: &Ctx<'_>) -> Decision {
     };
     let (m, boot) = answer(cx, MessageType::Offer, ip);
     let mut effects = Vec::new();
-    let bound = cx
-        .state
-        .leases
-        .by_mac(&cx.mac)
-        .is_some_and(|l| l.ip == ip && l.state == LeaseState::Bound && l.expires > cx.now);
+    let current = cx.state.leases.by_mac(&cx.mac);
+    let bound =
+        current.is_some_and(|l| l.ip == ip && l.state == LeaseState::Bound && l.expires > cx.now);
+    let reserved = cx.state.reservation(&cx.mac).is_some_and(|r| r.ip == ip);
+    let probe = (!reserved && current.is_none_or(|l| l.ip != ip)).then_some(ip);
     if !bound {
         let expires = cx.now + u64::from(cx.state.config.offer_secs);
         effects.push(Effect::Offer(Lease {
@@ -331,6 +360,7 @@ fn discover(cx: &Ctx<'_>) -> Decision {
             boot.unwrap_or_default(),
         )),
         outcome: Outcome::Replied,
+        probe,
     }
 }
 
@@ -341,7 +371,7 @@ fn request_msg(cx: &Ctx<'_>) -> Decision {
         (_, false) => ciaddr,
         (None, true) => return Decision::silent(Outcome::Invalid),
     };
-    if !cx.subnet.contains(wanted) || !may_have(cx, wanted) {
+    if !cx.subnet.contains(wanted) || !(may_have(cx, wanted) || may_reclaim(cx, wanted)) {
         // INIT-REBOOT/RENEW on the wrong network or a taken address: NAK. SELECTING a lost
         // offer: NAK so the client restarts at once.
         let why = if cx.subnet.contains(wanted) {
@@ -357,6 +387,7 @@ fn request_msg(cx: &Ctx<'_>) -> Decision {
             effects: Vec::new(),
             event: Some(event(cx, DhcpEventKind::Nak, Some(wanted), why.to_string())),
             outcome: Outcome::Replied,
+            probe: None,
         };
     }
     let (m, boot) = answer(cx, MessageType::Ack, wanted);
@@ -377,6 +408,7 @@ fn request_msg(cx: &Ctx<'_>) -> Decision {
             boot.unwrap_or_default(),
         )),
         outcome: Outcome::Replied,
+        probe: None,
     }
 }
 
@@ -420,5 +452,6 @@ fn inform(cx: &Ctx<'_>) -> Decision {
         effects: Vec::new(),
         event: None,
         outcome: Outcome::Replied,
+        probe: None,
     }
 }

@@ -3,6 +3,7 @@
 //! journal where a dynamic lease was bound (group commit), and sends the reply — each
 //! packet under a deadline. Shutdown through a CancellationToken with a bounded drain.
 
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::journal::{JournalHandle, Record};
 use super::metrics::DhcpMetrics;
 use super::pipeline::{Decision, Effect, ReplyTo, Request, ServerState, handle};
-use super::{DhcpError, DhcpEvent};
+use super::probe::{ProbeResult, Prober};
+use super::{DhcpError, DhcpEvent, MacAddr};
 
 /// Binds a UDP socket for DHCP: SO_REUSEADDR, SO_BROADCAST, and SO_BINDTODEVICE to
 /// `interface` when given (so limited broadcasts leave through it and only its packets
@@ -57,7 +59,13 @@ pub struct DhcpServer {
     pub deadline: Duration,
     /// Time allowed for in-flight replies after shutdown is requested.
     pub drain: Duration,
+    prober: Option<Arc<Prober>>,
+    /// MACs whose OFFER waits for a probe (their retransmitted DISCOVERs are dropped).
+    probing: Arc<Mutex<HashSet<MacAddr>>>,
 }
+
+/// Addresses probed for one DISCOVER before giving up on it (the client will ask again).
+const PROBE_ROUNDS: usize = 4;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -88,7 +96,16 @@ impl DhcpServer {
             events: None,
             deadline: Duration::from_secs(2),
             drain: Duration::from_secs(2),
+            prober: None,
+            probing: Arc::default(),
         }
+    }
+
+    /// Probes every dynamic address with an ICMP echo before offering it; an address that
+    /// answers is quarantined and the next one is tried (see [`super::probe`]).
+    pub fn with_prober(mut self, prober: Prober) -> Self {
+        self.prober = Some(Arc::new(prober));
+        self
     }
 
     /// Sends [`DhcpEvent`]s to `tx` (never blocks: a full channel drops and counts).
@@ -129,7 +146,24 @@ impl DhcpServer {
                 continue;
             };
             let label = type_label(&msg);
+            if self.prober.is_some() && self.is_probing(&msg) {
+                self.metrics.packet(label, "probing");
+                continue;
+            }
             let decision = self.decide(&msg, interface_ip);
+            if decision.probe.is_some()
+                && let (Some(prober), Some(mac)) =
+                    (self.prober.clone(), MacAddr::from_chaddr(msg.chaddr()))
+            {
+                let probing = ProbingGuard::new(&self.probing, mac);
+                let (this, sender) = (self.clone(), Arc::clone(&durable_sender));
+                tokio::spawn(async move {
+                    let _probing = probing;
+                    this.offer_after_probe(&prober, msg, interface_ip, decision, &sender)
+                        .await;
+                });
+                continue;
+            }
             self.metrics.packet(label, decision.outcome.label());
             let durable = self.durable_record(&decision);
             let Decision { reply, event, .. } = decision;
@@ -182,6 +216,57 @@ impl DhcpServer {
         Ok(())
     }
 
+    fn is_probing(&self, msg: &Message) -> bool {
+        let Some(mac) = MacAddr::from_chaddr(msg.chaddr()) else {
+            return false;
+        };
+        msg.opts().msg_type() == Some(MessageType::Discover)
+            && self
+                .probing
+                .lock()
+                .is_ok_and(|probing| probing.contains(&mac))
+    }
+
+    /// Probes the address `decision` offers; while a host answers on it, quarantines it and
+    /// decides again (at most [`PROBE_ROUNDS`] addresses), then sends the final OFFER.
+    async fn offer_after_probe(
+        &self,
+        prober: &Prober,
+        msg: Message,
+        interface_ip: Ipv4Addr,
+        mut decision: Decision,
+        sender: &std::net::UdpSocket,
+    ) {
+        let label = type_label(&msg);
+        let mut rounds = 0;
+        while let Some(ip) = decision.probe {
+            let result = prober.probe(ip).await;
+            self.metrics.probe(result.label());
+            if result != ProbeResult::InUse {
+                break;
+            }
+            rounds += 1;
+            tracing::warn!(%ip, "address answers ICMP echo but has no lease here; quarantined");
+            if let Ok(mut state) = self.state.lock() {
+                let until = unix_now() + u64::from(state.config.quarantine_secs);
+                state.apply(&Effect::Abandon(ip, until));
+            }
+            if rounds == PROBE_ROUNDS {
+                self.metrics.packet(label, "probe_exhausted");
+                return;
+            }
+            decision = self.decide(&msg, interface_ip);
+        }
+        self.metrics.packet(label, decision.outcome.label());
+        let Decision { reply, event, .. } = decision;
+        if let Some(ev) = event {
+            self.emit(ev);
+        }
+        if let Some((reply, to)) = reply {
+            send_blocking(sender, &reply, self.dest(to), &self.metrics, label);
+        }
+    }
+
     /// Runs the pipeline under the state lock and applies its effects; releases and
     /// declines are journalled without waiting.
     fn decide(&self, msg: &Message, interface_ip: Ipv4Addr) -> Decision {
@@ -192,6 +277,7 @@ impl DhcpServer {
                 effects: Vec::new(),
                 event: None,
                 outcome: super::Outcome::Ignored,
+                probe: None,
             };
         };
         let decision = handle(&Request { msg, interface_ip }, &state, now);
@@ -302,5 +388,31 @@ async fn send(
     if let Err(e) = socket.send_to(&bytes, dest).await {
         tracing::warn!(%dest, error = %e, "DHCP send failed");
         metrics.packet(label, "send_error");
+    }
+}
+
+/// Holds a MAC in the probing set; removes it on drop (however the probe task ends).
+struct ProbingGuard {
+    set: Arc<Mutex<HashSet<MacAddr>>>,
+    mac: MacAddr,
+}
+
+impl ProbingGuard {
+    fn new(set: &Arc<Mutex<HashSet<MacAddr>>>, mac: MacAddr) -> Self {
+        if let Ok(mut s) = set.lock() {
+            s.insert(mac);
+        }
+        ProbingGuard {
+            set: Arc::clone(set),
+            mac,
+        }
+    }
+}
+
+impl Drop for ProbingGuard {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.set.lock() {
+            s.remove(&self.mac);
+        }
     }
 }

@@ -9,7 +9,7 @@ pub mod root;
 pub mod server;
 pub mod session;
 
-pub use server::{TftpMetrics, TftpServer};
+pub use server::{TftpEvent, TftpEventKind, TftpMetrics, TftpServer};
 
 /// Everything that can go wrong in the TFTP area.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +25,7 @@ use super::session::{Action, Limits, Session, negotiate};
 /// Labels of `ironpool_tftp_transfers_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    /// completed, failed, refused, malformed.
+    /// completed, size_query, failed, refused, malformed.
     pub result: String,
 }
 
@@ -73,6 +73,74 @@ impl TftpMetrics {
     }
 }
 
+/// One step of a transfer, reported to the agent's flight recorder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TftpEvent {
+    /// The client's address (the agent maps it to a MAC through the DHCP leases).
+    pub peer: IpAddr,
+    /// The requested file name, as sent.
+    pub file: String,
+    /// What happened.
+    pub kind: TftpEventKind,
+}
+
+/// Kinds of [`TftpEvent`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TftpEventKind {
+    /// The file was opened and the transfer begins.
+    Started {
+        /// File size in bytes.
+        size: u64,
+        /// Negotiated block size.
+        blksize: usize,
+        /// Negotiated window size.
+        windowsize: u16,
+    },
+    /// The last block was acknowledged.
+    Completed {
+        /// Bytes sent.
+        size: u64,
+        /// Time from request to the last ACK.
+        elapsed: std::time::Duration,
+    },
+    /// The client ended the transfer after the option acknowledgement with error 8, as
+    /// EDK2 does to learn a file's size (`tsize`) before fetching it for real.
+    SizeQuery {
+        /// File size in bytes.
+        size: u64,
+    },
+    /// The request was refused or the transfer gave up.
+    Failed {
+        /// Why (file not found, access violation, timeout, client error).
+        reason: String,
+    },
+}
+
+impl TftpEvent {
+    /// One line for `status.boot`: `undionly.kpxe: sent 70733 bytes in 0.4 s`.
+    pub fn detail(&self) -> String {
+        match &self.kind {
+            TftpEventKind::Started {
+                size,
+                blksize,
+                windowsize,
+            } => format!(
+                "{}: started, {size} bytes (blksize {blksize}, windowsize {windowsize})",
+                self.file
+            ),
+            TftpEventKind::Completed { size, elapsed } => format!(
+                "{}: sent {size} bytes in {:.1} s",
+                self.file,
+                elapsed.as_secs_f64()
+            ),
+            TftpEventKind::SizeQuery { size } => {
+                format!("{}: size query answered ({size} bytes)", self.file)
+            }
+            TftpEventKind::Failed { reason } => format!("{}: failed: {reason}", self.file),
+        }
+    }
+}
+
 /// A read-only TFTP server over a root directory.
 #[derive(Clone, Debug)]
 pub struct TftpServer {
@@ -80,6 +148,7 @@ pub struct TftpServer {
     limits: Limits,
     metrics: TftpMetrics,
     max_transfers: usize,
+    events: Option<mpsc::Sender<TftpEvent>>,
 }
 
 impl TftpServer {
@@ -95,7 +164,25 @@ impl TftpServer {
             limits: Limits::default(),
             metrics,
             max_transfers: 512,
+            events: None,
         })
+    }
+
+    /// Sends a [`TftpEvent`] for every transfer start, completion and failure to `tx`
+    /// (never blocks: a full channel drops the event).
+    pub fn with_events(mut self, tx: mpsc::Sender<TftpEvent>) -> Self {
+        self.events = Some(tx);
+        self
+    }
+
+    fn emit(&self, peer: SocketAddr, file: &str, kind: TftpEventKind) {
+        if let Some(tx) = &self.events {
+            let _ = tx.try_send(TftpEvent {
+                peer: peer.ip(),
+                file: file.to_string(),
+                kind,
+            });
+        }
     }
 
     /// Replaces the negotiation limits.
@@ -173,6 +260,7 @@ impl TftpServer {
         filename: String,
         options: Vec<(String, String)>,
     ) {
+        let started = std::time::Instant::now();
         let Ok(sock) = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await else {
             return;
         };
@@ -203,11 +291,19 @@ impl TftpServer {
                 tracing::info!(%peer, file = %filename, error = %e, "TFTP request refused");
                 self.metrics.count("refused");
                 let _ = sock.send(&packet::error(c, &e.to_string())).await;
+                let reason = e.to_string();
+                self.emit(peer, &filename, TftpEventKind::Failed { reason });
                 return;
             }
         };
         let neg = negotiate(&options, len, &self.limits);
         let mut session = Session::new(&neg, len, &self.limits);
+        let kind = TftpEventKind::Started {
+            size: len,
+            blksize: neg.blksize,
+            windowsize: neg.windowsize,
+        };
+        self.emit(peer, &filename, kind);
         let result = run(
             &sock,
             &file,
@@ -218,12 +314,36 @@ impl TftpServer {
         )
         .await;
         match result {
-            Ok(()) => self.metrics.count("completed"),
-            Err(why) => {
+            Ok(()) => {
+                self.metrics.count("completed");
+                let elapsed = started.elapsed();
+                let kind = TftpEventKind::Completed { size: len, elapsed };
+                self.emit(peer, &filename, kind);
+            }
+            Err(End::SizeQuery) => {
+                self.metrics.count("size_query");
+                self.emit(peer, &filename, TftpEventKind::SizeQuery { size: len });
+            }
+            Err(End::Failed(why)) => {
                 tracing::info!(%peer, file = %filename, %why, "TFTP transfer failed");
                 self.metrics.count("failed");
+                self.emit(peer, &filename, TftpEventKind::Failed { reason: why });
             }
         }
+    }
+}
+
+/// How a transfer ended short of completion.
+enum End {
+    /// Error 8 in answer to the OACK: the client only wanted the options (tsize).
+    SizeQuery,
+    /// Anything else.
+    Failed(String),
+}
+
+impl From<std::io::Error> for End {
+    fn from(e: std::io::Error) -> Self {
+        End::Failed(e.to_string())
     }
 }
 
@@ -235,8 +355,9 @@ async fn run(
     timeout: std::time::Duration,
     session: &mut Session,
     metrics: &TftpMetrics,
-) -> Result<(), String> {
+) -> Result<(), End> {
     let mut action = session.start();
+    let mut data_sent = false;
     let mut buf = vec![0u8; 65536];
     let mut out = Vec::with_capacity(65536 + 4);
     let mut highest_sent = 0u64;
@@ -244,21 +365,20 @@ async fn run(
     loop {
         match action {
             Action::Done => return Ok(()),
-            Action::Fail(why) => return Err(why),
+            Action::Fail(why) => return Err(End::Failed(why)),
             Action::SendOack => {
-                sock.send(&packet::oack(oack))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                sock.send(&packet::oack(oack)).await?;
             }
             Action::SendBlocks(from, to) => {
                 for n in from..=to {
                     let (offset, size, wire) = session.block(n);
                     data.resize(size as usize, 0);
                     // Boot files sit in the page cache; a positioned read does not block long.
-                    let got = read_full(file, &mut data, offset).map_err(|e| e.to_string())?;
+                    let got = read_full(file, &mut data, offset)?;
                     out.clear();
                     packet::data(&mut out, wire, data.get(..got).unwrap_or(&[]));
-                    sock.send(&out).await.map_err(|e| e.to_string())?;
+                    sock.send(&out).await?;
+                    data_sent = true;
                     if n <= highest_sent {
                         metrics.retransmits.inc();
                     }
@@ -269,10 +389,15 @@ async fn run(
         }
         action = match tokio::time::timeout(timeout, sock.recv(&mut buf)).await {
             Err(_) => session.on_timeout(),
-            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Err(e)) => return Err(e.into()),
             Ok(Ok(n)) => match packet::parse(buf.get(..n).unwrap_or(&[])) {
                 Ok(Packet::Ack(b)) => session.on_ack(b),
-                Ok(Packet::Error(c, m)) => return Err(format!("client error {c}: {m}")),
+                Ok(Packet::Error(code::OPTIONS, _)) if !data_sent && !oack.is_empty() => {
+                    return Err(End::SizeQuery);
+                }
+                Ok(Packet::Error(c, m)) => {
+                    return Err(End::Failed(format!("client error {c}: {m}")));
+                }
                 _ => Action::Wait,
             },
         };
@@ -289,4 +414,48 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize>
         got += n;
     }
     Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_details_name_the_file_and_size() {
+        let ev = |kind| TftpEvent {
+            peer: IpAddr::from([10, 0, 0, 5]),
+            file: "ipxe.efi".into(),
+            kind,
+        };
+        let cases = [
+            (
+                TftpEventKind::Started {
+                    size: 1000,
+                    blksize: 1468,
+                    windowsize: 4,
+                },
+                "ipxe.efi: started, 1000 bytes (blksize 1468, windowsize 4)",
+            ),
+            (
+                TftpEventKind::Completed {
+                    size: 1000,
+                    elapsed: std::time::Duration::from_millis(420),
+                },
+                "ipxe.efi: sent 1000 bytes in 0.4 s",
+            ),
+            (
+                TftpEventKind::SizeQuery { size: 1000 },
+                "ipxe.efi: size query answered (1000 bytes)",
+            ),
+            (
+                TftpEventKind::Failed {
+                    reason: "file not found: ipxe.efi".into(),
+                },
+                "ipxe.efi: failed: file not found: ipxe.efi",
+            ),
+        ];
+        for (kind, want) in cases {
+            assert_eq!(ev(kind).detail(), want);
+        }
+    }
 }
