@@ -35,7 +35,7 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
-apt_install buildah ipxe ca-certificates musl-tools
+apt_install buildah ipxe ca-certificates musl-tools binutils
 rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET" >&2
 
 started=$(date +%s)
@@ -54,8 +54,10 @@ fi
 out="$CACHE/images"
 ctx="$out/context"
 rm -rf "$ctx"; mkdir -p "$ctx/operator" "$ctx/agent" "$ctx/boot-assets/ipxe" "$ctx/boot-assets/assets"
+# Symbols and debug info stay out of the images (a stripped binary strips to itself).
 install -m 0755 "$bin_dir/ironpool-operator" "$ctx/operator/"
 install -m 0755 "$bin_dir/ironpool-agent" "$ctx/agent/"
+strip --strip-all "$ctx/operator/ironpool-operator" "$ctx/agent/ironpool-agent"
 install -m 0644 /etc/ssl/certs/ca-certificates.crt "$ctx/agent/"
 for f in undionly.kpxe ipxe.efi snponly.efi; do install -m 0644 "/usr/lib/ipxe/$f" "$ctx/boot-assets/ipxe/"; done
 # The ramdisk (boot-images/) is not built yet; /assets stays empty until it is.
