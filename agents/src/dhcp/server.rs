@@ -333,7 +333,9 @@ impl DhcpServer {
 
 /// Decodes a packet; `None` for anything malformed (a decoder panic is caught too).
 pub fn decode(bytes: &[u8]) -> Option<Message> {
-    if bytes.len() < 240 {
+    // 236 bytes of BOOTP header, then the magic cookie (RFC 2131 §3): without it the
+    // datagram is not DHCP (dhcproto would decode it anyway).
+    if bytes.len() < 240 || bytes.get(236..240) != Some(&[99, 130, 83, 99][..]) {
         return None;
     }
     let msg = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(bytes)).ok())
