@@ -410,6 +410,22 @@ async fn status_is_written_only_on_change_and_deleted_machines_are_forgotten() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(versions(&api, "quiet").await, after_change);
 
+    // Metrics: call latency by driver, operation and result; syncs; failures by reason.
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for needle in [
+        r#"ironpool_bmc_call_duration_seconds_count{driver="redfish",operation="power_state",result="ok"}"#,
+        r#"ironpool_bmc_call_duration_seconds_count{driver="redfish",operation="power_state",result="Unreachable"}"#,
+        r#"ironpool_bmc_power_syncs_total{reason="ok"}"#,
+        r#"ironpool_bmc_failures_total{reason="Unreachable"}"#,
+        "ironpool_bmc_status_writes_total",
+        "ironpool_bmc_tracked_machines 2",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+
     // Deleting the machines drops their drivers, backoff and schedules.
     for name in ["quiet", "dead"] {
         api.delete(name, &Default::default()).await.unwrap();
