@@ -74,6 +74,8 @@ for name in operator agent boot-assets; do
     -f "containers/$name.Containerfile" -t "$image" "$ctx/$name" >/dev/null
   rm -f "$archive"
   buildah_ push -q "$image" "oci-archive:$archive:$image" >&2
+  # The archive is the product; vfs keeps full copies, so the store is emptied each time.
+  buildah_ rmi "$image" >/dev/null
   log "$image -> $archive ($(du -h "$archive" | cut -f1))"
   echo "IMAGE_$(echo "$name" | tr a-z- A-Z_)=$archive"
 done
