@@ -128,9 +128,14 @@ async fn orchestrate(args: &[String]) -> Result<()> {
     println!(
         "image {size_mb} MiB, {clients} clients, {range_mb} MiB ranges, servers on core 1, load on core 0"
     );
+    let pids = [ours.id(), nginx.id()];
     for round in 0..rounds {
-        for (label, port) in [("ironpool", our_port), ("nginx", nginx_port)] {
+        for ((label, port), pid) in [("ironpool", our_port), ("nginx", nginx_port)]
+            .into_iter()
+            .zip(pids)
+        {
             let url = format!("http://127.0.0.1:{port}/images/{name}");
+            let cpu_before = pid.map(cpu_secs).transpose()?;
             let out = pinned("0", &me)
                 .args([
                     "load",
@@ -147,9 +152,16 @@ async fn orchestrate(args: &[String]) -> Result<()> {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            print!(
-                "round {round} {label:>8}: {}",
-                String::from_utf8_lossy(&out.stdout)
+            let cpu = match (cpu_before, pid.map(cpu_secs).transpose()?) {
+                (Some(a), Some(b)) => {
+                    let gib = (size_mb * clients as u64) as f64 / 1024.0;
+                    format!("  server CPU {:.2} s/GiB", (b - a) / gib)
+                }
+                _ => String::new(),
+            };
+            println!(
+                "round {round} {label:>8}: {}{cpu}",
+                String::from_utf8_lossy(&out.stdout).trim_end()
             );
         }
     }
@@ -158,6 +170,18 @@ async fn orchestrate(args: &[String]) -> Result<()> {
     let _ = nginx.wait().await;
     let _ = ours.wait().await;
     Ok(())
+}
+
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat`: the server's cost
+/// per GiB, which stays meaningful when the load generator limits the throughput.
+fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        f.get(11).context("utime")?.parse::<f64>()? + f.get(12).context("stime")?.parse::<f64>()?;
+    Ok(ticks / 100.0)
 }
 
 fn free_port() -> Result<u16> {
