@@ -117,7 +117,7 @@ pub enum TftpEventKind {
 }
 
 impl TftpEvent {
-    /// One line for `status.boot`: `undionly.kpxe: sent 70733 bytes in 0.4 s`.
+    /// One line for `status.boot`: `undionly.kpxe: sent 70733 bytes in 0.41 s`.
     pub fn detail(&self) -> String {
         match &self.kind {
             TftpEventKind::Started {
@@ -129,7 +129,7 @@ impl TftpEvent {
                 self.file
             ),
             TftpEventKind::Completed { size, elapsed } => format!(
-                "{}: sent {size} bytes in {:.1} s",
+                "{}: sent {size} bytes in {:.2} s",
                 self.file,
                 elapsed.as_secs_f64()
             ),
@@ -441,7 +441,7 @@ mod tests {
                     size: 1000,
                     elapsed: std::time::Duration::from_millis(420),
                 },
-                "ipxe.efi: sent 1000 bytes in 0.4 s",
+                "ipxe.efi: sent 1000 bytes in 0.42 s",
             ),
             (
                 TftpEventKind::SizeQuery { size: 1000 },
