@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 const CLAIM_MEMORY: Duration = Duration::from_secs(10);
 
 use ironpool_crds::{Deployment, Machine};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::error::Error;
 use crate::lifecycle::Policy;
@@ -36,9 +37,27 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     /// Consecutive failures per object, for per-object backoff.
     failures: Mutex<HashMap<String, u32>>,
-    /// Machines claimed moments ago, by `namespace/name`.
-    claimed: Mutex<HashMap<String, Instant>>,
+    /// Machines reserved or claimed moments ago, by `namespace/name`.
+    claimed: Mutex<HashMap<String, Claim>>,
+    /// resourceVersions our own writes replaced, by `kind/namespace/name`.
+    written: Mutex<HashMap<String, (String, Instant)>>,
+    /// Events waiting for the background sender.
+    events: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
 }
+
+/// A machine this process reserved for a Deployment, and the object its claim returned.
+struct Claim {
+    at: Instant,
+    deployment: String,
+    /// The claimed object, and the resourceVersion it had before the claim.
+    machine: Option<(Machine, Option<String>)>,
+}
+
+/// Events sent at once: events are telemetry and must not crowd out the writes that do
+/// the work (client-go's broadcaster queues them the same way).
+const EVENT_SENDERS: usize = 4;
+/// Events queued beyond this are dropped (and logged) rather than held without bound.
+const EVENT_QUEUE: usize = 10_000;
 
 impl Context {
     /// A context for the given client and stores.
@@ -54,8 +73,12 @@ impl Context {
             controller: MANAGER.into(),
             instance: Some(identity.into()),
         };
+        let recorder = Recorder::new(client.clone(), reporter);
+        let (events, queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(send_events(recorder.clone(), queue));
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder,
+            events,
             client,
             policy,
             metrics,
@@ -63,6 +86,7 @@ impl Context {
             deployments,
             failures: Mutex::new(HashMap::new()),
             claimed: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }
     }
 
@@ -87,30 +111,101 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        let recorder = self.recorder.clone();
-        let reference = obj.object_ref(&());
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&ev, &reference).await {
-                tracing::warn!(error = %e, reason = ev.reason, "could not record event");
-            }
-        });
-    }
-
-    /// Remembers that this process claimed (or saw someone claim) `machine`, so that
-    /// concurrent allocations skip it until the store catches up.
-    pub fn mark_claimed(&self, machine: &str) {
-        if let Ok(mut c) = self.claimed.lock() {
-            let now = Instant::now();
-            c.retain(|_, at| now.duration_since(*at) < CLAIM_MEMORY);
-            c.insert(machine.to_string(), now);
+        if let Err(e) = self.events.try_send((ev, obj.object_ref(&()))) {
+            tracing::warn!(error = %e, reason, "event queue full; event dropped");
         }
     }
 
-    /// Whether `machine` was claimed moments ago (see [`Context::mark_claimed`]).
-    pub fn recently_claimed(&self, machine: &str) -> bool {
-        self.claimed
-            .lock()
-            .is_ok_and(|c| c.get(machine).is_some_and(|at| at.elapsed() < CLAIM_MEMORY))
+    /// Whether both caches hold their full lists: decisions made on a half-filled cache are
+    /// wrong ("no Machines exist") and nothing would correct them. Never waits: a reconcile
+    /// that blocked here would hold a worker the cache itself needs to fill.
+    pub fn synced(&self) -> bool {
+        use futures::FutureExt;
+        let ready = |w: Option<Result<(), _>>| matches!(w, Some(Ok(())));
+        ready(self.machines.wait_until_ready().now_or_never())
+            && ready(self.deployments.wait_until_ready().now_or_never())
+    }
+
+    /// Remembers that this process moved object `key` from resourceVersion `before` to
+    /// `after`, so a reconcile that still sees `before` knows its store lags behind.
+    pub fn wrote_over(&self, key: String, before: Option<String>, after: Option<String>) {
+        let Some(before) = before else {
+            return;
+        };
+        if after.as_deref() == Some(before.as_str()) {
+            return;
+        }
+        if let Ok(mut w) = self.written.lock() {
+            let now = Instant::now();
+            w.retain(|_, (_, at)| now.duration_since(*at) < CLAIM_MEMORY);
+            w.insert(key, (before, now));
+        }
+    }
+
+    /// Whether the store's copy of `key` at `version` is older than our own last write to it:
+    /// acting on it would repeat that write (or fail on its precondition). The watch event
+    /// of our write brings the object back soon.
+    pub fn behind(&self, key: &str, version: Option<&str>) -> bool {
+        self.written.lock().is_ok_and(|w| {
+            w.get(key).is_some_and(|(before, at)| {
+                at.elapsed() < CLAIM_MEMORY && Some(before.as_str()) == version
+            })
+        })
+    }
+
+    /// Reserves `machine` for `deployment` before claiming it, so that two reconciles of
+    /// this process never race for one machine. False if another Deployment holds a
+    /// reservation younger than the store's catch-up time.
+    pub fn reserve(&self, machine: &str, deployment: &str) -> bool {
+        let Ok(mut c) = self.claimed.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        c.retain(|_, r| now.duration_since(r.at) < CLAIM_MEMORY);
+        match c.get(machine) {
+            Some(r) if r.deployment != deployment => false,
+            _ => {
+                c.insert(
+                    machine.to_string(),
+                    Claim {
+                        at: now,
+                        deployment: deployment.to_string(),
+                        machine: None,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Drops a reservation whose claim failed for a reason other than losing the race.
+    pub fn unreserve(&self, machine: &str) {
+        if let Ok(mut c) = self.claimed.lock() {
+            c.remove(machine);
+        }
+    }
+
+    /// Keeps the object a successful claim returned, for reconciles that run before the
+    /// store has seen the claim.
+    pub fn claimed(&self, machine: &str, before: Option<String>, claimed: Machine) {
+        if let Ok(mut c) = self.claimed.lock()
+            && let Some(r) = c.get_mut(machine)
+        {
+            r.machine = Some((claimed, before));
+        }
+    }
+
+    /// The machine this process claimed for `deployment` moments ago, while the store
+    /// still holds that machine as it was before the claim (afterwards the store is right).
+    pub fn claim_of(&self, deployment: &str) -> Option<Machine> {
+        let (claimed, before) = {
+            let c = self.claimed.lock().ok()?;
+            c.values()
+                .find(|r| r.deployment == deployment && r.at.elapsed() < CLAIM_MEMORY)
+                .and_then(|r| r.machine.clone())?
+        };
+        let stored = self.machines.get(&ObjectRef::from_obj(&claimed))?;
+        (stored.metadata.resource_version == before).then_some(claimed)
     }
 
     /// Counts a reconcile and its duration.
@@ -157,6 +252,29 @@ impl Context {
         };
         error.backoff(n)
     }
+}
+
+async fn send_events(
+    recorder: Recorder,
+    queue: tokio::sync::mpsc::Receiver<(Event, ObjectReference)>,
+) {
+    use futures::StreamExt;
+    tokio_stream_from(queue)
+        .for_each_concurrent(EVENT_SENDERS, |(ev, reference)| {
+            let recorder = recorder.clone();
+            async move {
+                if let Err(e) = recorder.publish(&ev, &reference).await {
+                    tracing::warn!(error = %e, reason = ev.reason, "could not record event");
+                }
+            }
+        })
+        .await;
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// `namespace/name` of an object, for logs and backoff keys.

@@ -12,14 +12,14 @@ use ironpool_crds::machine::{MachinePhase, MachineStatus};
 use ironpool_crds::{Deployment, LocalObjectRef, Machine, Subnet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::context::{Context, key};
+use crate::context::{Context, MANAGER, key};
 use crate::error::Error;
 use crate::{deployment_status, ipam, machine_status, selection};
 
@@ -59,19 +59,28 @@ async fn find_machine(
         {
             return Ok(Some((*m).clone()));
         }
+        // Our own claim, made before the store caught up with it.
+        if let Some(m) = ctx.claim_of(&key(d))
+            && m.name_any() == r.name
+        {
+            return Ok(Some(m));
+        }
         if let Some(m) = api.get_opt(&r.name).await?
             && holder(&m) == Some(name.as_str())
         {
             return Ok(Some(m));
         }
     }
-    for m in machines_in(ctx, &ns) {
-        if holder(&m) == Some(name.as_str())
-            && let Some(fresh) = api.get_opt(&m.name_any()).await?
-            && holder(&fresh) == Some(name.as_str())
-        {
-            return Ok(Some(fresh));
-        }
+    if let Some(m) = ctx.claim_of(&key(d)) {
+        return Ok(Some(m));
+    }
+    // A claim the store shows but the Deployment's status does not name yet (our status
+    // write is on its way, or a crash came between the claim and that write).
+    if let Some(m) = machines_in(ctx, &ns)
+        .into_iter()
+        .find(|m| holder(m) == Some(name.as_str()))
+    {
+        return Ok(Some((*m).clone()));
     }
     Ok(None)
 }
@@ -98,14 +107,23 @@ async fn claim(
         m.metadata.generation,
         now,
     );
-    let result = machine_status::apply(api, m, &s).await;
-    if matches!(result, Ok(_) | Err(Error::Conflict(_))) {
-        ctx.mark_claimed(&key(m));
-    }
-    match result {
-        Ok(m) => Ok(Some(m)),
+    match machine_status::apply(api, m, &s).await {
+        Ok(claimed) => {
+            ctx.claimed(&key(m), m.resource_version(), claimed.clone());
+            ctx.wrote_over(
+                format!("Machine/{}", key(m)),
+                m.resource_version(),
+                claimed.resource_version(),
+            );
+            Ok(Some(claimed))
+        }
+        // Someone changed the machine since the store saw it: keep the reservation, so
+        // this process leaves it alone until the store has caught up.
         Err(Error::Conflict(_)) => Ok(None),
-        Err(e) => Err(e),
+        Err(e) => {
+            ctx.unreserve(&key(m));
+            Err(e)
+        }
     }
 }
 
@@ -146,11 +164,12 @@ async fn allocate(
         (None, None) => return Ok(Err("set machineSelector or machineRef".into())),
     };
     let n = fitting.len();
-    // Machines claimed moments ago still look free in the store; try them last.
-    let (fresh, recent): (Vec<&Machine>, Vec<&Machine>) = selection::spread(fitting, &d.name_any())
-        .into_iter()
-        .partition(|m| !ctx.recently_claimed(&key(*m)));
-    for m in fresh.into_iter().chain(recent) {
+    // Machines reserved moments ago may still look free in the store; skip them.
+    let me = key(d);
+    for m in selection::spread(fitting, &d.name_any()) {
+        if !ctx.reserve(&key(m), &me) {
+            continue;
+        }
         if let Some(claimed) = claim(ctx, api, m, d).await? {
             return Ok(Ok(claimed));
         }
@@ -198,17 +217,16 @@ async fn apply(d: Arc<Deployment>, ctx: &Context) -> Result<Action, Error> {
             Err(why) => {
                 let was_pending =
                     d.status.as_ref().and_then(|s| s.phase) == Some(DeploymentPhase::Pending);
-                if deployment_status::write(
+                if write_status(
+                    ctx,
                     &api,
                     &d,
                     deployment_status::pending(&d, &why, Timestamp::now()),
                 )
                 .await?
+                    && !was_pending
                 {
-                    ctx.wrote(NAME);
-                    if !was_pending {
-                        ctx.event(&*d, true, "NoMachineAvailable", "Allocate", why.clone());
-                    }
+                    ctx.event(&*d, true, "NoMachineAvailable", "Allocate", why.clone());
                 }
                 let retry = why.ends_with("retrying");
                 return Ok(if retry {
@@ -220,16 +238,34 @@ async fn apply(d: Arc<Deployment>, ctx: &Context) -> Result<Action, Error> {
         },
     };
     let addresses = addresses(ctx, &ns, &d).await?;
-    if deployment_status::write(
+    write_status(
+        ctx,
         &api,
         &d,
         deployment_status::allocated(&d, &machine, addresses, Timestamp::now()),
     )
-    .await?
-    {
-        ctx.wrote(NAME);
-    }
+    .await?;
     Ok(Action::await_change())
+}
+
+/// Writes `status` if it differs, remembering the write so a reconcile on a lagging store
+/// does not repeat it. True if it wrote.
+async fn write_status(
+    ctx: &Context,
+    api: &Api<Deployment>,
+    d: &Deployment,
+    status: ironpool_crds::deployment::DeploymentStatus,
+) -> Result<bool, Error> {
+    let Some(written) = deployment_status::write(api, d, status).await? else {
+        return Ok(false);
+    };
+    ctx.wrote(NAME);
+    ctx.wrote_over(
+        format!("Deployment/{}", key(d)),
+        d.resource_version(),
+        written.resource_version(),
+    );
+    Ok(true)
 }
 
 async fn cleanup(d: Arc<Deployment>, ctx: &Context) -> Result<Action, Error> {
@@ -243,15 +279,13 @@ async fn cleanup(d: Arc<Deployment>, ctx: &Context) -> Result<Action, Error> {
             .as_ref()
             .map(|s| s.addresses.clone())
             .unwrap_or_default();
-        if deployment_status::write(
+        write_status(
+            ctx,
             &api,
             &d,
             deployment_status::allocated(&d, &m, addresses, Timestamp::now()),
         )
-        .await?
-        {
-            ctx.wrote(NAME);
-        }
+        .await?;
         // Not done: an error keeps the finalizer (kube's helper removes it on any Ok).
         return Err(Error::Releasing(format!(
             "waiting for machine {} to be released",
@@ -274,23 +308,100 @@ async fn cleanup(d: Arc<Deployment>, ctx: &Context) -> Result<Action, Error> {
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
+    if !ctx.synced() {
+        // The caches are still filling; their events bring this object back too.
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    if ctx.behind(
+        &format!("Deployment/{}", key(&*d)),
+        d.metadata.resource_version.as_deref(),
+    ) {
+        // Our own last write is on its way to the store; its event brings us back.
+        return Ok(Action::await_change());
+    }
     let ns = d.namespace().unwrap_or_default();
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, d.clone(), |event| async {
-        match event {
-            Finalizer::Apply(d) => apply(d, &ctx).await,
-            Finalizer::Cleanup(d) => cleanup(d, &ctx).await,
-        }
-    })
-    .await;
+    let ours = d.finalizers().iter().any(|f| f == FINALIZER);
+    let result = match (d.metadata.deletion_timestamp.is_some(), ours) {
+        (true, false) => Ok(Action::await_change()),
+        (true, true) => match cleanup(d.clone(), &ctx).await {
+            Ok(action) => remove_finalizer(&api, &d).await.map(|()| action),
+            Err(e) => Err(e),
+        },
+        // The finalizer goes on first, in the same reconcile as the allocation: a machine
+        // is never claimed for a Deployment that could vanish without releasing it.
+        (false, false) => match add_finalizer(&ctx, &api, &d).await {
+            Ok(d) => apply(Arc::new(d), &ctx).await,
+            Err(e) => Err(e),
+        },
+        (false, true) => apply(d.clone(), &ctx).await,
+    };
     ctx.observe(NAME, started.elapsed());
-    let action = result.map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    })?;
+    let action = result?;
     ctx.succeeded(&key(&*d));
     Ok(action)
+}
+
+/// Adds the release finalizer by server-side apply: the API server merges it into the
+/// set of finalizers, so a stale copy can neither fail the write nor drop another's.
+async fn add_finalizer(
+    ctx: &Context,
+    api: &Api<Deployment>,
+    d: &Deployment,
+) -> Result<Deployment, Error> {
+    let patch = serde_json::json!({
+        "apiVersion": "metal.ironpool.dev/v1alpha1",
+        "kind": "Deployment",
+        "metadata": { "name": d.name_any(), "finalizers": [FINALIZER] },
+    });
+    let written = api
+        .patch(
+            &d.name_any(),
+            &PatchParams::apply(MANAGER),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|e| Error::Finalizer(format!("could not add {FINALIZER}: {e}")))?;
+    ctx.wrote_over(
+        format!("Deployment/{}", key(d)),
+        d.resource_version(),
+        written.resource_version(),
+    );
+    Ok(written)
+}
+
+/// Removes the release finalizer with a JSON patch that first tests it is still at the
+/// index we saw (whoever added it, and however).
+async fn remove_finalizer(api: &Api<Deployment>, d: &Deployment) -> Result<(), Error> {
+    let Some(i) = d.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{i}");
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        { "op": "test", "path": path, "value": FINALIZER },
+        { "op": "remove", "path": path },
+    ]))
+    .map_err(|e| Error::Finalizer(e.to_string()))?;
+    match api
+        .patch(
+            &d.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone already: the finalizer was the last thing holding it.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        // The list changed under us: read it again.
+        Err(kube::Error::Api(s)) if s.code == 422 => Err(Error::Conflict(format!(
+            "finalizers of Deployment {}",
+            d.name_any()
+        ))),
+        Err(e) => Err(Error::Finalizer(format!(
+            "could not remove {FINALIZER}: {e}"
+        ))),
+    }
 }
 
 fn error_policy(d: Arc<Deployment>, e: &Error, ctx: Arc<Context>) -> Action {

@@ -204,9 +204,9 @@ pub async fn write(
     api: &Api<Deployment>,
     d: &Deployment,
     status: DeploymentStatus,
-) -> Result<bool, Error> {
+) -> Result<Option<Deployment>, Error> {
     if d.status.as_ref() == Some(&status) {
-        return Ok(false);
+        return Ok(None);
     }
     let patch = serde_json::json!({
         "apiVersion": "metal.ironpool.dev/v1alpha1",
@@ -214,11 +214,12 @@ pub async fn write(
         "metadata": { "name": d.name_any() },
         "status": status,
     });
-    api.patch_status(
-        &d.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(true)
+    let written = api
+        .patch_status(
+            &d.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(Some(written))
 }

@@ -91,6 +91,17 @@ pub fn observation(m: &Machine, deployment: Option<DeploymentView>, now: Timesta
 
 async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
+    if !ctx.synced() {
+        // The caches are still filling; their events bring this object back too.
+        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
+    }
+    if ctx.behind(
+        &format!("Machine/{}", key(&*m)),
+        m.metadata.resource_version.as_deref(),
+    ) {
+        // Our own last write is on its way to the store; its event brings us back.
+        return Ok(Action::await_change());
+    }
     let ns = m
         .namespace()
         .ok_or_else(|| Error::Malformed(format!("Machine {} has no namespace", m.name_any())))?;
@@ -101,8 +112,13 @@ async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> 
     let next = machine_status::next_status(&m, &decision, now);
     if next != machine_status::operator_fields(m.status.as_ref()) {
         let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
-        machine_status::apply(&api, &m, &next).await?;
+        let written = machine_status::apply(&api, &m, &next).await?;
         ctx.wrote(NAME);
+        ctx.wrote_over(
+            format!("Machine/{}", key(&*m)),
+            m.resource_version(),
+            written.resource_version(),
+        );
         let changed_phase = obs.phase != Some(decision.phase);
         if changed_phase {
             ctx.metrics

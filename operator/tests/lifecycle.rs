@@ -279,7 +279,7 @@ async fn restart_mid_transition_resumes_without_repeating() {
     let ns = cp.create_namespace("restart").await.unwrap();
     let c = client(cp).await;
     let machines: Api<Machine> = Api::namespaced(c.clone(), &ns);
-    let mut op = Operator::start(cp, &ns, "op-r1", &[]);
+    let mut op = Operator::start_fast(cp, &ns, "op-r1", &[]);
     create(&machines, &machine("r1", 3, "x")).await;
     let m = wait_phase(&machines, "r1", P::Commissioning, T).await;
     assert_eq!(intent(&m).2, 1);
@@ -297,7 +297,7 @@ async fn restart_mid_transition_resumes_without_repeating() {
         "nobody acts while the operator is down"
     );
     // A new operator picks up where the old one stopped: Ready, with no second commission.
-    let _op2 = Operator::start(cp, &ns, "op-r2", &[]);
+    let _op2 = Operator::start_fast(cp, &ns, "op-r2", &[]);
     let m = wait_phase(&machines, "r1", P::Ready, Duration::from_secs(45)).await;
     assert_eq!(intent(&m), (BootTarget::Off, BootPurpose::Idle, 2));
     tokio::time::sleep(Duration::from_secs(2)).await;

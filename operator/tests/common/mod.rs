@@ -32,9 +32,27 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts the operator binary against the test cluster, watching `ns`, with short
-    /// leader-election timing and the extra flags given.
+    /// Starts the operator binary against the test cluster, watching `ns`, with the default
+    /// leader-election timing (15 s lease: a loaded CI machine can stall the apiserver for
+    /// seconds, and a test about allocation must not lose its leader to that) and the extra
+    /// flags given.
     pub fn start(cp: &ControlPlane, ns: &str, identity: &str, extra: &[&str]) -> Operator {
+        Self::start_timed(cp, ns, identity, extra, ["15s", "10s", "2s"])
+    }
+
+    /// Like [`Operator::start`] with short leader-election timing (4 s lease), for tests
+    /// of failover and restarts, which wait for a lease to expire.
+    pub fn start_fast(cp: &ControlPlane, ns: &str, identity: &str, extra: &[&str]) -> Operator {
+        Self::start_timed(cp, ns, identity, extra, ["4s", "3s", "500ms"])
+    }
+
+    fn start_timed(
+        cp: &ControlPlane,
+        ns: &str,
+        identity: &str,
+        extra: &[&str],
+        [lease, renew, retry]: [&str; 3],
+    ) -> Operator {
         let log = cp.dir().join(format!("operator-{identity}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ironpool-operator"))
@@ -52,11 +70,11 @@ impl Operator {
             ])
             .args([
                 "--lease-duration",
-                "4s",
+                lease,
                 "--renew-deadline",
-                "3s",
+                renew,
                 "--retry-period",
-                "500ms",
+                retry,
             ])
             .args(extra)
             .stdout(Stdio::from(file.try_clone().unwrap()))
