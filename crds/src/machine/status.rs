@@ -122,7 +122,8 @@ impl MachinePhase {
 pub struct PowerStatus {
     /// On, Off, or Unknown (BMC unreachable or no BMC).
     pub state: PowerState,
-    /// When the agent last read the power state from the BMC.
+    /// When the agent last observed a change of the power state (periodic reads that find
+    /// nothing new write nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<Time>,
 }
