@@ -9,7 +9,9 @@
 # Inputs of the hash: the package versions apt resolves (written to the manifest), the
 # files under boot-images/ramdisk/, this script, and the agent binary.
 # Environment: IRONPOOL_KERNEL_PACKAGE (default linux-image-amd64: Debian's generic kernel,
-# which carries AHCI and the Intel/Broadcom NIC drivers that the cloud kernel lacks).
+# which carries AHCI and the Intel/Broadcom NIC drivers that the cloud kernel lacks);
+# IRONPOOL_RAMDISK_PROFILE (cargo profile of the agent, default release; the tests use dev,
+# which shares its static build of the agents crate with e2e/scripts/build-images.sh).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -39,13 +41,14 @@ done
 say "packages: $(tr '\n' ' ' < "$manifest")"
 
 # 2. The machine agent, static.
-say "building ironpool-machine-agent for x86_64-unknown-linux-musl (release)"
+profile="${IRONPOOL_RAMDISK_PROFILE:-release}"
+say "building ironpool-machine-agent for x86_64-unknown-linux-musl ($profile)"
 (cd "$repo" && CC_x86_64_unknown_linux_musl=musl-gcc \
-  cargo build -q --release --locked --target x86_64-unknown-linux-musl \
+  cargo build -q --profile "$profile" --locked --target x86_64-unknown-linux-musl \
   -p ironpool-agents --bin ironpool-machine-agent)
 target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
   | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-agent="$target_dir/x86_64-unknown-linux-musl/release/ironpool-machine-agent"
+agent="$target_dir/x86_64-unknown-linux-musl/$([[ $profile == dev ]] && echo debug || echo "$profile")/ironpool-machine-agent"
 [[ -x "$agent" ]] || { say "no agent binary at $agent"; exit 1; }
 
 # 3. The cache key.

@@ -45,7 +45,9 @@ if [[ -n "${IRONPOOL_IMAGE_BINARIES:-}" ]]; then
   log "using the binaries in $bin_dir"
 else
   log "cargo build --profile $PROFILE --target $TARGET (static binaries)"
-  cargo build -q --profile "$PROFILE" --target "$TARGET" \
+  # The same C compiler as boot-images/build.sh: a different CC_* would make cargo rebuild
+  # ring and everything above it each time the other script runs.
+  CC_x86_64_unknown_linux_musl=musl-gcc cargo build -q --profile "$PROFILE" --target "$TARGET" \
     -p ironpool-operator --bin ironpool-operator -p ironpool-agents --bin ironpool-agent >&2
   bin_dir="target/$TARGET/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")"
   log "binaries built in $(( $(date +%s) - started ))s"

@@ -422,7 +422,9 @@ fn deployments_of(ctx: &Context, m: &Machine) -> Vec<ObjectRef<Deployment>> {
         .into_iter()
         .collect();
     let name = m.name_any();
-    let free = selection::is_free(m);
+    // While the caches fill, every Deployment is reconciled anyway (and waits for them):
+    // waking all Pending ones for each of thousands of listed machines would only burn CPU.
+    let free = selection::is_free(m) && ctx.synced();
     for d in ctx.deployments.state() {
         if d.namespace().as_deref() != Some(ns.as_str()) {
             continue;

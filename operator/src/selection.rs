@@ -73,10 +73,10 @@ fn filters(sel: &MachineSelector) -> Vec<Filter<'_>> {
         out.push(Filter {
             words: format!("have labels {}", wanted.join(",")),
             keep: Box::new(move |m| {
-                let labels = m.metadata.labels.clone().unwrap_or_default();
+                let labels = m.metadata.labels.as_ref();
                 sel.match_labels
                     .iter()
-                    .all(|(k, v)| labels.get(k) == Some(v))
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
             }),
         });
     }
@@ -88,8 +88,9 @@ fn filters(sel: &MachineSelector) -> Vec<Filter<'_>> {
                 e.operator,
                 e.values.as_deref().unwrap_or_default()
             ),
-            keep: Box::new(move |m| {
-                matches_expression(&m.metadata.labels.clone().unwrap_or_default(), e)
+            keep: Box::new(move |m| match &m.metadata.labels {
+                Some(labels) => matches_expression(labels, e),
+                None => matches_expression(&BTreeMap::new(), e),
             }),
         });
     }
