@@ -1,25 +1,15 @@
 //! Setting up a control plane for Ironpool: CRDs installed and Established, kubectl helpers.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::ControlPlane;
 
 /// Runs a kubectl command; returns its stdout, or an error with its stderr.
 pub fn kubectl_ok(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::netlab::run(cmd)
 }
 
 /// The kinds Ironpool installs.
