@@ -7,7 +7,7 @@
 //! ```no_run
 //! # fn demo(ns: &ironpool_e2e::netlab::Netns, dir: &std::path::Path) -> anyhow::Result<()> {
 //! use ironpool_e2e::qemu::{Firmware, Vm, VmConfig};
-//! let vm = Vm::start(ns, &VmConfig::new("pxe-1", "52:54:00:00:00:01", "tap0", Firmware::Uefi), dir)?;
+//! let mut vm = Vm::start(ns, &VmConfig::new("pxe-1", "52:54:00:00:00:01", "tap0", Firmware::Uefi), dir)?;
 //! vm.wait_serial("iPXE", std::time::Duration::from_secs(120))?;
 //! # Ok(())
 //! # }
