@@ -4,6 +4,10 @@
 //! mirrored to the serial port through SeaBIOS's `etc/sercon-port`); UEFI is OVMF with a
 //! private copy of the variable store. The VM is killed on drop.
 //!
+//! Every VM has a QMP socket (`<dir>/<name>.qmp`, [`Vm::qmp_path`]) so a BMC emulator
+//! (the `bmc` module) can drive its power like a server's: [`VmConfig::bmc_managed`] starts it
+//! powered off (`-S`) and keeps QEMU alive when the guest powers off (`-no-shutdown`).
+//!
 //! ```no_run
 //! # fn demo(ns: &ironpool_e2e::netlab::Netns, dir: &std::path::Path) -> anyhow::Result<()> {
 //! use ironpool_e2e::qemu::{Firmware, Vm, VmConfig};
@@ -67,8 +71,49 @@ pub struct VmConfig {
     /// Whether the NIC carries the iPXE option ROM (true, the default). Without it a UEFI
     /// VM network-boots with EDK2's own PXE client (and a BIOS VM cannot network-boot).
     pub ipxe_rom: bool,
-    /// Extra QEMU arguments (e.g. a disk).
+    /// A virtio disk (boot index 2, after the NIC).
+    pub disk: Option<Disk>,
+    /// Start with the CPUs stopped (`-S`): the machine is powered off until something
+    /// (a BMC emulator through QMP) powers it on.
+    pub start_powered_off: bool,
+    /// Keep QEMU running when the guest powers off (`-no-shutdown`): the VM then reads as
+    /// powered off (QMP status `shutdown`) instead of QEMU exiting.
+    pub no_shutdown: bool,
+    /// Extra QEMU arguments.
     pub extra: Vec<String>,
+}
+
+/// A virtio disk image on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    /// The image file (must exist).
+    pub path: PathBuf,
+    /// Its format.
+    pub format: DiskFormat,
+}
+
+/// Disk image formats QEMU is told explicitly (never probed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// A raw image.
+    Raw,
+    /// QCOW2.
+    Qcow2,
+}
+
+impl DiskFormat {
+    /// QEMU's name of the format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// A path as a QEMU option value (commas doubled).
+fn opt_path(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
 }
 
 impl VmConfig {
@@ -81,8 +126,24 @@ impl VmConfig {
             firmware,
             memory_mib: 256,
             ipxe_rom: true,
+            disk: None,
+            start_powered_off: false,
+            no_shutdown: false,
             extra: Vec::new(),
         }
+    }
+
+    /// The same VM set up to sit behind a BMC: powered off at start, and powered off
+    /// (not gone) after the guest shuts down.
+    pub fn bmc_managed(mut self) -> Self {
+        self.start_powered_off = true;
+        self.no_shutdown = true;
+        self
+    }
+
+    /// The QMP socket of a VM named `name` with its files in `dir`.
+    pub fn qmp_path(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.qmp", self.name))
     }
 
     /// The QEMU arguments; `dir` holds the serial log and the firmware's private files.
@@ -105,7 +166,18 @@ impl VmConfig {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        a.push(format!("file:{}", serial.display()));
+        a.push(format!("file:{}", opt_path(&serial)));
+        a.push("-qmp".into());
+        a.push(format!(
+            "unix:{},server=on,wait=off",
+            opt_path(&self.qmp_path(dir))
+        ));
+        if self.start_powered_off {
+            a.push("-S".into());
+        }
+        if self.no_shutdown {
+            a.push("-no-shutdown".into());
+        }
         a.push("-netdev".into());
         a.push(format!(
             "tap,id=n0,ifname={},script=no,downscript=no",
@@ -138,6 +210,16 @@ impl VmConfig {
                 ));
             }
         }
+        if let Some(disk) = &self.disk {
+            a.push("-drive".into());
+            a.push(format!(
+                "if=none,id=disk0,format={},file={}",
+                disk.format.as_str(),
+                opt_path(&disk.path)
+            ));
+            a.push("-device".into());
+            a.push("virtio-blk-pci,drive=disk0,bootindex=2".into());
+        }
         a.extend(self.extra.iter().cloned());
         a
     }
@@ -156,6 +238,7 @@ fn vars(dir: &Path, name: &str) -> PathBuf {
 pub struct Vm {
     child: NsChild,
     serial: PathBuf,
+    qmp: PathBuf,
     started: Instant,
 }
 
@@ -175,7 +258,15 @@ impl Vm {
                     .with_context(|| format!("copying {OVMF_VARS}"))?;
             }
         }
+        if let Some(disk) = &config.disk
+            && !disk.path.is_file()
+        {
+            bail!("the disk image {} does not exist", disk.path.display());
+        }
         let serial = dir.join(format!("{}.serial.log", config.name));
+        let qmp = config.qmp_path(dir);
+        // A socket left by an earlier VM of the same name would make QEMU fail to bind.
+        let _ = std::fs::remove_file(&qmp);
         let mut cmd = ns.cmd(QEMU);
         cmd.args(config.args(dir));
         let child = NsChild::spawn(
@@ -186,8 +277,33 @@ impl Vm {
         Ok(Vm {
             child,
             serial,
+            qmp,
             started: Instant::now(),
         })
+    }
+
+    /// The QMP socket (JSON over a unix socket; the BMC emulators drive power with it).
+    pub fn qmp_path(&self) -> &Path {
+        &self.qmp
+    }
+
+    /// Waits until QEMU has created its QMP socket; fails early if QEMU exits.
+    pub fn wait_qmp(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while std::os::unix::net::UnixStream::connect(&self.qmp).is_err() {
+            if !self.child.running() {
+                bail!("QEMU exited\n{}", self.child.tail(20));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no QMP socket at {} after {timeout:?}\n{}",
+                    self.qmp.display(),
+                    self.child.tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     /// The serial console so far, escape sequences and carriage returns removed.
@@ -285,5 +401,26 @@ mod tests {
         let uefi = VmConfig::new("a", "52:54:00:00:00:01", "tap0", Firmware::Uefi).args(dir);
         let s = uefi.join(" ");
         assert!(s.contains(OVMF_CODE) && s.contains("/tmp/x/a.OVMF_VARS.fd"));
+        assert!(s.contains("-qmp unix:/tmp/x/a.qmp,server=on,wait=off"));
+        assert!(!s.contains(" -S") && !s.contains("-no-shutdown") && !s.contains("virtio-blk"));
+    }
+
+    #[test]
+    fn bmc_managed_vms_start_off_and_survive_poweroff_with_a_disk() {
+        let dir = Path::new("/tmp/x");
+        let mut c = VmConfig::new("b", "52:54:00:00:00:02", "tap1", Firmware::Bios).bmc_managed();
+        c.disk = Some(Disk {
+            path: "/images/a,b.qcow2".into(),
+            format: DiskFormat::Qcow2,
+        });
+        let a = c.args(dir);
+        assert!(a.iter().any(|x| x == "-S") && a.iter().any(|x| x == "-no-shutdown"));
+        let s = a.join(" ");
+        assert!(
+            s.contains("-drive if=none,id=disk0,format=qcow2,file=/images/a,,b.qcow2"),
+            "{s}"
+        );
+        assert!(s.contains("virtio-blk-pci,drive=disk0,bootindex=2"));
+        assert_eq!(c.qmp_path(dir), Path::new("/tmp/x/b.qmp"));
     }
 }
