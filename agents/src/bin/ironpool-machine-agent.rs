@@ -5,11 +5,16 @@
 //!
 //! Flags (for tests): `--cmdline FILE` (default `/proc/cmdline`), `--root DIR` (default `/`;
 //! `/proc`, `/sys` and `/dev` are read under it).
+//!
+//! `ironpool-machine-agent first-boot --seed DIR [--proc DIR] [--work DIR]` is the deployed
+//! OS's first-boot step instead ([`ironpool_agents::machine::firstboot`]): run the user-data
+//! of the cloud-init seed mounted at DIR and check in. Exits 0 after the check-in was
+//! accepted.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ironpool_agents::machine::{cmdline, run};
+use ironpool_agents::machine::{cmdline, firstboot, run};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -17,6 +22,9 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(false)
         .init();
+    if std::env::args().nth(1).as_deref() == Some("first-boot") {
+        return first_boot(std::env::args().skip(2));
+    }
     let mut cmdline_file = PathBuf::from("/proc/cmdline");
     let mut root = PathBuf::from("/");
     let mut argv = std::env::args().skip(1);
@@ -57,6 +65,43 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("ironpool-machine-agent: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `first-boot --seed DIR [--proc DIR] [--work DIR]`.
+fn first_boot(mut argv: impl Iterator<Item = String>) -> ExitCode {
+    let mut seed = None;
+    let mut host = firstboot::Host::default();
+    while let Some(flag) = argv.next() {
+        match (flag.as_str(), argv.next()) {
+            ("--seed", Some(v)) => seed = Some(PathBuf::from(v)),
+            ("--proc", Some(v)) => host.proc_dir = v.into(),
+            ("--work", Some(v)) => host.work_dir = v.into(),
+            (other, _) => {
+                eprintln!(
+                    "ironpool-machine-agent first-boot: unknown flag or missing value: {other}"
+                );
+                eprintln!(
+                    "usage: ironpool-machine-agent first-boot --seed DIR [--proc DIR] [--work DIR]"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(seed) = seed else {
+        eprintln!("usage: ironpool-machine-agent first-boot --seed DIR [--proc DIR] [--work DIR]");
+        return ExitCode::from(2);
+    };
+    let mut log = |line: &str| println!("ironpool-first-boot: {line}");
+    match firstboot::first_boot(&seed, &host, &mut log) {
+        Ok(summary) => {
+            println!("ironpool-first-boot: done: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ironpool-first-boot: FAILED: {e}");
             ExitCode::FAILURE
         }
     }

@@ -14,6 +14,7 @@ pub mod client;
 pub mod cmdline;
 pub mod disks;
 pub mod erase;
+pub mod firstboot;
 pub mod image;
 pub mod inventory;
 pub mod partition;
