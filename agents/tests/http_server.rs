@@ -474,3 +474,89 @@ async fn file_downloads_and_other_requests_share_a_connection() {
     assert_eq!(h.metrics.request_count("assets", 404), 1);
     assert_eq!(h.metrics.request_count("boot", 200), 1);
 }
+
+#[tokio::test]
+async fn deploy_plans_read_cloud_init_secrets_and_the_deployed_os_checks_in() {
+    let mut h = Harness::start(1 << 30).await;
+    let mut m = deploying(&h, 3);
+    let d = m.deploy.as_mut().unwrap();
+    d.user_data = None;
+    d.user_data_secret = Some("web-1-user-data".into());
+    h.source.put(m.clone());
+    let api = format!("{}/api/v1/machines/3c-ec-ef-12-34-56", h.base);
+    let ramdisk = auth(&h.keys.derive(&MAC, 3));
+
+    // The Secret is missing: the plan waits for it, saying which Secret and key.
+    let (status, body) = curl_text(&["-H", &ramdisk, &format!("{api}/plan")]).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("Secret datacenter-a/web-1-user-data but it has no key 'userData'"),
+        "{body}"
+    );
+    h.source.put_secret(
+        "datacenter-a",
+        "web-1-user-data",
+        "userData",
+        "#!/bin/sh\necho hi\n",
+    );
+    let (status, body) = curl_text(&["-H", &ramdisk, &format!("{api}/plan")]).await;
+    assert_eq!(status, 200, "{body}");
+    let plan: Plan = serde_json::from_str(&body).unwrap();
+    let seed = plan.cloud_init.unwrap();
+    assert_eq!(seed.user_data.as_deref(), Some("#!/bin/sh\necho hi\n"));
+    let meta: std::collections::BTreeMap<&str, &str> = seed
+        .meta_data
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .collect();
+    let url = meta["ironpool-checkin-url"];
+    let os_token = meta["ironpool-checkin-token"];
+    assert_eq!(url, format!("{api}/booted"));
+    assert_eq!(os_token, h.keys.derive_os(&MAC, 3));
+
+    let body = r#"{"instanceId":"datacenter-a-r1-u07-3","kernel":"6.1.0","uptimeSeconds":7.5,
+        "userData":{"kind":"script","exitCode":0,"output":"hi\n"}}"#;
+    let check_in = |token: String, body: &'static str| {
+        let url = url.to_string();
+        async move {
+            curl_text(&[
+                "-H",
+                &auth(&token),
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+                &url,
+            ])
+            .await
+        }
+    };
+    // While the machine still runs the ramdisk, the OS token is refused.
+    let (status, text) = check_in(os_token.to_string(), body).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("not booting a deployed OS"), "{text}");
+    // The operator set "boot from disk" (attempt 4): the OS of attempt 3 checks in.
+    h.source.put(
+        m.clone()
+            .with_intent(BootTarget::Disk, BootPurpose::Deploy, 4),
+    );
+    h.drain_events();
+    let (status, text) = check_in(h.keys.derive(&MAC, 3), body).await;
+    assert_eq!(status, 401, "a ramdisk token is no OS token: {text}");
+    let (status, text) = check_in(os_token.to_string(), "{not json").await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("malformed check-in JSON"), "{text}");
+    let (status, text) = check_in(os_token.to_string(), body).await;
+    assert_eq!(status, 204, "{text}");
+    let events = h.drain_events();
+    let booted: Vec<_> = events
+        .iter()
+        .filter(|e| e.step == BootStep::OsBooted)
+        .collect();
+    assert_eq!(booted.len(), 1, "{events:?}");
+    assert_eq!(
+        booted[0].detail,
+        "OS booted from disk (Deploy attempt 3, kernel 6.1.0, up 7.5 s); user-data script exit 0: hi"
+    );
+    assert_eq!(booted[0].mac, MAC);
+}

@@ -7,6 +7,7 @@ use futures::future::BoxFuture;
 use ironpool_crds::deployment::ImageFormat;
 use ironpool_crds::machine::{Hardware, ProvisioningReport};
 use ironpool_crds::{Deployment, Machine};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -17,15 +18,18 @@ use crate::http::{
     BootSource, DeployInputs, HttpError, ImageRef, MacAddr, MachineView, ReportSink,
 };
 
-/// [`BootSource`] over the Machine and Deployment stores.
+/// [`BootSource`] over the Machine and Deployment stores; cloud-init Secrets are read
+/// with a GET when a Deploy plan is made.
 #[derive(Clone)]
 pub struct StoreBootSource {
     /// The stores.
     pub stores: Stores,
+    /// Kubernetes client (Secrets).
+    pub client: Client,
 }
 
-/// The Deploy inputs of a Deployment with an HTTP image. Cloud-init Secrets are not read
-/// yet (`user_data`/`network_data` stay empty); OCI images are not served yet.
+/// The Deploy inputs of a Deployment with an HTTP image; its cloud-init Secrets are named
+/// for the plan to read. OCI images are not served yet.
 pub fn deploy_inputs(d: &Deployment) -> Option<DeployInputs> {
     let image = &d.spec.image;
     let storage = d.spec.storage.clone().unwrap_or_default();
@@ -40,6 +44,12 @@ pub fn deploy_inputs(d: &Deployment) -> Option<DeployInputs> {
         hostname: d.spec.hostname.clone(),
         user_data: None,
         network_data: None,
+        user_data_secret: d.spec.user_data_secret_ref.as_ref().map(|r| r.name.clone()),
+        network_data_secret: d
+            .spec
+            .network_data_secret_ref
+            .as_ref()
+            .map(|r| r.name.clone()),
     })
 }
 
@@ -63,6 +73,35 @@ impl BootSource for StoreBootSource {
         let m = self.stores.machine_by_mac(mac)?;
         let d = self.stores.deployment_of(&m);
         Some(view(&m, *mac, d.as_deref()))
+    }
+
+    fn secret_value<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, HttpError>> {
+        Box::pin(async move {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+            let secret = api
+                .get_opt(name)
+                .await
+                .map_err(|e| HttpError::Sink(format!("reading Secret {namespace}/{name}: {e}")))?;
+            let Some(secret) = secret else {
+                return Ok(None);
+            };
+            let from_data = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+            let from_string = secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .cloned();
+            Ok(from_data.or(from_string))
+        })
     }
 }
 

@@ -246,6 +246,7 @@ async fn start_http(
         keys: TokenKey::new(&secret)?,
         source: Arc::new(StoreBootSource {
             stores: stores.clone(),
+            client: client.clone(),
         }),
         sink: Arc::new(ApiReportSink {
             client: client.clone(),

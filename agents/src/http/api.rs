@@ -101,6 +101,112 @@ pub struct CloudInitSeed {
     pub network_data: Option<String>,
 }
 
+/// `POST /api/v1/machines/<mac>/booted`: the deployed OS checks in on its first boot from
+/// disk (its first-boot step finds the URL and token in the cloud-init meta-data keys
+/// `ironpool-checkin-url` and `ironpool-checkin-token`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OsCheckIn {
+    /// meta-data `instance-id` the OS booted with (`<namespace>-<machine>-<attempt>`).
+    pub instance_id: String,
+    /// Host name the OS set.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// `uname -r`.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Seconds since the OS kernel started.
+    #[serde(default)]
+    pub uptime_seconds: Option<f64>,
+    /// What running the user-data did.
+    #[serde(default)]
+    pub user_data: Option<UserDataResult>,
+}
+
+/// The outcome of the deployed OS's user-data.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserDataResult {
+    /// `none`, `script` or `cloud-config`.
+    pub kind: String,
+    /// Exit code of the script or of the last failing command, if anything ran.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// The tail of its output.
+    #[serde(default)]
+    pub output: String,
+}
+
+impl OsCheckIn {
+    /// One line for the flight recorder (at most 512 characters), e.g.
+    /// `OS booted from disk (Deploy attempt 3, kernel 6.1.0-28, up 9.8 s); user-data script exit 0: hello`.
+    pub fn summary(&self, attempt: i64) -> String {
+        let mut s = format!("OS booted from disk (Deploy attempt {attempt}");
+        if let Some(k) = &self.kernel {
+            s.push_str(&format!(", kernel {k}"));
+        }
+        if let Some(u) = self.uptime_seconds {
+            s.push_str(&format!(", up {u:.1} s"));
+        }
+        s.push(')');
+        match &self.user_data {
+            Some(u) if u.kind != "none" => {
+                let code = u.exit_code.map_or("-".to_string(), |c| c.to_string());
+                let out: String = u.output.split_whitespace().collect::<Vec<_>>().join(" ");
+                s.push_str(&format!("; user-data {} exit {code}", u.kind));
+                if !out.is_empty() {
+                    s.push_str(": ");
+                    s.push_str(&out);
+                }
+            }
+            _ => s.push_str("; no user-data"),
+        }
+        if s.chars().count() > 512 {
+            s = s.chars().take(509).collect::<String>() + "...";
+        }
+        s
+    }
+}
+
+/// Checks an OS check-in for `mac`: the OS written by Deploy attempt `n` boots under the
+/// Disk intent `n + 1`, so the token must be the OS token of the current Disk attempt
+/// minus one. Returns the Machine and the Deploy attempt; the error is the 401 message.
+pub fn authenticate_os(
+    keys: &TokenKey,
+    mac: &MacAddr,
+    machine: Option<MachineView>,
+    bearer: Option<&str>,
+) -> Result<(MachineView, i64), String> {
+    let Some(token) = bearer else {
+        return Err(
+            "missing 'Authorization: Bearer <token>' header; the deployed OS finds \
+                    its token in the cloud-init meta-data (ironpool-checkin-token)"
+                .to_string(),
+        );
+    };
+    let Some(m) = machine else {
+        return Err(format!("no Machine has MAC {mac}"));
+    };
+    let who = format!("Machine {}/{}", m.namespace, m.name);
+    match &m.intent {
+        Some(i) if i.target == BootTarget::Disk && i.purpose == BootPurpose::Deploy => {
+            let deployed = i.attempt - 1;
+            if keys.verify_os(mac, deployed, token) {
+                return Ok((m, deployed));
+            }
+            Err(format!(
+                "token is not the check-in token of the OS that Deploy attempt {deployed} \
+                 wrote to {who}; this OS is from an earlier deployment"
+            ))
+        }
+        Some(i) => Err(format!(
+            "{who} is not booting a deployed OS (its boot intent is {:?}/{:?} attempt {})",
+            i.target, i.purpose, i.attempt
+        )),
+        None => Err(format!("{who} has no boot intent")),
+    }
+}
+
 /// Who is calling the machine API, once the token checked out.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Caller {
@@ -182,7 +288,7 @@ pub fn authenticate(
 
 /// The plan for a caller; `base_url` is this agent's. `Err` is a 409 message (the
 /// Machine's facts are not complete yet; the ramdisk retries).
-pub fn plan(caller: &Caller, base_url: &str) -> Result<Plan, String> {
+pub fn plan(caller: &Caller, base_url: &str, keys: &TokenKey) -> Result<Plan, String> {
     let (m, attempt, purpose) = match caller {
         Caller::Enlisting(mac) => {
             return Ok(Plan {
@@ -238,8 +344,13 @@ pub fn plan(caller: &Caller, base_url: &str) -> Result<Plan, String> {
             let hostname = d.hostname.clone().unwrap_or_else(|| m.name.clone());
             plan.cloud_init = Some(CloudInitSeed {
                 meta_data: format!(
-                    "instance-id: {}-{}-{attempt}\nlocal-hostname: {hostname}\n",
-                    m.namespace, m.name
+                    "instance-id: {}-{}-{attempt}\nlocal-hostname: {hostname}\n\
+                     ironpool-checkin-url: {base_url}/api/v1/machines/{}/booted\n\
+                     ironpool-checkin-token: {}\n",
+                    m.namespace,
+                    m.name,
+                    m.mac.to_string().replace(':', "-"),
+                    keys.derive_os(&m.mac, attempt)
                 ),
                 user_data: d.user_data.clone(),
                 network_data: d.network_data.clone(),

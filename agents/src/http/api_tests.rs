@@ -95,14 +95,19 @@ fn deploy_plan_points_at_this_agent_and_seeds_cloud_init() {
         attempt: 3,
         purpose: BootPurpose::Deploy,
     };
-    let p = plan(&caller, BASE).unwrap();
+    let p = plan(&caller, BASE, &keys()).unwrap();
     let img = p.image.unwrap();
     assert_eq!(img.url, format!("{BASE}/images/sha256-{}", "ab".repeat(32)));
     assert_eq!(img.checksum, format!("sha256:{}", "ab".repeat(32)));
     let seed = p.cloud_init.unwrap();
+    let os_token = keys().derive_os(&MAC, 3);
     assert_eq!(
         seed.meta_data,
-        "instance-id: datacenter-a-r1-u07-3\nlocal-hostname: web-1\n"
+        format!(
+            "instance-id: datacenter-a-r1-u07-3\nlocal-hostname: web-1\n\
+             ironpool-checkin-url: {BASE}/api/v1/machines/52-54-00-00-00-01/booted\n\
+             ironpool-checkin-token: {os_token}\n"
+        )
     );
     assert_eq!(seed.user_data.as_deref(), Some("#cloud-config\n"));
     assert_eq!(p.erase, None);
@@ -119,7 +124,7 @@ fn plans_for_other_purposes() {
         purpose: BootPurpose::Deploy,
     };
     assert!(
-        plan(&caller, BASE)
+        plan(&caller, BASE, &keys())
             .unwrap_err()
             .contains("image is not known")
     );
@@ -128,15 +133,15 @@ fn plans_for_other_purposes() {
         attempt: 2,
         purpose: BootPurpose::Erase,
     };
-    let p = plan(&erase, BASE).unwrap();
+    let p = plan(&erase, BASE, &keys()).unwrap();
     assert_eq!(p.erase, Some(ErasePolicy::Quick));
     assert!(p.image.is_none());
-    let enlist = plan(&Caller::Enlisting(MAC), BASE).unwrap();
+    let enlist = plan(&Caller::Enlisting(MAC), BASE, &keys()).unwrap();
     assert_eq!(
         (enlist.purpose, enlist.attempt, enlist.machine),
         (BootPurpose::Enlist, 0, None)
     );
-    let json = serde_json::to_value(plan(&erase, BASE).unwrap()).unwrap();
+    let json = serde_json::to_value(plan(&erase, BASE, &keys()).unwrap()).unwrap();
     assert_eq!(json["purpose"], "Erase");
     assert_eq!(json["erase"], "Quick");
     assert!(json.get("cloudInit").is_none());
@@ -146,4 +151,66 @@ fn plans_for_other_purposes() {
 fn messages_are_clipped() {
     assert_eq!(clip(Some("x".repeat(5000))).unwrap().len(), 1024);
     assert_eq!(clip(None), None);
+}
+
+fn with_intent(target: BootTarget, purpose: BootPurpose, attempt: i64) -> MachineView {
+    deploying(attempt).with_intent(target, purpose, attempt)
+}
+
+#[test]
+fn os_check_in_authentication_table() {
+    let k = keys();
+    let os3 = k.derive_os(&MAC, 3);
+    let disk4 = || Some(with_intent(BootTarget::Disk, BootPurpose::Deploy, 4));
+    // The OS of Deploy attempt 3 boots under the Disk intent 4.
+    let (m, attempt) = authenticate_os(&k, &MAC, disk4(), Some(&os3)).unwrap();
+    assert_eq!((m.name.as_str(), attempt), ("r1-u07", 3));
+    let cases: Vec<(Option<MachineView>, Option<String>, &str)> = vec![
+        (disk4(), None, "missing 'Authorization"),
+        (None, Some(os3.clone()), "no Machine has MAC"),
+        (disk4(), Some(k.derive(&MAC, 3)), "earlier deployment"),
+        (
+            Some(with_intent(BootTarget::Disk, BootPurpose::Deploy, 6)),
+            Some(os3.clone()),
+            "Deploy attempt 5",
+        ),
+        (
+            Some(with_intent(BootTarget::Ramdisk, BootPurpose::Erase, 5)),
+            Some(os3.clone()),
+            "not booting a deployed OS",
+        ),
+    ];
+    for (machine, token, want) in cases {
+        let err = authenticate_os(&k, &MAC, machine, token.as_deref()).unwrap_err();
+        assert!(err.contains(want), "{err:?} should contain {want:?}");
+    }
+}
+
+#[test]
+fn os_check_in_summary_is_one_bounded_line() {
+    let c: OsCheckIn = serde_json::from_value(serde_json::json!({
+        "instanceId": "ns-m-3", "hostname": "web-1", "kernel": "6.1.0-28-amd64",
+        "uptimeSeconds": 9.84,
+        "userData": {"kind": "script", "exitCode": 0, "output": "proof:\n hello\n"}
+    }))
+    .unwrap();
+    assert_eq!(
+        c.summary(3),
+        "OS booted from disk (Deploy attempt 3, kernel 6.1.0-28-amd64, up 9.8 s); \
+         user-data script exit 0: proof: hello"
+    );
+    let long = OsCheckIn {
+        user_data: Some(UserDataResult {
+            kind: "cloud-config".into(),
+            exit_code: Some(1),
+            output: "x".repeat(5000),
+        }),
+        ..c
+    };
+    assert_eq!(long.summary(3).chars().count(), 512);
+    let bare: OsCheckIn = serde_json::from_str(r#"{"instanceId": "a"}"#).unwrap();
+    assert_eq!(
+        bare.summary(1),
+        "OS booted from disk (Deploy attempt 1); no user-data"
+    );
 }

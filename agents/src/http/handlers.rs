@@ -8,7 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use ironpool_crds::machine::{BootStep, Hardware, ProvisioningReport, ProvisioningStep};
+use ironpool_crds::machine::{
+    BootPurpose, BootStep, Hardware, ProvisioningReport, ProvisioningStep,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde::de::DeserializeOwned;
@@ -17,6 +19,7 @@ use super::api::{self, Caller, ProgressReport, ResultReport};
 use super::cache::{CacheKey, Lookup};
 use super::files::{FileReply, file_reply, open_confined};
 use super::server::HttpServer;
+use super::source::{NETWORK_DATA_KEY, USER_DATA_KEY};
 use super::{BootEvent, MacAddr, render_script};
 
 type St = State<Arc<HttpServer>>;
@@ -351,13 +354,106 @@ pub async fn result(
     result.await.unwrap_or_else(|resp| *resp)
 }
 
+/// `POST /api/v1/machines/<mac>/booted`: the deployed OS checked in from its own disk.
+/// Recorded as the flight-recorder step OSBooted, which moves the Machine to Deployed.
+pub async fn booted(
+    State(s): St,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(mac) = mac.parse::<MacAddr>() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("'{mac}' is not a MAC address; write it like 3c-ec-ef-12-34-56"),
+        );
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let (machine, attempt) =
+        match api::authenticate_os(&s.keys, &mac, s.source.machine_by_mac(&mac), bearer) {
+            Ok(ok) => ok,
+            Err(msg) => {
+                tracing::info!(%mac, reason = %msg, "OS check-in refused");
+                let mut resp = text(StatusCode::UNAUTHORIZED, msg);
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return resp;
+            }
+        };
+    let checkin: api::OsCheckIn = match parse("check-in", &body) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
+    };
+    let detail = checkin.summary(attempt);
+    tracing::info!(
+        machine = %format!("{}/{}", machine.namespace, machine.name),
+        instance = %checkin.instance_id,
+        "{detail}"
+    );
+    s.record(BootEvent {
+        mac,
+        step: BootStep::OsBooted,
+        detail,
+        known: true,
+    });
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Fills a Deploy caller's user-data and network-config from the Deployment's Secrets.
+async fn read_cloud_init(s: &HttpServer, mut caller: Caller) -> Result<Caller, Refusal> {
+    let Caller::Machine {
+        machine,
+        purpose: BootPurpose::Deploy,
+        ..
+    } = &mut caller
+    else {
+        return Ok(caller);
+    };
+    let namespace = machine.namespace.clone();
+    let Some(d) = machine.deploy.as_mut() else {
+        return Ok(caller);
+    };
+    let wanted = [
+        (d.user_data_secret.take(), USER_DATA_KEY, &mut d.user_data),
+        (
+            d.network_data_secret.take(),
+            NETWORK_DATA_KEY,
+            &mut d.network_data,
+        ),
+    ];
+    for (secret, key, slot) in wanted {
+        let Some(name) = secret else { continue };
+        match s.source.secret_value(&namespace, &name, key).await {
+            Ok(Some(v)) => *slot = Some(v),
+            Ok(None) => {
+                return Err(Box::new(retry_later(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "the Deployment names Secret {namespace}/{name} but it has no key \
+                         '{key}' (or does not exist); create it, the ramdisk retries"
+                    ),
+                )));
+            }
+            Err(e) => return Err(sink_failed(e)),
+        }
+    }
+    Ok(caller)
+}
+
 /// `GET /api/v1/machines/<mac>/plan`.
 pub async fn plan(State(s): St, Path(mac): Path<String>, headers: HeaderMap) -> Response {
     let caller = match authorize(&s, &mac, &headers) {
         Ok(c) => c,
         Err(resp) => return *resp,
     };
-    let plan = match api::plan(&caller, s.config.script.base_url()) {
+    let caller = match read_cloud_init(&s, caller).await {
+        Ok(c) => c,
+        Err(resp) => return *resp,
+    };
+    let plan = match api::plan(&caller, s.config.script.base_url(), &s.keys) {
         Ok(p) => p,
         Err(msg) => return retry_later(StatusCode::CONFLICT, msg),
     };

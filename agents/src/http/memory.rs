@@ -58,6 +58,8 @@ impl MachineView {
             hostname: Some("web-1".to_string()),
             user_data: Some("#cloud-config\n".to_string()),
             network_data: None,
+            user_data_secret: None,
+            network_data_secret: None,
         });
         self
     }
@@ -67,6 +69,7 @@ impl MachineView {
 #[derive(Debug, Default)]
 pub struct MemoryBootSource {
     machines: RwLock<HashMap<MacAddr, MachineView>>,
+    secrets: RwLock<HashMap<(String, String, String), String>>,
 }
 
 impl MemoryBootSource {
@@ -84,6 +87,15 @@ impl MemoryBootSource {
         map.insert(view.mac, view);
     }
 
+    /// Sets key `key` of Secret `namespace/name`.
+    pub fn put_secret(&self, namespace: &str, name: &str, key: &str, value: &str) {
+        let mut map = self.secrets.write().unwrap_or_else(PoisonError::into_inner);
+        map.insert(
+            (namespace.into(), name.into(), key.into()),
+            value.to_string(),
+        );
+    }
+
     /// Removes the machine with `mac`.
     pub fn remove(&self, mac: &MacAddr) {
         let mut map = self
@@ -98,6 +110,19 @@ impl BootSource for MemoryBootSource {
     fn machine_by_mac(&self, mac: &MacAddr) -> Option<MachineView> {
         let map = self.machines.read().unwrap_or_else(PoisonError::into_inner);
         map.get(mac).cloned()
+    }
+
+    fn secret_value<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, HttpError>> {
+        let map = self.secrets.read().unwrap_or_else(PoisonError::into_inner);
+        let value = map
+            .get(&(namespace.into(), name.into(), key.into()))
+            .cloned();
+        Box::pin(async move { Ok(value) })
     }
 }
 

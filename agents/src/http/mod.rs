@@ -22,7 +22,10 @@ pub mod token;
 pub mod zerocopy;
 
 pub use crate::dhcp::MacAddr;
-pub use api::{CloudInitSeed, InventoryReport, Plan, PlanImage, ProgressReport, ResultReport};
+pub use api::{
+    CloudInitSeed, InventoryReport, OsCheckIn, Plan, PlanImage, ProgressReport, ResultReport,
+    UserDataResult,
+};
 pub use cache::{CacheKey, ImageCache, Lookup};
 pub use memory::{MemoryBootSource, MemoryReportSink, Report};
 pub use metrics::HttpMetrics;

@@ -75,6 +75,7 @@ impl HttpServer {
             .route("/api/v1/machines/{mac}/progress", post(handlers::progress))
             .route("/api/v1/machines/{mac}/result", post(handlers::result))
             .route("/api/v1/machines/{mac}/plan", get(handlers::plan))
+            .route("/api/v1/machines/{mac}/booted", post(handlers::booted))
             .layer(DefaultBodyLimit::max(self.config.body_limit));
         Router::new()
             .route("/boot/{file}", get(handlers::boot_script))
@@ -166,6 +167,7 @@ pub fn route_label(path: &str) -> &'static str {
             Some("progress") => "progress",
             Some("result") => "result",
             Some("plan") => "plan",
+            Some("booted") => "booted",
             _ => "other",
         }
     } else {

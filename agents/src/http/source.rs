@@ -50,7 +50,17 @@ pub struct DeployInputs {
     pub user_data: Option<String>,
     /// cloud-init network-config (content of `networkDataSecretRef`).
     pub network_data: Option<String>,
+    /// Secret (in the Machine's namespace) whose key `userData` becomes `user_data` when
+    /// the plan is made; a changed Secret takes effect at the next deploy.
+    pub user_data_secret: Option<String>,
+    /// Secret whose key `networkData` becomes `network_data` when the plan is made.
+    pub network_data_secret: Option<String>,
 }
+
+/// Key of the user-data in a `userDataSecretRef` Secret.
+pub const USER_DATA_KEY: &str = "userData";
+/// Key of the network-config in a `networkDataSecretRef` Secret.
+pub const NETWORK_DATA_KEY: &str = "networkData";
 
 /// An upstream image: where it is, its checksum and its format.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +78,15 @@ pub struct ImageRef {
 pub trait BootSource: Send + Sync {
     /// The Machine whose `spec.bootMACAddress` is `mac`, if any.
     fn machine_by_mac(&self, mac: &MacAddr) -> Option<MachineView>;
+
+    /// The value of `key` in Secret `namespace/name`; `Ok(None)` when there is no such
+    /// Secret or key.
+    fn secret_value<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, HttpError>>;
 }
 
 /// Where the machine API's reports go. Implemented by the agent by writing Machine status

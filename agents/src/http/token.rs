@@ -45,15 +45,36 @@ impl TokenKey {
 
     /// Whether `token` is the token of `mac` for `attempt`, compared in constant time.
     pub fn verify(&self, mac: &MacAddr, attempt: i64, token: &str) -> bool {
+        self.verify_message(&message(mac, attempt), token)
+    }
+
+    /// The check-in token of the OS that Deploy attempt `attempt` wrote onto `mac`'s disk
+    /// (in its cloud-init meta-data). A different message from the ramdisk token's, so the
+    /// deployed OS, which keeps its seed, cannot act as a ramdisk.
+    pub fn derive_os(&self, mac: &MacAddr, attempt: i64) -> String {
+        let tag = hmac::sign(&self.key, os_message(mac, attempt).as_bytes());
+        URL_SAFE_NO_PAD.encode(tag.as_ref())
+    }
+
+    /// Whether `token` is the OS check-in token of `mac` for Deploy attempt `attempt`.
+    pub fn verify_os(&self, mac: &MacAddr, attempt: i64, token: &str) -> bool {
+        self.verify_message(&os_message(mac, attempt), token)
+    }
+
+    fn verify_message(&self, message: &str, token: &str) -> bool {
         let Ok(tag) = URL_SAFE_NO_PAD.decode(token.trim()) else {
             return false;
         };
-        hmac::verify(&self.key, message(mac, attempt).as_bytes(), &tag).is_ok()
+        hmac::verify(&self.key, message.as_bytes(), &tag).is_ok()
     }
 }
 
 fn message(mac: &MacAddr, attempt: i64) -> String {
     format!("ironpool-machine-token/v1|{mac}|{attempt}")
+}
+
+fn os_message(mac: &MacAddr, attempt: i64) -> String {
+    format!("ironpool-os-token/v1|{mac}|{attempt}")
 }
 
 #[cfg(test)]
@@ -92,6 +113,19 @@ mod tests {
             a.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
+    }
+
+    #[test]
+    fn os_tokens_differ_from_ramdisk_tokens() {
+        let os = key(1).derive_os(&MAC, 3);
+        assert!(key(1).verify_os(&MAC, 3, &os));
+        assert!(
+            !key(1).verify(&MAC, 3, &os),
+            "an OS token is no ramdisk token"
+        );
+        assert!(!key(1).verify_os(&MAC, 3, &key(1).derive(&MAC, 3)));
+        assert!(!key(1).verify_os(&MAC, 4, &os));
+        assert!(!key(2).verify_os(&MAC, 3, &os));
     }
 
     #[test]
