@@ -4,7 +4,8 @@
 # (packs the initramfs, --reproducible), kmod (depmod: the kernel .deb ships no modules.dep),
 # dpkg (dpkg-deb unpacks the downloaded packages), zstd, qemu-system-x86 and qemu-utils
 # (boot the ramdisk, make QCOW2 images), fdisk and mtools (check the cloud-init seed with
-# independent tools), and the Rust musl target. Idempotent: apt-get and rustup run only
+# independent tools), syslinux, syslinux-common, systemd-boot-efi and ovmf (the test OS
+# image of boot-images/os-image.sh and its BIOS/UEFI boot test), and the Rust musl target. Idempotent: apt-get and rustup run only
 # when something is missing.
 set -euo pipefail
 
@@ -21,6 +22,12 @@ declare -A need=(
   # ... and checks the cloud-init seed partition with independent tools
   [/usr/sbin/sfdisk]=fdisk
   [/usr/bin/mcopy]=mtools
+  # boot-images/os-image.sh: the test OS image's boot loaders (SYSLINUX for BIOS,
+  # systemd-boot for UEFI) and the UEFI firmware its test boots it with
+  [/usr/bin/syslinux]=syslinux
+  [/usr/lib/syslinux/mbr/mbr.bin]=syslinux-common
+  [/usr/lib/systemd/boot/efi/systemd-bootx64.efi]=systemd-boot-efi
+  [/usr/share/OVMF/OVMF_CODE_4M.fd]=ovmf
 )
 
 missing=()
