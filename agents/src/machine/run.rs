@@ -308,8 +308,9 @@ fn deploy(api: &Api<'_>, plan: &Plan, hw: &Hardware, root: &Path) -> Result<Stri
     ))
 }
 
-/// Adds the seed partition after the image and writes the `CIDATA` filesystem into it.
-fn write_seed(
+/// Adds the seed partition after the image (which ends at byte `image_end` of the
+/// `disk_size`-byte disk) and writes the `CIDATA` filesystem into it; returns a summary.
+pub fn write_seed(
     dev: &std::fs::File,
     disk_size: u64,
     image_end: u64,
