@@ -15,6 +15,7 @@
 //! from `IRONPOOL_ETCD`, `IRONPOOL_KUBE_APISERVER` and `IRONPOOL_KUBECTL`; see [`Binaries`].
 
 mod binaries;
+pub mod bmc;
 pub mod chart;
 mod client;
 pub mod cluster;

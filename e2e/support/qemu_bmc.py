@@ -1,0 +1,369 @@
+"""BMC emulators in front of QEMU virtual machines, driven through each VM's QMP socket.
+
+Run it with the python of the venv e2e/scripts/install-bmc-emulators.sh makes (sushy-tools
+and pyghmi). Two fronts, one process each:
+
+  qemu_bmc.py redfish --listen 127.0.0.1 --port 8000 --systems systems.json \
+      [--user admin --password-file pw] [--tls-cert c.pem --tls-key k.pem]
+    sushy-tools' Redfish emulator app with its systems driver replaced by a QMP-backed one;
+    one process serves every system in systems.json, a JSON list of
+    {"name", "uuid", "mac", "qmp", "boot_mode": "UEFI"|"Legacy"}. With --user and
+    --password-file every resource except the service root needs HTTP basic auth (sushy's
+    own SUSHY_EMULATOR_AUTH_FILE middleware, fed a bcrypt htpasswd written to a private
+    temporary directory). sushy-tools has no SessionService, so clients use basic auth.
+
+  qemu_bmc.py ipmi --listen 127.0.0.1 --port 623 --qmp vm.qmp --user admin \
+      --password-file pw [--uuid U]
+    an IPMI v2.0 (RMCP+, lanplus) BMC: a pyghmi.ipmi.bmc.Bmc subclass for one VM.
+
+The power model is a real server's: On = QMP status "running" (or any state of a machine
+that has power, e.g. an internal error); Off = "prelaunch" (started with -S), "paused" or
+"shutdown" (the guest powered itself off, QEMU kept by -no-shutdown).
+  power on       from Off: system_reset then cont, a cold boot from the firmware; On: nothing
+  force off      stop then system_reset (the next power on starts from the firmware)
+  graceful off   system_powerdown (the ACPI power button): a guest that ignores it stays On
+  reset/restart  system_reset when On; when Off it is refused (Redfish 409, IPMI 0xD5,
+                 "not supported in present state"), as BMCs do: use power on
+  power cycle    (IPMI) force off then power on when On; refused when Off
+Boot device/mode overrides are recorded and read back (they do not yet change QEMU's boot
+order: the VM boots NIC first, then its disk).
+
+Every power or boot command prints one line "EVENT <system> <what> <status before>" and
+the server prints "LISTENING" once it accepts requests. Passwords are never printed.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid as uuidlib
+
+# QMP statuses of a machine without power.
+OFF_STATES = frozenset(["prelaunch", "paused", "shutdown"])
+
+
+def event(system, what, before):
+    print(f"EVENT {system} {what} {before}", flush=True)
+
+
+class QmpError(Exception):
+    pass
+
+
+class Qmp:
+    """A QMP client: one short connection per operation (QEMU's QMP socket serves one
+    client at a time, and the Redfish and IPMI fronts may both drive the same VM)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.lock = threading.Lock()
+
+    def call(self, *commands):
+        """Runs the commands in order on one connection; returns their results."""
+        with self.lock:
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(10)
+                s.connect(self.path)
+            except OSError as e:
+                raise QmpError(f"cannot reach QEMU's QMP socket {self.path}: {e}")
+            try:
+                f = s.makefile("rwb")
+                greeting = json.loads(f.readline() or b"null")
+                if not greeting or "QMP" not in greeting:
+                    raise QmpError(f"no QMP greeting on {self.path}")
+                results = []
+                for cmd in ("qmp_capabilities",) + commands:
+                    f.write(json.dumps({"execute": cmd}).encode() + b"\n")
+                    f.flush()
+                    while True:
+                        line = f.readline()
+                        if not line:
+                            raise QmpError(f"QEMU closed {self.path} during {cmd}")
+                        msg = json.loads(line)
+                        if "event" in msg:
+                            continue
+                        if "error" in msg:
+                            raise QmpError(f"{cmd}: {msg['error'].get('desc', msg['error'])}")
+                        results.append(msg.get("return"))
+                        break
+                return results[1:]
+            except OSError as e:
+                raise QmpError(f"QMP {self.path}: {e}")
+            finally:
+                s.close()
+
+    def status(self):
+        return self.call("query-status")[0]["status"]
+
+    def is_on(self):
+        return self.status() not in OFF_STATES
+
+    def power_on(self):
+        if self.is_on():
+            return
+        self.call("system_reset")
+        # The reset is carried out by QEMU's main loop; `cont` fails until it has been
+        # ("Resetting the Virtual Machine is required") after a guest power-off.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.call("cont")
+                return
+            except QmpError as e:
+                if time.monotonic() > deadline or "eset" not in str(e):
+                    raise
+                time.sleep(0.05)
+
+    def force_off(self):
+        if not self.is_on():
+            return
+        self.call("stop", "system_reset")
+
+    def graceful_off(self):
+        if self.is_on():
+            self.call("system_powerdown")
+
+    def reset(self):
+        """Hard reset of a machine that is on; False when it is off."""
+        if not self.is_on():
+            return False
+        self.call("system_reset")
+        return True
+
+    def cycle(self):
+        if not self.is_on():
+            return False
+        self.force_off()
+        self.power_on()
+        return True
+
+
+# ---------------------------------------------------------------- Redfish (sushy-tools)
+
+def redfish(opts):
+    from sushy_tools import error
+    from sushy_tools.emulator import main as emu
+    from sushy_tools.emulator.resources.systems import fakedriver
+    from werkzeug.serving import make_server
+
+    with open(opts.systems) as f:
+        systems = json.load(f)
+    if not isinstance(systems, list) or not systems:
+        sys.exit(f"{opts.systems}: expected a non-empty JSON list of systems")
+    for s in systems:
+        missing = [k for k in ("name", "uuid", "mac", "qmp") if not s.get(k)]
+        if missing:
+            sys.exit(f"{opts.systems}: a system lacks {', '.join(missing)}: {s}")
+
+    class QmpDriver(fakedriver.FakeDriver):
+        """sushy's fake driver (names, UUIDs, NICs, recorded boot settings) with the power
+        state read from and sent to QEMU over QMP. State lives in memory only."""
+
+        def __init__(self):
+            self._systems = {}
+            self._qmp = {}
+            for s in systems:
+                self._systems[s["uuid"]] = {
+                    "uuid": s["uuid"],
+                    "name": s["name"],
+                    "nics": [{"mac": s["mac"]}],
+                    "boot_mode": s.get("boot_mode", "UEFI"),
+                    "boot_device": "Pxe",
+                }
+                self._qmp[s["uuid"]] = Qmp(s["qmp"])
+            self._by_name = {s["name"]: s["uuid"] for s in systems}
+
+        @property
+        def driver(self):
+            return "<qmp>"
+
+        def _vm(self, identity):
+            return self._qmp[self._get(identity)["uuid"]]
+
+        def _call(self, fn):
+            try:
+                return fn()
+            except QmpError as e:
+                raise error.FishyError(str(e))
+
+        def get_power_state(self, identity):
+            vm = self._vm(identity)
+            return "On" if self._call(vm.is_on) else "Off"
+
+        def set_power_state(self, identity, state):
+            vm = self._vm(identity)
+            name = self._get(identity)["name"]
+            before = self._call(vm.status)
+            event(name, state, before)
+            if state in ("On", "ForceOn"):
+                self._call(vm.power_on)
+            elif state == "ForceOff":
+                self._call(vm.force_off)
+            elif state == "GracefulShutdown":
+                self._call(vm.graceful_off)
+            elif state in ("ForceRestart", "GracefulRestart", "PowerCycle"):
+                if not self._call(vm.reset):
+                    raise error.Conflict(f"{name} is powered off: {state} needs it on; use On")
+            elif state == "Nmi":
+                if self._call(vm.is_on):
+                    self._call(lambda: vm.call("inject-nmi"))
+            else:
+                raise error.BadRequest(f"unknown ResetType {state}")
+
+        def set_boot_device(self, identity, boot_source):
+            event(self._get(identity)["name"], f"boot_device={boot_source}", "-")
+            super().set_boot_device(identity, boot_source)
+
+        def set_boot_mode(self, identity, boot_mode):
+            event(self._get(identity)["name"], f"boot_mode={boot_mode}", "-")
+            super().set_boot_mode(identity, boot_mode)
+
+    state = tempfile.mkdtemp(prefix="qemu-bmc-redfish-")
+    try:
+        config = {"SUSHY_EMULATOR_STATE_DIR": state}
+        if opts.user:
+            import bcrypt
+
+            password = read_password(opts.password_file)
+            htpasswd = os.path.join(state, "htpasswd")
+            fd = os.open(htpasswd, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                digest = bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
+                f.write(f"{opts.user}:{digest}\n")
+            config["SUSHY_EMULATOR_AUTH_FILE"] = htpasswd
+        driver = QmpDriver.initialize(config, emu.app.logger)()
+        emu.Application.systems = property(lambda self: driver)
+        emu.app.configure(extra_config=config)
+        ssl_context = None
+        if opts.tls_cert:
+            import ssl
+
+            ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ssl_context.load_cert_chain(opts.tls_cert, opts.tls_key)
+        server = make_server(opts.listen, opts.port, emu.app, threaded=True,
+                             ssl_context=ssl_context)
+        print(f"LISTENING redfish {opts.listen}:{opts.port} systems="
+              + ",".join(s["name"] for s in systems), flush=True)
+        server.serve_forever()
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- IPMI (pyghmi)
+
+def ipmi(opts):
+    import pyghmi.ipmi.bmc as bmc
+
+    vm = Qmp(opts.qmp)
+    name = opts.name
+
+    class QmpBmc(bmc.Bmc):
+        def __init__(self, authdata):
+            super().__init__(authdata, port=opts.port, address=opts.listen,
+                             bmcuuid=uuidlib.UUID(opts.uuid) if opts.uuid else None)
+            # Boot flags parameter 5, kept whole (valid, persistent and EFI bits) so that
+            # `chassis bootparam get 5` reads back what was set.
+            self.boot_flags = [0, 0, 0, 0, 0]
+
+        def get_system_guid(self):
+            return uuidlib.UUID(opts.uuid) if opts.uuid else uuidlib.UUID(int=0)
+
+        def get_power_state(self):
+            return "on" if vm.is_on() else "off"
+
+        def is_active(self):
+            return vm.is_on()
+
+        def power_on(self):
+            event(name, "power_on", vm.status())
+            vm.power_on()
+
+        def power_off(self):
+            event(name, "power_off", vm.status())
+            vm.force_off()
+
+        def power_shutdown(self):
+            event(name, "power_soft", vm.status())
+            vm.graceful_off()
+
+        def power_reset(self):
+            event(name, "power_reset", vm.status())
+            if not vm.reset():
+                return 0xD5  # not supported in present state (it is off)
+
+        def power_cycle(self):
+            event(name, "power_cycle", vm.status())
+            if not vm.cycle():
+                return 0xD5
+
+        def pulse_diag(self):
+            event(name, "power_diag", vm.status())
+            if vm.is_on():
+                vm.call("inject-nmi")
+
+        def get_boot_device(self):
+            return (self.boot_flags[1] >> 2) & 0x0F
+
+        def get_system_boot_options(self, request, session):
+            if request["data"][0] == 5:
+                return session.send_ipmi_response(data=[1, 5] + self.boot_flags)
+            session.send_ipmi_response(code=0x80)
+
+        def set_system_boot_options(self, request, session):
+            if request["data"][0] == 5:
+                self.boot_flags = list(request["data"][1:6])
+                event(name, "boot_flags=" + ",".join("%02x" % b for b in self.boot_flags), "-")
+            session.send_ipmi_response()
+
+    b = QmpBmc({opts.user: read_password(opts.password_file)})
+    print(f"LISTENING ipmi {opts.listen}:{opts.port} system={name}", flush=True)
+    b.listen()
+
+
+def read_password(path):
+    if not path:
+        sys.exit("--password-file is required with --user")
+    with open(path) as f:
+        password = f.read().rstrip("\n")
+    if not password:
+        sys.exit(f"{path} is empty")
+    return password
+
+
+def main():
+    p = argparse.ArgumentParser("qemu_bmc", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="front", required=True)
+    r = sub.add_parser("redfish", help="sushy-tools Redfish emulator over QMP")
+    r.add_argument("--listen", default="127.0.0.1")
+    r.add_argument("--port", type=int, required=True)
+    r.add_argument("--systems", required=True, help="JSON list of {name, uuid, mac, qmp}")
+    r.add_argument("--user")
+    r.add_argument("--password-file")
+    r.add_argument("--tls-cert")
+    r.add_argument("--tls-key")
+    i = sub.add_parser("ipmi", help="pyghmi IPMI BMC over QMP")
+    i.add_argument("--listen", default="127.0.0.1")
+    i.add_argument("--port", type=int, default=623)
+    i.add_argument("--qmp", required=True)
+    i.add_argument("--name", default="vm")
+    i.add_argument("--uuid")
+    i.add_argument("--user", required=True)
+    i.add_argument("--password-file", required=True)
+    opts = p.parse_args()
+    if opts.front == "redfish":
+        if bool(opts.user) != bool(opts.password_file):
+            p.error("--user and --password-file go together")
+        if bool(opts.tls_cert) != bool(opts.tls_key):
+            p.error("--tls-cert and --tls-key go together")
+        redfish(opts)
+    else:
+        ipmi(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
