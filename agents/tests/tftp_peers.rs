@@ -41,8 +41,27 @@ async fn fixture() -> Fixture {
     std::fs::write(root.path().join("exact.bin"), vec![7u8; 512 * 4]).unwrap();
     std::fs::create_dir(root.path().join("efi")).unwrap();
     std::fs::write(root.path().join("efi/ipxe.efi"), b"MZ fake efi").unwrap();
+    // Outside the root: a private file (its symlink stays refused) and a world-readable one
+    // (served through its symlink, like Debian's /usr/lib/ipxe/ipxe.efi -> /boot/ipxe.efi).
     std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+    std::fs::set_permissions(outside.path().join("secret"), mode(0o600)).unwrap();
     std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("escape")).unwrap();
+    std::fs::write(outside.path().join("public.efi"), b"MZ public").unwrap();
+    std::fs::set_permissions(outside.path().join("public.efi"), mode(0o644)).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("public.efi"),
+        root.path().join("system.efi"),
+    )
+    .unwrap();
+    start(root, outside).await
+}
+
+fn mode(m: u32) -> std::fs::Permissions {
+    std::os::unix::fs::PermissionsExt::from_mode(m)
+}
+
+/// Serves `root` on a loopback port.
+async fn start(root: tempfile::TempDir, outside: tempfile::TempDir) -> Fixture {
     let metrics = TftpMetrics::default();
     let server = TftpServer::new(root.path(), metrics.clone()).unwrap();
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -178,6 +197,7 @@ async fn escapes_and_writes_are_refused_and_garbage_is_counted() {
         ("efi/../../etc/passwd", 2),
         ("escape", 2),
         ("nope", 1),
+        ("system.efi/x", 1),
     ] {
         let answer = ask(f.addr, &packet::rrq(name, &[])).await;
         match packet::parse(&answer).unwrap() {
@@ -194,11 +214,16 @@ async fn escapes_and_writes_are_refused_and_garbage_is_counted() {
     for junk in [&b""[..], b"\x00", b"\x00\x01nonul", b"\xff\xff\xff"] {
         s.send_to(junk, f.addr).await.unwrap();
     }
-    // still serving
+    // still serving, also through a symlink to a world-readable file outside the root
     let answer = ask(f.addr, &packet::rrq("efi/ipxe.efi", &[])).await;
     assert!(matches!(
         packet::parse(&answer).unwrap(),
         Packet::Data(1, b"MZ fake efi")
+    ));
+    let answer = ask(f.addr, &packet::rrq("system.efi", &[])).await;
+    assert!(matches!(
+        packet::parse(&answer).unwrap(),
+        Packet::Data(1, b"MZ public")
     ));
     assert_eq!(f.metrics.get("malformed"), 4);
 }
@@ -231,4 +256,40 @@ async fn many_concurrent_fetches() {
             &f.out.path().join(format!("c{i}"))
         ));
     }
+}
+
+/// The default `--tftp-root`, Debian's `/usr/lib/ipxe`, where `ipxe.efi` is a symlink to
+/// `/boot/ipxe.efi`: curl fetches both iPXE binaries byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debians_ipxe_directory_is_served_through_its_symlinks() {
+    let dir = Path::new("/usr/lib/ipxe");
+    assert!(
+        dir.join("undionly.kpxe").exists(),
+        "Debian's ipxe package is missing: run e2e/scripts/install-net-tools.sh"
+    );
+    let metrics = TftpMetrics::default();
+    let server = TftpServer::new(dir, metrics.clone()).unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move { server.serve(sock, t).await });
+    let out_dir = tempfile::tempdir().unwrap();
+    for file in ["ipxe.efi", "undionly.kpxe"] {
+        let local = out_dir.path().join(file);
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--tftp-blksize", "1468", "-o"])
+            .arg(&local)
+            .arg(format!("tftp://127.0.0.1:{port}/{file}"))
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(same(&dir.join(file), &local), "{file} differs");
+    }
+    token.cancel();
 }

@@ -1,6 +1,11 @@
-//! Confinement of TFTP paths to the server's root: relative names only, no `..`, and the
-//! resolved file (after following symlinks) must lie inside the root and be a regular file.
+//! Confinement of TFTP paths to the server's root. The *request* may not leave the root:
+//! relative names only, no `..`, no absolute paths. Symlinks inside the root are the
+//! administrator's (Debian's `/usr/lib/ipxe/ipxe.efi` points to `/boot/ipxe.efi`) and are
+//! followed; what they resolve to must be a regular file, and a file outside the root must
+//! also be world-readable (o+r), tftpd-hpa's rule for an unauthenticated protocol. So a
+//! stray link to `/etc/shadow` or a private key stays refused.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use super::TftpError;
@@ -28,12 +33,13 @@ pub fn resolve(root: &Path, requested: &str) -> Result<PathBuf, TftpError> {
         Ok(p) => p,
         Err(_) => return Err(TftpError::NotFound(requested.to_string())),
     };
-    if !real.starts_with(root) {
-        return deny("resolves outside the TFTP root");
-    }
+    let inside = real.starts_with(root);
     match real.metadata() {
-        Ok(m) if m.is_file() => Ok(real),
-        Ok(_) => deny("not a regular file"),
+        Ok(m) if !m.is_file() => deny("not a regular file"),
+        Ok(m) if !inside && m.permissions().mode() & 0o004 == 0 => {
+            deny("a symlink leads outside the TFTP root to a file that is not world-readable")
+        }
+        Ok(_) => Ok(real),
         Err(_) => Err(TftpError::NotFound(requested.to_string())),
     }
 }
@@ -45,15 +51,32 @@ mod tests {
 
     #[test]
     fn confinement_table() {
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        };
+        let link = |target: &Path, name: &str, root: &Path| {
+            std::os::unix::fs::symlink(target, root.join(name)).unwrap();
+        };
+        // Outside the root: a private file, a world-readable one (like Debian's
+        // /boot/ipxe.efi), a directory and a device.
         let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join("secret"), b"x").unwrap();
+        let out = outside.path();
+        std::fs::write(out.join("secret"), b"x").unwrap();
+        mode(&out.join("secret"), 0o600);
+        std::fs::write(out.join("ipxe.efi"), b"MZ").unwrap();
+        mode(&out.join("ipxe.efi"), 0o644);
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         std::fs::create_dir(root.join("efi")).unwrap();
         std::fs::write(root.join("undionly.kpxe"), b"ok").unwrap();
         std::fs::write(root.join("efi/ipxe.efi"), b"ok").unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret"), root.join("link-out")).unwrap();
-        std::os::unix::fs::symlink(root.join("undionly.kpxe"), root.join("link-in")).unwrap();
+        std::fs::write(root.join("private-inside"), b"ok").unwrap();
+        mode(&root.join("private-inside"), 0o600);
+        link(&out.join("secret"), "link-out", &root);
+        link(&out.join("ipxe.efi"), "link-system", &root);
+        link(out, "dir-out", &root);
+        link(Path::new("/dev/zero"), "link-dev", &root);
+        link(&root.join("undionly.kpxe"), "link-in", &root);
         let cases = [
             ("undionly.kpxe", "ok"),
             ("efi/ipxe.efi", "ok"),
@@ -64,6 +87,13 @@ mod tests {
             ("efi/../../secret", "access"),
             ("/etc/passwd", "access"),
             ("link-out", "access"),
+            ("link-system", "ok"),
+            ("dir-out/ipxe.efi", "ok"),
+            ("dir-out/secret", "access"),
+            ("dir-out/../secret", "access"),
+            ("dir-out", "access"),
+            ("link-dev", "access"),
+            ("private-inside", "ok"),
             ("efi", "access"),
             ("", "access"),
             ("missing", "notfound"),
