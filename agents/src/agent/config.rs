@@ -57,7 +57,9 @@ pub struct Cli {
     /// TFTP listen address.
     #[arg(long, env = "IRONPOOL_TFTP_LISTEN", default_value = "0.0.0.0:69")]
     pub tftp_listen: SocketAddr,
-    /// TFTP root: the iPXE binaries (Debian's `ipxe` package).
+    /// The iPXE binaries (Debian's `ipxe` package): the TFTP root, also served over HTTP
+    /// as /boot/<file> for UEFI HTTP boot. Symlinks in it are followed; one that leads
+    /// outside it must end at a world-readable file (Debian's ipxe.efi -> /boot/ipxe.efi).
     #[arg(long, env = "IRONPOOL_TFTP_ROOT", default_value = "/usr/lib/ipxe")]
     pub tftp_root: PathBuf,
     /// Do not serve TFTP.
@@ -176,6 +178,8 @@ pub struct HttpSettings {
     pub base_url: String,
     /// Boot assets.
     pub assets_dir: PathBuf,
+    /// The iPXE binaries (the TFTP root), for UEFI HTTP boot.
+    pub boot_files_dir: PathBuf,
     /// Image cache directory and size limit.
     pub cache: (PathBuf, u64),
     /// Extra ramdisk kernel arguments.
@@ -246,6 +250,7 @@ impl TryFrom<&Cli> for AgentConfig {
                 listen: cli.http_listen,
                 base_url,
                 assets_dir: cli.assets_dir.clone(),
+                boot_files_dir: cli.tftp_root.clone(),
                 cache: (cli.image_cache_dir.clone(), cli.image_cache_limit),
                 kernel_args: cli.kernel_args.clone(),
                 token_secret,

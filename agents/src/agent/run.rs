@@ -238,11 +238,13 @@ async fn start_http(
     };
     let metrics = HttpMetrics::new();
     metrics.register(registry);
+    let mut config = http::ServerConfig::new(
+        ScriptConfig::new(&h.base_url, &h.kernel_args)?,
+        h.assets_dir.clone(),
+    );
+    config.boot_files_dir = Some(h.boot_files_dir.clone());
     let server = HttpServer {
-        config: http::ServerConfig::new(
-            ScriptConfig::new(&h.base_url, &h.kernel_args)?,
-            h.assets_dir.clone(),
-        ),
+        config,
         keys: TokenKey::new(&secret)?,
         source: Arc::new(StoreBootSource {
             stores: stores.clone(),

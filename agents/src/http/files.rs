@@ -191,18 +191,64 @@ impl FileReply {
     }
 }
 
-/// A response for `file` of `len` bytes honouring `Range`; `guard` is held until the body
-/// is dropped (the image cache counts readers with it); `served` counts body bytes.
-pub fn file_response<G: Send + Sync + 'static>(
-    file: File,
-    len: u64,
+/// `GET /boot/<file>` for anything but a `<mac>.ipxe` script: an iPXE binary from `dir`
+/// (the TFTP root) for UEFI HTTP boot firmware, which DHCP offers
+/// `<base>/boot/ipxe.efi`. The same confinement as TFTP ([`crate::tftp::root::resolve`]),
+/// so Debian's `/usr/lib/ipxe/ipxe.efi -> /boot/ipxe.efi` is served over both protocols.
+pub async fn boot_file(
+    dir: Option<&Path>,
+    name: &str,
     headers: &HeaderMap,
-    guard: G,
     served: Counter,
 ) -> Response {
-    match file_reply(file, len, headers, guard) {
-        Ok(reply) => reply.into_response(served),
-        Err(resp) => *resp,
+    use crate::tftp::TftpError;
+    let text = |status: StatusCode, msg: String| {
+        let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+        (status, headers, msg + "\n").into_response()
+    };
+    let Some(dir) = dir.map(Path::to_path_buf) else {
+        let msg = format!(
+            "'{name}' is not <mac>.ipxe and this agent serves no iPXE binaries over HTTP; \
+             ask for e.g. /boot/3c-ec-ef-12-34-56.ipxe"
+        );
+        return text(StatusCode::NOT_FOUND, msg);
+    };
+    let lookup = name.to_string();
+    let opened = tokio::task::spawn_blocking(move || {
+        let root = dir.canonicalize().map_err(|source| TftpError::Io {
+            what: format!("open the iPXE directory {}", dir.display()),
+            source,
+        })?;
+        let path = crate::tftp::root::resolve(&root, &lookup)?;
+        let file = File::open(&path).map_err(|source| TftpError::Io {
+            what: format!("open {}", path.display()),
+            source,
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|source| TftpError::Io {
+                what: format!("stat {}", path.display()),
+                source,
+            })?
+            .len();
+        Ok::<_, TftpError>((file, len))
+    })
+    .await;
+    match opened {
+        Ok(Ok((file, len))) => match file_reply(file, len, headers, ()) {
+            Ok(reply) => reply.into_response(served),
+            Err(resp) => *resp,
+        },
+        Ok(Err(TftpError::NotFound(_))) => text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no iPXE binary '{name}' in this agent's iPXE directory (--tftp-root); \
+                 scripts are /boot/<mac>.ipxe"
+            ),
+        ),
+        Ok(Err(e @ TftpError::AccessViolation(_))) => text(StatusCode::FORBIDDEN, e.to_string()),
+        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 use super::api::{self, Caller, ProgressReport, ResultReport};
 use super::cache::{CacheKey, Lookup};
-use super::files::{FileReply, file_reply, open_confined};
+use super::files::{FileReply, boot_file, file_reply, open_confined};
 use super::server::HttpServer;
 use super::source::{NETWORK_DATA_KEY, USER_DATA_KEY};
 use super::{BootEvent, MacAddr, render_script};
@@ -57,8 +57,13 @@ pub async fn not_found(uri: Uri) -> Response {
     )
 }
 
-/// `GET /boot/<mac>.ipxe`: the iPXE script for the machine's boot intent.
-pub async fn boot_script(State(s): St, Path(file): Path<String>) -> Response {
+/// `GET /boot/<mac>.ipxe`: the iPXE script for the machine's boot intent. Any other
+/// `/boot/<file>` is an iPXE binary for UEFI HTTP boot ([`boot_file`]).
+pub async fn boot_script(State(s): St, Path(file): Path<String>, headers: HeaderMap) -> Response {
+    if !file.ends_with(".ipxe") {
+        let dir = s.config.boot_files_dir.as_deref();
+        return boot_file(dir, &file, &headers, s.metrics.bytes_served.clone()).await;
+    }
     let Some(mac) = file
         .strip_suffix(".ipxe")
         .and_then(|m| m.parse::<MacAddr>().ok())

@@ -26,6 +26,9 @@ pub struct ServerConfig {
     pub script: ScriptConfig,
     /// Directory of boot assets (kernel, initramfs), served read-only under `/assets/`.
     pub assets_dir: PathBuf,
+    /// The iPXE binaries (the TFTP root), served as `/boot/<file>` to UEFI HTTP boot
+    /// firmware; `None` serves only scripts there.
+    pub boot_files_dir: Option<PathBuf>,
     /// Largest machine API request body, in bytes (default 1 MiB).
     pub body_limit: usize,
     /// How long open requests may finish after shutdown starts (default 10 s).
@@ -38,6 +41,7 @@ impl ServerConfig {
         Self {
             script,
             assets_dir,
+            boot_files_dir: None,
             body_limit: 1 << 20,
             drain: Duration::from_secs(10),
         }
