@@ -207,11 +207,18 @@ pub fn write_image(
             write_at(disk, 0, &writer.head[..head])?;
             disk.sync_all()
                 .map_err(|e| MachineError::io("sync the disk after writing the image", &e))?;
-            Ok(Written {
+            let written = Written {
                 bytes_read: progress.load(Ordering::Relaxed),
                 disk_bytes,
                 elapsed: started.elapsed(),
-            })
+            };
+            tracing::info!(
+                bytes = written.bytes_read,
+                disk_bytes,
+                elapsed_ms = written.elapsed.as_millis() as u64,
+                "image written, verified and synced"
+            );
+            Ok(written)
         }
         Err(e) => {
             // Best effort: the error that stopped the write is the one to report.
