@@ -276,6 +276,11 @@ fn os_image_boots_from_its_own_disk_under_bios_and_uefi_and_checks_in() {
         let (head, body, console, secs) = boot(fw, &disk, &rx);
         eprintln!("{fw:?}: QEMU start to check-in {secs:.1} s; check-in body {body}");
         check(fw, name, &head, &body, &console);
+        let lines: Vec<&str> = console
+            .lines()
+            .filter(|l| l.contains("ironpool-"))
+            .collect();
+        eprintln!("{fw:?} console:\n{}", lines.join("\n"));
         times.push((fw, secs));
     }
     eprintln!("boot to check-in under TCG: {times:?}");
