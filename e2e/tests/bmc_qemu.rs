@@ -486,3 +486,112 @@ fn an_unreachable_vm_is_an_error_not_a_power_state() {
     );
     assert_eq!(code, 500, "{body}");
 }
+
+#[test]
+fn one_redfish_bmc_in_a_namespace_serves_several_vms() {
+    require_tools(&["ip", "curl", "ipmitool", QEMU]).unwrap();
+    venv_bin().expect("the BMC venv (e2e/scripts/install-bmc-emulators.sh)");
+    let dir = tempfile::tempdir().unwrap();
+    // The lab's shape: VMs on taps of a bridge, the BMC listening on the bridge's address
+    // inside the same namespace (a management network of its own).
+    let ns = Netns::new("bmcns").unwrap();
+    ns.bridge("br0", Some("10.97.0.1/24")).unwrap();
+    let mut vms = Vec::new();
+    let mut systems = Vec::new();
+    for i in 1..=2u8 {
+        let tap = format!("tap{i}");
+        ns.tap(&tap, "br0").unwrap();
+        let name = format!("multi-{i}");
+        let mac = format!("52:54:00:b0:01:{i:02x}");
+        let mut config = VmConfig::new(&name, &mac, &tap, Firmware::Bios).bmc_managed();
+        config.ipxe_rom = false;
+        config.memory_mib = 64;
+        let mut vm = Vm::start(&ns, &config, dir.path()).unwrap();
+        vm.wait_qmp(Duration::from_secs(20)).unwrap();
+        systems.push(EmulatedSystem::new(&name, &mac, vm.qmp_path()));
+        vms.push(vm);
+    }
+    let password = password();
+    let opts = BmcOptions::new("10.97.0.1", 8000).with_credentials(USER, &password);
+    let redfish = BmcEmulator::redfish(&systems, &opts, Some(&ns), dir.path()).unwrap();
+    assert_eq!(redfish.address(), "redfish+http://10.97.0.1:8000");
+    // curl from inside the namespace (the BMC is not reachable from the host).
+    let curl_ns = |method: &str, path: &str, body: Option<&str>| -> (u16, String) {
+        let mut cmd = ns.cmd("curl");
+        cmd.args(["-sS", "--max-time", "30", "-K", "-", "-X", method])
+            .args(["-w", "\n%{http_code}"]);
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        cmd.arg(format!("http://10.97.0.1:8000{path}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            writeln!(stdin, "user = \"{USER}:{password}\"").unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.trim().parse().unwrap(), body.to_string())
+    };
+    let (code, body) = curl_ns("GET", "/redfish/v1/Systems", None);
+    assert_eq!(code, 200, "{body}");
+    let members: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(members["Members@odata.count"], 2, "{members:#}");
+    for s in &systems {
+        assert!(body.contains(&s.uuid), "{body}");
+    }
+    // Power on the second VM only: the first stays off.
+    let (code, body) = curl_ns(
+        "POST",
+        &format!(
+            "/redfish/v1/Systems/{}/Actions/ComputerSystem.Reset",
+            systems[1].uuid
+        ),
+        Some(r#"{"ResetType": "On"}"#),
+    );
+    assert_eq!(code, 204, "{body}");
+    assert_eq!(qmp_status(&systems[1].qmp).unwrap(), "running");
+    assert_eq!(qmp_status(&systems[0].qmp).unwrap(), "prelaunch");
+    for (s, want) in systems.iter().zip(["Off", "On"]) {
+        let (code, body) = curl_ns("GET", &format!("/redfish/v1/Systems/{}", s.uuid), None);
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["PowerState"], want, "{}", s.name);
+        assert_eq!(v["Name"], s.name.as_str());
+    }
+    // A system asked for by name is redirected to its UUID (sushy's alias handling).
+    let (code, _) = curl_ns("GET", "/redfish/v1/Systems/multi-1", None);
+    assert_eq!(code, 307);
+
+    // An IPMI BMC for the first VM on the standard port of the same address.
+    let opts = BmcOptions { port: 623, ..opts };
+    let ipmi = BmcEmulator::ipmi(&systems[0], &opts, Some(&ns), dir.path()).unwrap();
+    assert_eq!(ipmi.address(), "ipmi://10.97.0.1:623");
+    let ipmitool = |args: &[&str]| {
+        let out = ns
+            .cmd("ipmitool")
+            .args(["-I", "lanplus", "-H", "10.97.0.1", "-U", USER, "-E"])
+            .args(args)
+            .env("IPMI_PASSWORD", &password)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(ipmitool(&["chassis", "power", "status"]).contains("is off"));
+    ipmitool(&["chassis", "power", "on"]);
+    assert_eq!(qmp_status(&systems[0].qmp).unwrap(), "running");
+    drop(ipmi);
+    drop(redfish);
+    drop(vms);
+}
