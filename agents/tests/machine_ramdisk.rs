@@ -4,7 +4,8 @@
 //! 127.0.0.1). One VM with 2 CPUs, 512 MiB and a 64 MiB virtio disk walks through:
 //! commission (inventory equals the QEMU flags), deploy a QCOW2 image, quick erase, deploy
 //! a raw image, and deploy an image whose checksum is wrong (fails with the reason; the
-//! disk keeps what it had, nothing half-written).
+//! disk keeps what it had, nothing half-written). A second VM full-erases a virtio and an
+//! NVMe disk.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -114,6 +115,11 @@ async fn kernel_args(lab: &Lab) -> String {
 /// Boots the ramdisk on `disk` with the script's kernel arguments; returns the console
 /// text. Ends when the VM powers off, or kills it when the ramdisk reports a failure.
 async fn boot(ramdisk: &Path, disk: &Path, args: &str) -> (bool, String) {
+    boot_with(ramdisk, disk, args, &[]).await
+}
+
+/// [`boot`] with more QEMU arguments (more disks).
+async fn boot_with(ramdisk: &Path, disk: &Path, args: &str, extra: &[String]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let console = dir.path().join("console.log");
     let mut child = tokio::process::Command::new("qemu-system-x86_64")
@@ -139,6 +145,7 @@ async fn boot(ramdisk: &Path, disk: &Path, args: &str) -> (bool, String) {
             disk.display()
         ))
         .args(["-device", "virtio-blk-pci,drive=root,serial=ironpool-root"])
+        .args(extra)
         .args([
             "-nic",
             &format!("user,model=virtio-net-pci,mac={MAC},restrict=off"),
@@ -467,5 +474,67 @@ async fn ramdisk_commissions_deploys_and_erases_a_qemu_machine() {
     let on_disk = std::fs::read(&disk).unwrap();
     assert!(on_disk == deployed, "a failed deploy changed the disk");
 
+    lab.cancel.cancel();
+}
+
+/// Full erase on a virtio disk and an NVMe disk (QEMU's emulated NVMe controller): every
+/// byte of both reads zero afterwards, each by the cheapest method its device accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ramdisk_full_erase_zeroes_virtio_and_nvme_disks() {
+    let ramdisk = build_ramdisk();
+    let lab = start_server().await;
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk.raw");
+    std::fs::write(&disk, vec![0xaau8; DISK_BYTES as usize]).unwrap();
+    let nvme = work.path().join("nvme.raw");
+    let nvme_bytes = 96u64 << 20;
+    std::fs::write(&nvme, vec![0xbbu8; nvme_bytes as usize]).unwrap();
+    let extra = [
+        "-drive".to_string(),
+        format!(
+            "file={},format=raw,if=none,id=nv,cache=writeback",
+            nvme.display()
+        ),
+        "-device".to_string(),
+        "nvme,serial=ironpool-nvme,drive=nv".to_string(),
+    ];
+    let mut m =
+        MachineView::example("qemu-1", MAC).with_intent(BootTarget::Ramdisk, BootPurpose::Erase, 1);
+    m.erase = ErasePolicy::Full;
+    lab.source.put(m);
+    let started = Instant::now();
+    let (ok, console) = boot_with(&ramdisk, &disk, &kernel_args(&lab).await, &extra).await;
+    assert!(ok, "full erase failed:\n{console}");
+    eprintln!("full erase boot: {:.1}s", started.elapsed().as_secs_f64());
+    let hw = inventory(&lab.sink);
+    let nv = hw
+        .disks
+        .iter()
+        .find(|d| d.name == "nvme0n1")
+        .unwrap_or_else(|| panic!("no nvme0n1 in {:?}", hw.disks));
+    assert_eq!(nv.size_bytes, nvme_bytes as i64);
+    assert_eq!(nv.serial_number.as_deref(), Some("ironpool-nvme"));
+    let (step, msg) = last_result(&lab.sink);
+    eprintln!("full erase: {msg}");
+    assert_eq!(step, ProvisioningStep::Succeeded, "{msg}");
+    // Both devices take Write Zeroes (QEMU's NVMe controller and virtio-blk offer it).
+    for (name, len) in [("vda", DISK_BYTES), ("nvme0n1", nvme_bytes)] {
+        let want = format!(
+            "{name}: zeroed by the device, unmapping allowed (fallocate punch-hole) all {len} bytes"
+        );
+        assert!(msg.contains(&want), "{msg}");
+    }
+    assert!(msg.contains("read zeros back at 16 places"), "{msg}");
+    for (file, len) in [(&disk, DISK_BYTES), (&nvme, nvme_bytes)] {
+        let data = std::fs::read(file).unwrap();
+        assert_eq!(data.len() as u64, len);
+        let bad = data.iter().position(|b| *b != 0);
+        assert_eq!(
+            bad,
+            None,
+            "{} keeps data after the full erase",
+            file.display()
+        );
+    }
     lab.cancel.cancel();
 }
