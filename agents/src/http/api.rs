@@ -189,7 +189,7 @@ pub fn authenticate_os(
     };
     let who = format!("Machine {}/{}", m.namespace, m.name);
     match &m.intent {
-        Some(i) if i.target == BootTarget::Disk && i.purpose == BootPurpose::Deploy => {
+        Some(i) if i.target == BootTarget::Disk => {
             let deployed = i.attempt - 1;
             if keys.verify_os(mac, deployed, token) {
                 return Ok((m, deployed));

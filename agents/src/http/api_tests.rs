@@ -161,7 +161,7 @@ fn with_intent(target: BootTarget, purpose: BootPurpose, attempt: i64) -> Machin
 fn os_check_in_authentication_table() {
     let k = keys();
     let os3 = k.derive_os(&MAC, 3);
-    let disk4 = || Some(with_intent(BootTarget::Disk, BootPurpose::Deploy, 4));
+    let disk4 = || Some(with_intent(BootTarget::Disk, BootPurpose::Run, 4));
     // The OS of Deploy attempt 3 boots under the Disk intent 4.
     let (m, attempt) = authenticate_os(&k, &MAC, disk4(), Some(&os3)).unwrap();
     assert_eq!((m.name.as_str(), attempt), ("r1-u07", 3));
@@ -170,7 +170,7 @@ fn os_check_in_authentication_table() {
         (None, Some(os3.clone()), "no Machine has MAC"),
         (disk4(), Some(k.derive(&MAC, 3)), "earlier deployment"),
         (
-            Some(with_intent(BootTarget::Disk, BootPurpose::Deploy, 6)),
+            Some(with_intent(BootTarget::Disk, BootPurpose::Run, 6)),
             Some(os3.clone()),
             "Deploy attempt 5",
         ),

@@ -4,8 +4,9 @@
 //! - unknown MAC: the enlistment ramdisk (purpose Enlist, attempt 0, an enlistment token
 //!   honoured only while no Machine has the MAC; see [`super::token`]);
 //! - intent Ramdisk: the ramdisk with the purpose, attempt and the per-attempt token;
-//! - intent Disk: hand over to the local disk (`sanboot` on Legacy BIOS, `exit` on UEFI so
-//!   the firmware boots the next entry in its boot order);
+//! - intent Disk: hand over to the local disk (`sanboot` on Legacy BIOS, `exit 1` on UEFI so
+//!   the firmware boots the next entry in its boot order: an `exit` with success would make
+//!   EDK2 open its boot menu instead);
 //! - intent Off: power off where iPXE can, otherwise hand back to the firmware;
 //! - no intent yet: wait and ask again, so the operator's first intent is picked up
 //!   without a BMC.
@@ -169,7 +170,13 @@ fn disk(mode: BootMode, who: &str, purpose: BootPurpose, attempt: i64) -> Render
             "Legacy BIOS: sanboot drive 0x80, else back to the BIOS boot order",
             "sanboot --no-describe --drive 0x80 || exit\n",
         ),
-        BootMode::Uefi => ("UEFI: exiting to the firmware's next boot entry", "exit\n"),
+        // A non-zero exit status: UEFI boot managers that see a boot option return
+        // EFI_SUCCESS stop walking BootOrder and open their menu (EDK2/OVMF does); an
+        // error makes them try the next entry, the local disk.
+        BootMode::Uefi => (
+            "UEFI: exiting with an error so the firmware tries its next boot entry",
+            "exit 1\n",
+        ),
     };
     let mut script = header(&[why, how.to_string()]);
     script.push_str(cmd);

@@ -91,7 +91,7 @@ fn scripts_per_intent_and_boot_mode() {
         ),
         (
             Some(machine(BootMode::Uefi, Some((Disk, Run, 4)))),
-            vec!["exit".into()],
+            vec!["exit 1".into()],
             vec!["kernel", "sanboot", "token"],
             "local disk for Run attempt 4",
         ),
