@@ -1,13 +1,14 @@
 //! Read-only TFTP server for boot files: RFC 1350 with option negotiation (RFC 2347),
 //! blksize (2348), tsize and timeout (2349) and windowsize (7440). Packets are parsed in
 //! [`packet`], each transfer is a pure state machine in [`session`], paths are confined to
-//! the root in [`root`], and [`server`] owns the sockets (one task and one ephemeral socket
-//! per transfer).
+//! the root in [`root`], [`server`] owns the listening socket and gives each transfer a
+//! thread and an ephemeral socket, on which [`transfer`] runs the blocking data loop.
 
 pub mod packet;
 pub mod root;
 pub mod server;
 pub mod session;
+pub mod transfer;
 
 pub use server::{TftpEvent, TftpEventKind, TftpMetrics, TftpServer};
 

@@ -1,10 +1,10 @@
 //! The TFTP socket side: a listener on the well-known port hands each read request to a
-//! task with its own ephemeral socket, which drives a [`Session`] with ACKs and timeouts.
-//! Write requests and paths outside the root are answered with ERROR packets.
+//! thread with its own ephemeral socket, which drives a [`Session`] with ACKs and timeouts
+//! ([`super::transfer`]). Write requests and paths outside the root are answered with
+//! ERROR packets.
 
 use std::fs::File;
-use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::FileExt;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,15 +12,18 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use tokio::net::UdpSocket;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::TftpError;
 use super::packet::{self, Packet, code};
 use super::root::resolve;
-use super::session::{Action, Limits, Session, negotiate};
+use super::session::{Limits, Session, negotiate};
+use super::transfer::{End, Transfer};
+
+/// Stack of a transfer thread (the data loop keeps its buffers on the heap).
+const TRANSFER_STACK: usize = 256 * 1024;
 
 /// Labels of `ironpool_tftp_transfers_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -195,7 +198,7 @@ impl TftpServer {
     /// running transfers are cancelled too.
     pub async fn serve(
         &self,
-        socket: UdpSocket,
+        socket: tokio::net::UdpSocket,
         token: CancellationToken,
     ) -> Result<(), TftpError> {
         let local_ip = socket
@@ -241,11 +244,28 @@ impl TftpServer {
             };
             let this = self.clone();
             let stop = token.child_token();
+            let (done_tx, done_rx) = oneshot::channel::<()>();
+            let thread_stop = stop.clone();
+            let spawned = std::thread::Builder::new()
+                .name("tftp-transfer".into())
+                .stack_size(TRANSFER_STACK)
+                .spawn(move || {
+                    this.transfer(local_ip, peer, &filename, &options, &thread_stop);
+                    let _ = done_tx.send(());
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no thread for a TFTP transfer");
+                let _ = socket
+                    .send_to(&packet::error(code::UNDEFINED, "server busy"), peer)
+                    .await;
+                continue;
+            }
+            // The task holds the transfer's slot until its thread is done (or shutdown).
             transfers.spawn(async move {
                 let _permit = permit;
                 tokio::select! {
                     () = stop.cancelled() => {}
-                    () = this.transfer(local_ip, peer, filename, options) => {}
+                    _ = done_rx => {}
                 }
             });
         }
@@ -253,21 +273,24 @@ impl TftpServer {
         Ok(())
     }
 
-    async fn transfer(
+    /// One transfer on the calling (dedicated) thread: open the file, negotiate, then the
+    /// blocking data loop of [`Transfer::run`].
+    fn transfer(
         &self,
         local_ip: IpAddr,
         peer: SocketAddr,
-        filename: String,
-        options: Vec<(String, String)>,
+        filename: &str,
+        options: &[(String, String)],
+        stop: &CancellationToken,
     ) {
         let started = std::time::Instant::now();
-        let Ok(sock) = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await else {
+        let Ok(sock) = UdpSocket::bind(SocketAddr::new(local_ip, 0)) else {
             return;
         };
-        if sock.connect(peer).await.is_err() {
+        if sock.connect(peer).is_err() {
             return;
         }
-        let opened = resolve(&self.root, &filename).and_then(|p| {
+        let opened = resolve(&self.root, filename).and_then(|p| {
             let f = File::open(&p).map_err(|source| TftpError::Io {
                 what: format!("open {}", p.display()),
                 source,
@@ -290,130 +313,47 @@ impl TftpServer {
                 };
                 tracing::info!(%peer, file = %filename, error = %e, "TFTP request refused");
                 self.metrics.count("refused");
-                let _ = sock.send(&packet::error(c, &e.to_string())).await;
+                let _ = sock.send(&packet::error(c, &e.to_string()));
                 let reason = e.to_string();
-                self.emit(peer, &filename, TftpEventKind::Failed { reason });
+                self.emit(peer, filename, TftpEventKind::Failed { reason });
                 return;
             }
         };
-        let neg = negotiate(&options, len, &self.limits);
+        let neg = negotiate(options, len, &self.limits);
         let mut session = Session::new(&neg, len, &self.limits);
         let kind = TftpEventKind::Started {
             size: len,
             blksize: neg.blksize,
             windowsize: neg.windowsize,
         };
-        self.emit(peer, &filename, kind);
-        let result = run(
-            &sock,
-            &file,
-            &neg.oack,
-            neg.timeout,
-            &mut session,
-            &self.metrics,
-        )
-        .await;
-        match result {
+        self.emit(peer, filename, kind);
+        let transfer = Transfer {
+            sock: &sock,
+            file: &file,
+            oack: &neg.oack,
+            timeout: neg.timeout,
+            blksize: neg.blksize,
+            metrics: &self.metrics,
+            stop,
+        };
+        match transfer.run(&mut session) {
             Ok(()) => {
                 self.metrics.count("completed");
                 let elapsed = started.elapsed();
                 let kind = TftpEventKind::Completed { size: len, elapsed };
-                self.emit(peer, &filename, kind);
+                self.emit(peer, filename, kind);
             }
             Err(End::SizeQuery) => {
                 self.metrics.count("size_query");
-                self.emit(peer, &filename, TftpEventKind::SizeQuery { size: len });
+                self.emit(peer, filename, TftpEventKind::SizeQuery { size: len });
             }
             Err(End::Failed(why)) => {
                 tracing::info!(%peer, file = %filename, %why, "TFTP transfer failed");
                 self.metrics.count("failed");
-                self.emit(peer, &filename, TftpEventKind::Failed { reason: why });
+                self.emit(peer, filename, TftpEventKind::Failed { reason: why });
             }
         }
     }
-}
-
-/// How a transfer ended short of completion.
-enum End {
-    /// Error 8 in answer to the OACK: the client only wanted the options (tsize).
-    SizeQuery,
-    /// Anything else.
-    Failed(String),
-}
-
-impl From<std::io::Error> for End {
-    fn from(e: std::io::Error) -> Self {
-        End::Failed(e.to_string())
-    }
-}
-
-/// Drives one session over a connected socket.
-async fn run(
-    sock: &UdpSocket,
-    file: &File,
-    oack: &[(String, String)],
-    timeout: std::time::Duration,
-    session: &mut Session,
-    metrics: &TftpMetrics,
-) -> Result<(), End> {
-    let mut action = session.start();
-    let mut data_sent = false;
-    let mut buf = vec![0u8; 65536];
-    let mut out = Vec::with_capacity(65536 + 4);
-    let mut highest_sent = 0u64;
-    let mut data = Vec::new();
-    loop {
-        match action {
-            Action::Done => return Ok(()),
-            Action::Fail(why) => return Err(End::Failed(why)),
-            Action::SendOack => {
-                sock.send(&packet::oack(oack)).await?;
-            }
-            Action::SendBlocks(from, to) => {
-                for n in from..=to {
-                    let (offset, size, wire) = session.block(n);
-                    data.resize(size as usize, 0);
-                    // Boot files sit in the page cache; a positioned read does not block long.
-                    let got = read_full(file, &mut data, offset)?;
-                    out.clear();
-                    packet::data(&mut out, wire, data.get(..got).unwrap_or(&[]));
-                    sock.send(&out).await?;
-                    data_sent = true;
-                    if n <= highest_sent {
-                        metrics.retransmits.inc();
-                    }
-                }
-                highest_sent = highest_sent.max(to);
-            }
-            Action::Wait => {}
-        }
-        action = match tokio::time::timeout(timeout, sock.recv(&mut buf)).await {
-            Err(_) => session.on_timeout(),
-            Ok(Err(e)) => return Err(e.into()),
-            Ok(Ok(n)) => match packet::parse(buf.get(..n).unwrap_or(&[])) {
-                Ok(Packet::Ack(b)) => session.on_ack(b),
-                Ok(Packet::Error(code::OPTIONS, _)) if !data_sent && !oack.is_empty() => {
-                    return Err(End::SizeQuery);
-                }
-                Ok(Packet::Error(c, m)) => {
-                    return Err(End::Failed(format!("client error {c}: {m}")));
-                }
-                _ => Action::Wait,
-            },
-        };
-    }
-}
-
-fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        let n = file.read_at(&mut buf[got..], offset + got as u64)?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
-    Ok(got)
 }
 
 #[cfg(test)]
