@@ -130,19 +130,26 @@ ln -s /bin/busybox "$root/bin/sh"
 
 # 7. Pack deterministically: sorted names, fixed mtimes, root-owned, zstd.
 find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-mkdir -p "$out.tmp"
+stage="$out.tmp.$$"  # per process: concurrent builds of the same inputs do not collide
+rm -rf "$stage"; mkdir -p "$stage"
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort \
-  | cpio -o -H newc -R 0:0 --reproducible --quiet) | zstd -q -19 -T0 > "$out.tmp/initramfs"
-cp "$work/pkgs/boot/vmlinuz-$kver" "$out.tmp/vmlinuz"
+  | cpio -o -H newc -R 0:0 --reproducible --quiet) | zstd -q -19 -T0 > "$stage/initramfs"
+cp "$work/pkgs/boot/vmlinuz-$kver" "$stage/vmlinuz"
 {
   cat "$manifest"
   echo "kernel-version=$kver"
   echo "machine-agent-sha256=$(sha256sum "$agent" | cut -d' ' -f1)"
   echo "machine-agent-bytes=$(du -b "$root/bin/ironpool-machine-agent" | cut -f1)"
   echo "modules=${#order[@]}"
-  echo "initramfs-sha256=$(sha256sum "$out.tmp/initramfs" | cut -d' ' -f1)"
-} > "$out.tmp/manifest"
-rm -rf "$out"
-mv "$out.tmp" "$out"
+  echo "initramfs-sha256=$(sha256sum "$stage/initramfs" | cut -d' ' -f1)"
+} > "$stage/manifest"
+# Publish atomically; if another build of the same inputs got there first, keep theirs.
+if ! mv -T "$stage" "$out" 2>/dev/null; then
+  if [[ -s "$out/initramfs" && -s "$out/vmlinuz" && -s "$out/manifest" ]]; then
+    rm -rf "$stage"
+  else  # a leftover of an interrupted build
+    rm -rf "$out" && mv -T "$stage" "$out"
+  fi
+fi
 say "built $out: vmlinuz $(du -b "$out/vmlinuz" | cut -f1) bytes, initramfs $(du -b "$out/initramfs" | cut -f1) bytes (agent $(du -b "$root/bin/ironpool-machine-agent" | cut -f1) bytes)"
 echo "ramdisk: $out"
