@@ -16,6 +16,10 @@
 //!   (the flight recorder shows the transfer started and completed with its size), and
 //!   that iPXE asks again and runs the script.
 //!
+//! - UEFI HTTP boot: with TFTP off, EDK2's PXE attempts fail and its HTTP boot client
+//!   (vendor class `HTTPClient`) gets `http://<agent>/boot/ipxe.efi`, fetches Debian's
+//!   `ipxe.efi` from the agent's HTTP server, and that iPXE runs the script.
+//!
 //! (A Legacy BIOS path through TFTP `undionly.kpxe` needs a non-iPXE PXE ROM, which
 //! Debian does not ship; SeaBIOS has no network stack of its own.)
 //!
@@ -51,6 +55,12 @@ struct Lab {
 /// Subnet `<base>.0/24` with PXE on, a Machine for `mac` with a Ramdisk intent, and the
 /// agent serving DHCP, TFTP (Debian's iPXE binaries) and HTTP on `<base>.1`.
 async fn lab(tag: &str, base: &str, mac: &str) -> Lab {
+    lab_with(tag, base, mac, true).await
+}
+
+/// [`lab`], with TFTP served or not; the iPXE binaries are Debian's own directory, the
+/// agent's default `--tftp-root` (`ipxe.efi` there is a symlink to `/boot/ipxe.efi`).
+async fn lab_with(tag: &str, base: &str, mac: &str, tftp: bool) -> Lab {
     require_tools(&["ip", "busybox", "nsenter", QEMU]).unwrap();
     let ns = TestNs::new(tag).await;
     let subnet: ironpool_crds::Subnet = serde_json::from_value(json!({
@@ -92,13 +102,7 @@ async fn lab(tag: &str, base: &str, mac: &str) -> Lab {
     std::fs::create_dir_all(&assets).unwrap();
     std::fs::write(assets.join("vmlinuz"), vec![0x5a; 64 * 1024]).unwrap();
     std::fs::write(assets.join("initramfs"), vec![0xa5; 16 * 1024]).unwrap();
-    // Debian's iPXE binaries, copied: /usr/lib/ipxe/ipxe.efi is a symlink to /boot, which
-    // the TFTP root confinement (rightly) refuses to follow.
-    let tftp_root = dir.path().join("tftp");
-    std::fs::create_dir_all(&tftp_root).unwrap();
-    for f in ["undionly.kpxe", "ipxe.efi", "snponly.efi"] {
-        std::fs::copy(format!("/usr/lib/ipxe/{f}"), tftp_root.join(f)).unwrap();
-    }
+    let tftp_root = std::path::Path::new("/usr/lib/ipxe");
     let ip = format!("{base}.1");
     let node = format!("{}-node", ns.name);
     let journal = dir.path().join("leases.journal").display().to_string();
@@ -129,7 +133,7 @@ async fn lab(tag: &str, base: &str, mac: &str) -> Lab {
     let mut cmd = net.cmd(AGENT);
     cmd.envs(env).args(
         args.into_iter()
-            .filter(|a| a != "--no-http" && a != "--no-tftp"),
+            .filter(|a| a != "--no-http" && (a != "--no-tftp" || !tftp)),
     );
     let agent = NsChild::spawn("ironpool-agent", cmd, &dir.path().join("agent.log")).unwrap();
     let served = eventually(
@@ -328,4 +332,31 @@ async fn uefi_firmware_pxe_chains_ipxe_over_tftp() {
     );
     assert!(started < done && done < position(&steps, "ScriptFetched"));
     assert!(vm.serial().contains("iPXE"), "{}", vm.report());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uefi_http_boot_fetches_ipxe_over_http() {
+    let _one = ONE_VM.lock().await;
+    const MAC: &str = "52:54:00:a0:00:04";
+    // TFTP off: EDK2 tries PXEv4 (the TFTP fetch fails) and PXEv6 (no DHCPv6) first, then
+    // HTTP boot over IPv4 (OVMF's Boot0004 "UEFI HTTPv4").
+    let lab = lab_with("pxe-http", "10.96.0", MAC, false).await;
+    let mut config = VmConfig::new("vm-1", MAC, "tap0", Firmware::Uefi);
+    config.ipxe_rom = false;
+    let (steps, vm) = boot(&lab, config).await;
+    check_common(&lab, &steps, MAC);
+    let http_offer = steps
+        .iter()
+        .position(|(s, d)| s == "DHCPOffer" && d.contains("ipxe.efi over HTTP boot"))
+        .unwrap_or_else(|| panic!("no HTTP boot offer: {steps:#?}"));
+    assert!(http_offer < position(&steps, "ScriptFetched"));
+    assert!(
+        !steps
+            .iter()
+            .any(|(s, d)| s == "TFTPRead" && d.contains(": sent")),
+        "TFTP is off: {steps:#?}"
+    );
+    let serial = vm.serial();
+    assert!(serial.contains("HTTP Boot"), "{}", vm.report());
+    assert!(serial.contains("iPXE"), "{}", vm.report());
 }
