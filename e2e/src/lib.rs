@@ -20,6 +20,7 @@ pub mod chart;
 mod client;
 pub mod cluster;
 mod control_plane;
+pub mod lab;
 pub mod netlab;
 mod pki;
 mod process;

@@ -1,17 +1,18 @@
 //! ironpool-lab: the local lab behind the README's first command.
 //!
-//! `up` starts a real control plane (etcd + kube-apiserver built from the Kubernetes Go
-//! modules), installs the Ironpool CRDs, runs the operator, applies `examples/` into namespace `lab`, prints
-//! `kubectl get ironpool`, and keeps everything running until Ctrl-C or `down`.
+//! `up` builds what it needs (operator, agent, boot ramdisk, OS image), starts a real
+//! control plane, runs the operator and the agent, creates a provisioning network with two
+//! QEMU machines (UEFI behind a Redfish BMC, Legacy BIOS behind an IPMI BMC), and walks them
+//! through the whole lifecycle: they PXE-boot unknown and are enlisted, get their BMC added,
+//! are commissioned, deployed with the lab OS image and boot it from disk. It prints the
+//! machine table while it waits, then keeps everything running until Ctrl-C or `down`.
 //! `status` tells whether a lab runs and how to reach it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use ironpool_e2e::{ControlPlane, cluster};
-
-const NAMESPACE: &str = "lab";
+use ironpool_e2e::lab::{Artifacts, Lab, LabMachine, NAMESPACE};
 
 fn state_dir() -> PathBuf {
     ironpool_e2e::cache_dir().join("lab")
@@ -53,89 +54,59 @@ fn up() -> Result<()> {
         bail!("a lab is already running (pid {pid}); stop it with `e2e/run lab down`");
     }
     let state = state_dir();
+    if state.exists() {
+        // Disks, consoles and logs of the previous run.
+        std::fs::remove_dir_all(&state).with_context(|| format!("clearing {}", state.display()))?;
+    }
     std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
-    eprintln!("[lab] starting etcd and kube-apiserver");
-    let started = std::time::Instant::now();
-    let cp = ControlPlane::start()?;
-    eprintln!(
-        "[lab] control plane ready in {:.1}s at {}",
-        started.elapsed().as_secs_f64(),
-        cp.server_url()
-    );
-    eprintln!("[lab] installing CRDs");
-    cluster::install_crds(&cp)?;
-    eprintln!("[lab] applying examples/ into namespace {NAMESPACE}");
-    cluster::kubectl_ok(cp.kubectl().args(["create", "namespace", NAMESPACE]))?;
-    let examples = ironpool_e2e::repo_dir().join("examples");
-    cluster::kubectl_ok(
-        cp.kubectl()
-            .args(["apply", "--server-side", "-n", NAMESPACE, "-f"])
-            .arg(&examples),
-    )?;
-    let kubeconfig = state.join("kubeconfig");
-    std::fs::copy(cp.kubeconfig_path(), &kubeconfig).context("copying the kubeconfig")?;
     std::fs::write(state.join("pid"), std::process::id().to_string())?;
-    let mut operator = start_operator(&cp, &state)?;
-    eprintln!(
-        "[lab] operator running (log: {})",
-        state.join("operator.log").display()
-    );
-    // Let the operator take its first decisions before showing the table.
-    std::thread::sleep(std::time::Duration::from_secs(4));
-    let table = cluster::kubectl_ok(cp.kubectl().args(["get", "ironpool", "-n", NAMESPACE]))?;
-    println!("{table}");
+    let result = run_lab(&state);
+    let _ = std::fs::remove_file(state.join("pid"));
+    result
+}
+
+fn run_lab(state: &std::path::Path) -> Result<()> {
+    let started = std::time::Instant::now();
+    let stop = ironpool_e2e::lab::stop_on_signal()?;
+    let artifacts = Artifacts::build()?;
+    let lab = Lab::start(state, artifacts, LabMachine::default_pair())?;
+    let kubeconfig = state.join("kubeconfig");
+    std::fs::copy(lab.cp.kubeconfig_path(), &kubeconfig).context("copying the kubeconfig")?;
     let kubectl = ironpool_e2e::Binaries::ensure()?.kubectl;
-    println!("The lab is running. In another terminal:");
+    println!("Watch it in another terminal:");
     println!("  export KUBECONFIG={}", kubeconfig.display());
     println!("  alias kubectl={}", kubectl.display());
-    println!("  kubectl get ironpool -n {NAMESPACE}; kubectl explain bmm.spec");
-    println!("Stop it with Ctrl-C here, or `e2e/run lab down`.");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(wait_for_stop())?;
+    println!("  kubectl get machines,deployments -n {NAMESPACE} -w");
+    let minutes = |m: u64| std::time::Duration::from_secs(60 * m);
+    lab.adopt_enlisted(minutes(10))?;
+    lab.wait_all("Ready", minutes(20))?;
+    for i in 0..lab.machines.len() {
+        lab.deploy(i, "os.qcow2", None)?;
+    }
+    lab.wait_all("Deployed", minutes(30))?;
+    println!("{}", lab.table()?);
+    match lab.phases_table() {
+        Ok(t) => println!("Where the time went (* = our own software):\n{t}"),
+        Err(e) => println!("(no phase breakdown: {e:#})"),
+    }
+    for i in 0..lab.machines.len() {
+        if let Some(d) = lab.boot_step(i, "OsBooted")? {
+            println!("{}: {d}", lab.machines[i].vm);
+        }
+    }
+    println!(
+        "Every machine is Deployed ({:.0} s after start). Everything stays up: explore with \
+         kubectl (e.g. `kubectl describe bmm -n {NAMESPACE}`, `kubectl delete \
+         deployment.metal.ironpool.dev uefi-1 -n {NAMESPACE}` to release and erase one).",
+        started.elapsed().as_secs_f64()
+    );
+    println!("Logs and serial consoles: {}", state.display());
+    println!("Stop with Ctrl-C here, or `e2e/run lab down`.");
+    let _ = stop.recv();
     eprintln!("[lab] stopping");
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &operator.id().to_string()])
-        .status();
-    let _ = operator.wait();
-    cp.stop();
-    let _ = std::fs::remove_file(state.join("pid"));
+    drop(lab);
     let _ = std::fs::remove_file(&kubeconfig);
     eprintln!("[lab] stopped");
-    Ok(())
-}
-
-/// Starts the operator binary (built by `e2e/run lab`) against the lab's control plane.
-fn start_operator(cp: &ControlPlane, state: &std::path::Path) -> Result<std::process::Child> {
-    let bin = ironpool_e2e::repo_dir().join("target/debug/ironpool-operator");
-    if !bin.exists() {
-        bail!(
-            "{} is missing; run the lab with `e2e/run lab`, which builds it",
-            bin.display()
-        );
-    }
-    let log = std::fs::File::create(state.join("operator.log"))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    std::process::Command::new(bin)
-        .env("KUBECONFIG", cp.kubeconfig_path())
-        .args(["--lease-namespace", NAMESPACE, "--identity", "lab-operator"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::from(log.try_clone()?))
-        .stderr(std::process::Stdio::from(log))
-        .spawn()
-        .context("starting ironpool-operator")
-}
-
-async fn wait_for_stop() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
     Ok(())
 }
 

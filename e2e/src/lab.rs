@@ -1,0 +1,811 @@
+//! The local lab: a real control plane, the operator and the network agent as processes,
+//! a provisioning network (a network namespace with a bridge), and QEMU machines on it,
+//! each behind a BMC emulator (Redfish or IPMI) that drives the VM through QMP.
+//!
+//! The machines start powered on and unknown: they PXE-boot, the agent enlists them, the
+//! lab (playing the datacenter operator) adds each one's BMC, the operator commissions
+//! them, and [`Lab::deploy`] creates a Deployment per machine with the lab's OS image
+//! (`boot-images/os-image.sh`), served to the agent's image cache from inside the namespace.
+//!
+//! Addresses (inside the namespace `ironpool-lab-*`): bridge `br0` 10.77.0.1/24 (the agent's
+//! DHCP, TFTP and HTTP on :8080), the OS images on 127.0.0.1:8081, Redfish BMC on
+//! 10.77.0.1:8000, IPMI BMCs on 10.77.0.1:6230 and up; the apiserver is forwarded into
+//! the namespace on its own loopback port.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+pub mod timeline;
+
+use crate::bmc::{BmcEmulator, BmcOptions, EmulatedSystem};
+use crate::netlab::{Netns, NsChild, require_tools};
+use crate::qemu::{Disk, DiskFormat, Firmware, Vm, VmConfig};
+use crate::{ControlPlane, cluster};
+
+/// The lab's namespace for Machines, Subnets, Deployments and Secrets.
+pub const NAMESPACE: &str = "lab";
+/// The agent's address on the provisioning bridge.
+pub const AGENT_IP: &str = "10.77.0.1";
+const BMC_USER: &str = "admin";
+/// Lab-only BMC password (the emulators are reachable only inside the lab's namespace).
+const BMC_PASSWORD: &str = "lab-password";
+const TOKEN_SECRET: &str = "lab-token-secret-of-at-least-32-bytes-0123";
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Makes Ctrl-C and SIGTERM stop [`Lab::wait_for`] with an error (so the lab is dropped and
+/// cleans up) instead of killing the process. Returns a receiver that fires on the signal.
+pub fn stop_on_signal() -> Result<std::sync::mpsc::Receiver<()>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        STOP.store(true, Ordering::SeqCst);
+        let _ = tx.send(());
+    });
+    Ok(rx)
+}
+
+/// Whether a stop signal arrived.
+pub fn stopping() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Which BMC protocol a lab machine's emulator speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BmcKind {
+    /// Redfish (sushy-tools front).
+    Redfish,
+    /// IPMI 2.0 lanplus (pyghmi front).
+    Ipmi,
+}
+
+/// One QEMU machine of the lab.
+#[derive(Clone, Debug)]
+pub struct LabMachine {
+    /// VM name (also the tap's suffix).
+    pub vm: String,
+    /// Boot NIC MAC.
+    pub mac: String,
+    /// BIOS or UEFI.
+    pub firmware: Firmware,
+    /// BMC protocol.
+    pub bmc: BmcKind,
+    /// Guest memory.
+    pub memory_mib: u32,
+    /// Virtual disk size.
+    pub disk_mib: u64,
+}
+
+impl LabMachine {
+    /// The default pair: one UEFI machine behind Redfish, one BIOS machine behind IPMI.
+    pub fn default_pair() -> Vec<LabMachine> {
+        vec![
+            LabMachine {
+                vm: "uefi-1".into(),
+                mac: "52:54:00:77:00:01".into(),
+                firmware: Firmware::Uefi,
+                bmc: BmcKind::Redfish,
+                memory_mib: 512,
+                disk_mib: 256,
+            },
+            LabMachine {
+                vm: "bios-1".into(),
+                mac: "52:54:00:77:00:02".into(),
+                firmware: Firmware::Bios,
+                bmc: BmcKind::Ipmi,
+                memory_mib: 512,
+                disk_mib: 256,
+            },
+        ]
+    }
+
+    /// The name of the Machine the agent enlists for this VM.
+    pub fn machine_name(&self) -> String {
+        format!("enlisted-{}", self.mac.replace(':', "-"))
+    }
+}
+
+/// Built inputs of the lab.
+#[derive(Clone, Debug)]
+pub struct Artifacts {
+    /// ironpool-operator (host build).
+    pub operator: PathBuf,
+    /// ironpool-agent (host build).
+    pub agent: PathBuf,
+    /// Boot ramdisk directory (vmlinuz, initramfs).
+    pub ramdisk: PathBuf,
+    /// OS image directory (os.raw, os.qcow2, SHA256SUMS).
+    pub os_image: PathBuf,
+}
+
+fn last_line_value(stdout: &[u8], prefix: &str) -> Option<PathBuf> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(prefix).map(|p| PathBuf::from(p.trim())))
+}
+
+fn run_script(script: &str, prefix: &str) -> Result<PathBuf> {
+    eprintln!("[lab] {script}");
+    let out = Command::new(crate::repo_dir().join(script))
+        .env("IRONPOOL_RAMDISK_PROFILE", "dev")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {script}"))?;
+    if !out.status.success() {
+        bail!("{script} failed (its output is above)");
+    }
+    last_line_value(&out.stdout, prefix)
+        .with_context(|| format!("{script} printed no '{prefix}<dir>' line"))
+}
+
+impl Artifacts {
+    /// Builds (or finds up to date) the host binaries, the boot ramdisk and the OS image.
+    pub fn build() -> Result<Artifacts> {
+        eprintln!("[lab] building ironpool-operator and ironpool-agent");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(crate::repo_dir())
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "ironpool-operator",
+                "--bin",
+                "ironpool-operator",
+            ])
+            .args(["-p", "ironpool-agents", "--bin", "ironpool-agent"])
+            .status()
+            .context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build of the operator and agent failed");
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::repo_dir().join("target"));
+        Ok(Artifacts {
+            operator: target.join("debug/ironpool-operator"),
+            agent: target.join("debug/ironpool-agent"),
+            ramdisk: run_script("boot-images/build.sh", "ramdisk: ")?,
+            os_image: run_script("boot-images/os-image.sh", "os-image: ")?,
+        })
+    }
+
+    /// `sha256:<hex>` of `file` in the OS image directory, from its SHA256SUMS.
+    pub fn os_checksum(&self, file: &str) -> Result<String> {
+        let sums = std::fs::read_to_string(self.os_image.join("SHA256SUMS"))
+            .context("reading the OS image's SHA256SUMS")?;
+        sums.lines()
+            .find_map(|l| {
+                let (hex, name) = l.split_once(char::is_whitespace)?;
+                (name.trim().trim_start_matches('*') == file).then(|| format!("sha256:{hex}"))
+            })
+            .with_context(|| format!("{file} is not in SHA256SUMS"))
+    }
+}
+
+/// A running lab. Dropping it stops everything it started.
+pub struct Lab {
+    /// Files: logs, serial consoles, disks, manifests.
+    pub dir: PathBuf,
+    /// The control plane.
+    pub cp: ControlPlane,
+    /// The provisioning network.
+    pub net: Netns,
+    /// What the lab runs.
+    pub artifacts: Artifacts,
+    /// The machines, in the order of `vms`.
+    pub machines: Vec<LabMachine>,
+    /// The VMs.
+    pub vms: Vec<Vm>,
+    bmcs: Vec<BmcEmulator>,
+    agent: Option<NsChild>,
+    operator: Option<NsChild>,
+    _images: NsChild,
+    _forward: NsChild,
+    agent_starts: u32,
+    sampler: timeline::Sampler,
+}
+
+impl Lab {
+    /// Starts the control plane, the provisioning network, the agent, the operator, the
+    /// BMC emulators and the VMs (powered on, so they PXE-boot and enlist).
+    pub fn start(dir: &Path, artifacts: Artifacts, machines: Vec<LabMachine>) -> Result<Lab> {
+        require_tools(&["ip", "busybox", "nsenter", "python3", crate::qemu::QEMU])?;
+        std::fs::create_dir_all(dir)?;
+        let started = Instant::now();
+        eprintln!("[lab] starting etcd and kube-apiserver");
+        let cp = ControlPlane::start()?;
+        cluster::install_crds(&cp)?;
+        cluster::kubectl_ok(cp.kubectl().args(["create", "namespace", NAMESPACE]))?;
+        eprintln!(
+            "[lab] control plane ready in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+
+        let sampler = timeline::Sampler::start(
+            crate::Binaries::ensure()?.kubectl,
+            cp.kubeconfig_path().to_path_buf(),
+            NAMESPACE,
+        );
+        let net = Netns::new("lab")?;
+        net.bridge("br0", Some(&format!("{AGENT_IP}/24")))?;
+        let port = apiserver_port(&cp)?;
+        let forward = net.forward_loopback(port, dir)?;
+        // The OS images, served from the namespace's loopback as the "upstream" the
+        // agent's image cache fetches from.
+        let mut http = net.cmd("python3");
+        http.args([
+            "-m",
+            "http.server",
+            "8081",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(&artifacts.os_image);
+        let images = NsChild::spawn("images", http, &dir.join("images.log"))?;
+
+        let mut lab = Lab {
+            dir: dir.to_path_buf(),
+            cp,
+            net,
+            artifacts,
+            machines,
+            vms: Vec::new(),
+            bmcs: Vec::new(),
+            agent: None,
+            operator: None,
+            _images: images,
+            _forward: forward,
+            agent_starts: 0,
+            sampler,
+        };
+        lab.apply(&lab.subnet_manifest())?;
+        lab.start_operator()?;
+        lab.start_agent()?;
+        lab.wait_for(
+            "the agent serves Subnet lab",
+            Duration::from_secs(60),
+            |l| {
+                Ok(l.get_json("subnet", "lab")?
+                    .pointer("/status/servedBy/agent")
+                    .is_some())
+            },
+        )?;
+        lab.start_machines()?;
+        Ok(lab)
+    }
+
+    fn subnet_manifest(&self) -> Value {
+        json!({
+            "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Subnet",
+            "metadata": {"name": "lab", "namespace": NAMESPACE},
+            "spec": {
+                "cidr": "10.77.0.0/24", "gateway": AGENT_IP, "leaseTime": "10m", "pxe": true,
+                "dynamicRange": {"start": "10.77.0.100", "end": "10.77.0.199"},
+                "reservedRanges": [{"start": "10.77.0.1", "end": "10.77.0.9"}],
+            }
+        })
+    }
+
+    /// `kubectl apply --server-side` of one object; the manifest is kept under `dir`.
+    pub fn apply(&self, object: &Value) -> Result<()> {
+        let kind = object["kind"].as_str().unwrap_or("object").to_lowercase();
+        let name = object["metadata"]["name"].as_str().unwrap_or("unnamed");
+        let manifests = self.dir.join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        let file = manifests.join(format!("{kind}-{name}.json"));
+        std::fs::write(&file, serde_json::to_vec_pretty(object)?)?;
+        cluster::kubectl_ok(
+            self.cp
+                .kubectl()
+                .args([
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "--field-manager",
+                    "ironpool-lab",
+                    "-f",
+                ])
+                .arg(&file),
+        )?;
+        Ok(())
+    }
+
+    /// An object as JSON (`kubectl get -o json`).
+    pub fn get_json(&self, kind: &str, name: &str) -> Result<Value> {
+        let out = cluster::kubectl_ok(
+            self.cp
+                .kubectl()
+                .args(["get", kind, name, "-n", NAMESPACE, "-o", "json"]),
+        )?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Whether an object exists.
+    pub fn exists(&self, kind: &str, name: &str) -> bool {
+        self.cp
+            .kubectl()
+            .args(["get", kind, name, "-n", NAMESPACE, "-o", "name"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// The live table: machine, phase, power, progress, last boot step, reason.
+    pub fn table(&self) -> Result<String> {
+        let out = cluster::kubectl_ok(
+            self.cp
+                .kubectl()
+                .args(["get", "machines", "-n", NAMESPACE, "-o", "json"]),
+        )?;
+        let list: Value = serde_json::from_str(&out)?;
+        let mut rows = vec![[
+            "MACHINE".to_string(),
+            "VM".into(),
+            "PHASE".into(),
+            "POWER".into(),
+            "PROGRESS".into(),
+            "LAST BOOT STEP".into(),
+            "REASON".into(),
+        ]];
+        for m in list["items"].as_array().into_iter().flatten() {
+            let st = &m["status"];
+            let s = |p: &str| {
+                m.pointer(p)
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            let progress = match (
+                st.pointer("/provisioning/step").and_then(Value::as_str),
+                st.pointer("/provisioning/bytesWritten")
+                    .and_then(Value::as_i64),
+                st.pointer("/provisioning/bytesTotal")
+                    .and_then(Value::as_i64),
+            ) {
+                (Some(step), Some(w), Some(t)) if t > 0 => {
+                    format!("{step} {}%", w.saturating_mul(100) / t)
+                }
+                (Some(step), _, _) => step.to_string(),
+                _ => "-".into(),
+            };
+            let last = st["boot"]
+                .as_array()
+                .and_then(|b| b.last())
+                .map(|r| r["step"].as_str().unwrap_or("-").to_string())
+                .unwrap_or_else(|| "-".into());
+            let reason = st["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .and_then(|c| c["reason"].as_str())
+                .unwrap_or("-")
+                .to_string();
+            rows.push([
+                s("/metadata/name"),
+                s("/metadata/labels/lab.ironpool.dev~1vm"),
+                s("/status/phase"),
+                s("/status/power/state"),
+                progress,
+                last,
+                reason,
+            ]);
+        }
+        let widths: Vec<usize> = (0..7)
+            .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
+        let mut text = String::new();
+        for r in rows {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            text.push_str(cells.join("  ").trim_end());
+            text.push('\n');
+        }
+        Ok(text)
+    }
+
+    /// Polls `check` every second until it returns true, printing the machine table every
+    /// 15 s; fails after `timeout` with the table and the tails of the logs.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Lab) -> Result<bool>,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        let mut shown = Instant::now();
+        eprintln!("[lab] waiting until {what} (up to {}s)", timeout.as_secs());
+        loop {
+            if stopping() {
+                bail!("stopped while waiting until {what}");
+            }
+            match check(self) {
+                Ok(true) => {
+                    eprintln!("[lab] {what}: after {:.1}s", start.elapsed().as_secs_f64());
+                    return Ok(start.elapsed());
+                }
+                Ok(false) => {}
+                Err(e) => eprintln!("[lab] ({what}: {e:#})"),
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "timed out after {}s waiting until {what}\n{}\n{}",
+                    timeout.as_secs(),
+                    self.table().unwrap_or_default(),
+                    self.diagnostics()
+                );
+            }
+            if shown.elapsed() > Duration::from_secs(15) {
+                shown = Instant::now();
+                eprintln!("{}", self.table().unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// The last lines of every log and serial console.
+    pub fn diagnostics(&self) -> String {
+        let mut s = String::new();
+        if let Some(a) = &self.agent {
+            s += &format!("--- agent log (tail)\n{}\n", a.tail(40));
+        }
+        if let Some(o) = &self.operator {
+            s += &format!("--- operator log (tail)\n{}\n", o.tail(40));
+        }
+        for b in &self.bmcs {
+            s += &format!("--- BMC :{} (tail)\n{}\n", b.port(), b.tail(10));
+        }
+        for vm in &self.vms {
+            let serial = vm.serial();
+            let tail: Vec<&str> = serial.lines().rev().take(25).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            s += &format!("--- serial console (tail)\n{}\n", tail.join("\n"));
+        }
+        s
+    }
+
+    /// Starts (or restarts) the operator on the host.
+    pub fn start_operator(&mut self) -> Result<()> {
+        let mut cmd = Command::new(&self.artifacts.operator);
+        cmd.env("KUBECONFIG", self.cp.kubeconfig_path())
+            .env("RUST_LOG", "info,kube=warn")
+            .args(["--lease-namespace", NAMESPACE, "--identity", "lab-operator"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--lease-duration", "6s", "--renew-deadline", "4s"])
+            .args(["--retry-period", "1s"])
+            .args(["--commission-timeout", "10m", "--deploy-timeout", "15m"])
+            .args(["--boot-timeout", "10m", "--erase-timeout", "15m"])
+            .args(["--power-timeout", "5m"]);
+        self.operator = Some(NsChild::spawn(
+            "ironpool-operator",
+            cmd,
+            &self.dir.join("operator.log"),
+        )?);
+        Ok(())
+    }
+
+    /// Starts (or restarts) the agent in the provisioning namespace.
+    pub fn start_agent(&mut self) -> Result<()> {
+        let assets = self.dir.join("assets");
+        let tftp = self.dir.join("tftp");
+        for d in [&assets, &tftp] {
+            std::fs::create_dir_all(d)?;
+        }
+        for f in ["vmlinuz", "initramfs"] {
+            std::fs::copy(self.artifacts.ramdisk.join(f), assets.join(f))
+                .with_context(|| format!("copying the ramdisk's {f}"))?;
+        }
+        for f in ["undionly.kpxe", "ipxe.efi", "snponly.efi"] {
+            std::fs::copy(format!("/usr/lib/ipxe/{f}"), tftp.join(f))
+                .with_context(|| format!("copying Debian's /usr/lib/ipxe/{f} (package ipxe)"))?;
+        }
+        let mut cmd = self.net.cmd(&self.artifacts.agent);
+        cmd.env("KUBECONFIG", self.cp.kubeconfig_path())
+            .env("NODE_NAME", "lab-node")
+            .env("RUST_LOG", "info,kube=warn")
+            .args(["--namespace", NAMESPACE, "--dhcp-interface", "br0"])
+            .args(["--server-ip", AGENT_IP])
+            .arg("--journal")
+            .arg(self.dir.join("leases.journal"))
+            .args(["--http-listen", &format!("{AGENT_IP}:8080")])
+            .args(["--http-base-url", &format!("http://{AGENT_IP}:8080")])
+            .args(["--tftp-listen", &format!("{AGENT_IP}:69")])
+            .arg("--tftp-root")
+            .arg(&tftp)
+            .arg("--assets-dir")
+            .arg(&assets)
+            .arg("--image-cache-dir")
+            .arg(self.dir.join("image-cache"))
+            .args(["--kernel-args", "console=ttyS0 ironpool.done=poweroff"])
+            .args(["--token-secret", TOKEN_SECRET])
+            .args(["--metrics-listen", "127.0.0.1:9090"])
+            .args(["--lease-duration", "6s", "--renew-deadline", "4s"])
+            .args(["--retry-period", "1s"]);
+        self.agent_starts += 1;
+        let log = self.dir.join(format!("agent-{}.log", self.agent_starts));
+        self.agent = Some(NsChild::spawn("ironpool-agent", cmd, &log)?);
+        Ok(())
+    }
+
+    /// SIGKILLs the agent.
+    pub fn kill_agent(&mut self) -> Result<()> {
+        if let Some(a) = self.agent.as_mut() {
+            a.signal("KILL")?;
+            a.wait_exit(Duration::from_secs(10))?;
+        }
+        self.agent = None;
+        Ok(())
+    }
+
+    /// SIGKILLs the operator.
+    pub fn kill_operator(&mut self) -> Result<()> {
+        if let Some(o) = self.operator.as_mut() {
+            o.signal("KILL")?;
+            o.wait_exit(Duration::from_secs(10))?;
+        }
+        self.operator = None;
+        Ok(())
+    }
+
+    /// The BMC emulators' power/boot command log (`<system> <what> <status before>`).
+    pub fn bmc_events(&self) -> Vec<String> {
+        self.bmcs.iter().flat_map(|b| b.events()).collect()
+    }
+
+    fn start_machines(&mut self) -> Result<()> {
+        let mut redfish_systems = Vec::new();
+        let mut ipmi_port = 6230;
+        for m in self.machines.clone() {
+            let tap = format!("tap-{}", m.vm);
+            self.net.tap(&tap, "br0")?;
+            let disk = self.dir.join(format!("{}.disk.raw", m.vm));
+            let f = std::fs::File::create(&disk)?;
+            f.set_len(m.disk_mib << 20)?;
+            let mut config = VmConfig::new(&m.vm, &m.mac, &tap, m.firmware);
+            config.memory_mib = m.memory_mib;
+            config.no_shutdown = true;
+            config.disk = Some(Disk {
+                path: disk,
+                format: DiskFormat::Raw,
+            });
+            let mut vm = Vm::start(&self.net, &config, &self.dir)?;
+            vm.wait_qmp(Duration::from_secs(30))?;
+            let mut system = EmulatedSystem::new(&m.vm, &m.mac, vm.qmp_path());
+            system.boot_mode = match m.firmware {
+                Firmware::Uefi => "UEFI".into(),
+                Firmware::Bios => "Legacy".into(),
+            };
+            match m.bmc {
+                BmcKind::Redfish => redfish_systems.push(system),
+                BmcKind::Ipmi => {
+                    let opts = BmcOptions::new(AGENT_IP, ipmi_port)
+                        .with_credentials(BMC_USER, BMC_PASSWORD);
+                    ipmi_port += 1;
+                    self.bmcs.push(BmcEmulator::ipmi(
+                        &system,
+                        &opts,
+                        Some(&self.net),
+                        &self.dir,
+                    )?);
+                }
+            }
+            eprintln!(
+                "[lab] VM {} ({:?}, MAC {}) powered on; serial console: {}",
+                m.vm,
+                m.firmware,
+                m.mac,
+                self.dir.join(format!("{}.serial.log", m.vm)).display()
+            );
+            self.vms.push(vm);
+        }
+        if !redfish_systems.is_empty() {
+            let opts = BmcOptions::new(AGENT_IP, 8000).with_credentials(BMC_USER, BMC_PASSWORD);
+            self.bmcs.push(BmcEmulator::redfish(
+                &redfish_systems,
+                &opts,
+                Some(&self.net),
+                &self.dir,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// The BMC address a Machine for lab machine `i` names.
+    fn bmc_address(&self, i: usize) -> Result<String> {
+        let m = &self.machines[i];
+        let kind = m.bmc;
+        let index_among_kind = self.machines[..i].iter().filter(|o| o.bmc == kind).count();
+        let b = self
+            .bmcs
+            .iter()
+            .filter(|b| match kind {
+                BmcKind::Redfish => b.address().starts_with("redfish"),
+                BmcKind::Ipmi => b.address().starts_with("ipmi"),
+            })
+            .nth(if kind == BmcKind::Redfish {
+                0
+            } else {
+                index_among_kind
+            })
+            .context("no BMC emulator for this machine")?;
+        Ok(match kind {
+            BmcKind::Redfish => format!(
+                "{}/redfish/v1/Systems/{}",
+                b.address(),
+                crate::bmc::uuid_for_mac(&m.mac)
+            ),
+            BmcKind::Ipmi => b.address(),
+        })
+    }
+
+    /// Waits until the agent has enlisted every VM, then adds each Machine's BMC, boot mode
+    /// and a `lab.ironpool.dev/vm` label, as a datacenter operator would.
+    pub fn adopt_enlisted(&self, timeout: Duration) -> Result<()> {
+        self.wait_for("every VM is enlisted", timeout, |l| {
+            Ok(l.machines
+                .iter()
+                .all(|m| l.exists("machine", &m.machine_name())))
+        })?;
+        self.apply(&json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "lab-bmc", "namespace": NAMESPACE},
+            "stringData": {"username": BMC_USER, "password": BMC_PASSWORD},
+        }))?;
+        for (i, m) in self.machines.iter().enumerate() {
+            let mode = match m.firmware {
+                Firmware::Uefi => "UEFI",
+                Firmware::Bios => "Legacy",
+            };
+            self.apply(&json!({
+                "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine",
+                "metadata": {"name": m.machine_name(), "namespace": NAMESPACE,
+                             "labels": {"lab.ironpool.dev/vm": m.vm}},
+                "spec": {
+                    "bootMACAddress": m.mac,
+                    "bootMode": mode,
+                    "bmc": {"address": self.bmc_address(i)?,
+                            "credentialsSecretRef": {"name": "lab-bmc"}},
+                },
+            }))?;
+        }
+        Ok(())
+    }
+
+    /// Per-phase wall times of every machine's last deployment, and our share.
+    pub fn phases_table(&self) -> Result<String> {
+        let t = self
+            .sampler
+            .timeline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut columns = Vec::new();
+        for m in &self.machines {
+            let phases = t
+                .deploy_phases(&m.machine_name())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            columns.push((m.vm.clone(), phases));
+        }
+        Ok(timeline::table(&columns))
+    }
+
+    /// The phase of the Machine of lab machine `i`.
+    pub fn phase(&self, i: usize) -> Result<Option<String>> {
+        let m = self.get_json("machine", &self.machines[i].machine_name())?;
+        Ok(m.pointer("/status/phase")
+            .and_then(Value::as_str)
+            .map(str::to_string))
+    }
+
+    /// Waits until every machine is in `phase`.
+    pub fn wait_all(&self, phase: &str, timeout: Duration) -> Result<Duration> {
+        self.wait_for(&format!("every machine is {phase}"), timeout, |l| {
+            for i in 0..l.machines.len() {
+                let p = l.phase(i)?;
+                if p.as_deref() == Some("FailedCommissioning")
+                    || p.as_deref() == Some("FailedDeployment")
+                {
+                    bail!(
+                        "machine {} is {}: {}",
+                        l.machines[i].machine_name(),
+                        p.unwrap_or_default(),
+                        l.get_json("machine", &l.machines[i].machine_name())?
+                            .pointer("/status/conditions")
+                            .cloned()
+                            .unwrap_or_default()
+                    );
+                }
+                if p.as_deref() != Some(phase) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// Creates Deployment `<vm>` for lab machine `i` with the lab OS image (qcow2), and
+    /// a user-data script that writes a file and prints it (the OS's check-in carries the
+    /// output).
+    pub fn deploy(&self, i: usize, image_file: &str, checksum: Option<&str>) -> Result<String> {
+        let m = &self.machines[i];
+        let name = m.vm.clone();
+        let checksum = match checksum {
+            Some(c) => c.to_string(),
+            None => self.artifacts.os_checksum(image_file)?,
+        };
+        let format = if image_file.ends_with(".qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        self.apply(&json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": format!("{name}-user-data"), "namespace": NAMESPACE},
+            "stringData": {"userData": format!(
+                "#!/bin/sh\nmkdir -p /etc/lab && echo 'proof-of-user-data {name}' > /etc/lab/proof\ncat /etc/lab/proof\n"
+            )},
+        }))?;
+        self.apply(&json!({
+            "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {
+                "machineRef": {"name": m.machine_name()},
+                "image": {"url": format!("http://127.0.0.1:8081/{image_file}"),
+                          "checksum": checksum, "format": format},
+                "userDataSecretRef": {"name": format!("{name}-user-data")},
+                "storage": {"layout": "AsImage"},
+                "hostname": name,
+                "erase": "Quick",
+            }
+        }))?;
+        Ok(name)
+    }
+
+    /// Deletes Deployment `name` (without waiting for its finalizer).
+    pub fn delete_deployment(&self, name: &str) -> Result<()> {
+        cluster::kubectl_ok(self.cp.kubectl().args([
+            "delete",
+            "deployment.metal.ironpool.dev",
+            name,
+            "-n",
+            NAMESPACE,
+            "--wait=false",
+        ]))?;
+        Ok(())
+    }
+
+    /// The detail of the last `step` in the Machine's flight recorder.
+    pub fn boot_step(&self, i: usize, step: &str) -> Result<Option<String>> {
+        let m = self.get_json("machine", &self.machines[i].machine_name())?;
+        Ok(m.pointer("/status/boot")
+            .and_then(Value::as_array)
+            .and_then(|b| b.iter().rev().find(|r| r["step"] == step))
+            .map(|r| r["detail"].as_str().unwrap_or_default().to_string()))
+    }
+}
+
+fn apiserver_port(cp: &ControlPlane) -> Result<u16> {
+    let url = cp.server_url();
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .with_context(|| format!("no port in the apiserver URL {url}"))
+}
