@@ -28,8 +28,14 @@ const MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 const DISK_BYTES: u64 = 64 << 20;
 const MEMORY_MIB: u64 = 512;
 
-/// Runs `boot-images/build.sh` and returns the output directory.
+/// Runs `boot-images/build.sh` once per test process and returns the output directory (two
+/// concurrent runs with the same inputs would share build.sh's temporary output directory).
 fn build_ramdisk() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(run_build_sh).clone()
+}
+
+fn run_build_sh() -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     // The dev profile: its static build of the agents crate is the one the image test makes
     // too (a release build would add ~10 CPU minutes to CI on 2 cores).
