@@ -180,7 +180,7 @@ async fn our_redfish_and_ipmi_drivers_power_a_qemu_vm_through_the_lab_bmcs() {
     // The events show what each BMC was asked, with the QMP state it found.
     let events = rig.redfish.events();
     for e in [
-        "drv boot_device=Pxe -",
+        "drv boot_device=Pxe Once -",
         "drv On prelaunch",
         "drv ForceRestart running",
         "drv GracefulShutdown running",

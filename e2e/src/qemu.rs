@@ -71,7 +71,8 @@ pub struct VmConfig {
     /// Whether the NIC carries the iPXE option ROM (true, the default). Without it a UEFI
     /// VM network-boots with EDK2's own PXE client (and a BIOS VM cannot network-boot).
     pub ipxe_rom: bool,
-    /// A virtio disk (boot index 2, after the NIC).
+    /// A virtio disk (device id `disk0`, boot index 2, after the NIC `nic0`; a BMC
+    /// emulator changes the order through QMP for a boot override).
     pub disk: Option<Disk>,
     /// Start with the CPUs stopped (`-S`): the machine is powered off until something
     /// (a BMC emulator through QMP) powers it on.
@@ -186,7 +187,7 @@ impl VmConfig {
         a.push("-device".into());
         let rom = if self.ipxe_rom { "" } else { ",romfile=" };
         a.push(format!(
-            "virtio-net-pci,netdev=n0,mac={}{rom},bootindex=1",
+            "virtio-net-pci,netdev=n0,id=nic0,mac={}{rom},bootindex=1",
             self.mac
         ));
         match self.firmware {
@@ -213,12 +214,12 @@ impl VmConfig {
         if let Some(disk) = &self.disk {
             a.push("-drive".into());
             a.push(format!(
-                "if=none,id=disk0,format={},file={}",
+                "if=none,id=drive0,format={},file={}",
                 disk.format.as_str(),
                 opt_path(&disk.path)
             ));
             a.push("-device".into());
-            a.push("virtio-blk-pci,drive=disk0,bootindex=2".into());
+            a.push("virtio-blk-pci,drive=drive0,id=disk0,bootindex=2".into());
         }
         a.extend(self.extra.iter().cloned());
         a
@@ -267,6 +268,10 @@ impl Vm {
         let qmp = config.qmp_path(dir);
         // A socket left by an earlier VM of the same name would make QEMU fail to bind.
         let _ = std::fs::remove_file(&qmp);
+        // ...and so would the boot settings a BMC emulator keeps beside it.
+        let mut boot = qmp.clone().into_os_string();
+        boot.push(".boot");
+        let _ = std::fs::remove_file(boot);
         let mut cmd = ns.cmd(QEMU);
         cmd.args(config.args(dir));
         let child = NsChild::spawn(
@@ -417,10 +422,10 @@ mod tests {
         assert!(a.iter().any(|x| x == "-S") && a.iter().any(|x| x == "-no-shutdown"));
         let s = a.join(" ");
         assert!(
-            s.contains("-drive if=none,id=disk0,format=qcow2,file=/images/a,,b.qcow2"),
+            s.contains("-drive if=none,id=drive0,format=qcow2,file=/images/a,,b.qcow2"),
             "{s}"
         );
-        assert!(s.contains("virtio-blk-pci,drive=disk0,bootindex=2"));
+        assert!(s.contains("virtio-blk-pci,drive=drive0,id=disk0,bootindex=2"));
         assert_eq!(c.qmp_path(dir), Path::new("/tmp/x/b.qmp"));
     }
 }

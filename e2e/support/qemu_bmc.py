@@ -25,8 +25,15 @@ that has power, e.g. an internal error); Off = "prelaunch" (started with -S), "p
   reset/restart  system_reset when On; when Off it is refused (Redfish 409, IPMI 0xD5,
                  "not supported in present state"), as BMCs do: use power on
   power cycle    (IPMI) force off then power on when On; refused when Off
-Boot device/mode overrides are recorded and read back (they do not yet change QEMU's boot
-order: the VM boots NIC first, then its disk).
+Boot overrides change QEMU's boot order like a BMC changes the firmware's: the VM's NIC
+(device id nic0) and disk (disk0) get their `bootindex` set through QMP `qom-set`, and QEMU
+hands the order to the firmware when it boots. A Once override is put in place at the next
+power on or reset, and the standing (Continuous) order is put back at the one after (QEMU
+gives no sign of when the firmware has read the order, so it cannot be put back sooner: a
+guest that reboots itself meanwhile boots the Once device again). The boot settings live
+in a small JSON file beside the QMP socket (`<qmp>.boot`), shared by both fronts. Network targets (Redfish Pxe/UefiHttp, IPMI pxe) put the NIC
+first, disk targets (Hdd, IPMI disk) the disk; others (Cd, ...) are only recorded. The
+boot mode is recorded only (the firmware is fixed when the VM starts).
 
 Every power or boot command prints one line "EVENT <system> <what> <status before>" and
 the server prints "LISTENING" once it accepts requests. Passwords are never printed.
@@ -61,9 +68,12 @@ class Qmp:
     def __init__(self, path):
         self.path = path
         self.lock = threading.Lock()
+        self.boot_file = path + ".boot"
 
-    def call(self, *commands):
-        """Runs the commands in order on one connection; returns their results."""
+    def call(self, *commands, wait_event=None):
+        """Runs the commands (a name, or (name, arguments)) in order on one connection;
+        returns their results. With wait_event, also waits (up to 10 s) for that event
+        after the last command, e.g. RESET, which QEMU sends once a reset is done."""
         with self.lock:
             try:
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -77,8 +87,13 @@ class Qmp:
                 if not greeting or "QMP" not in greeting:
                     raise QmpError(f"no QMP greeting on {self.path}")
                 results = []
+                seen = set()
                 for cmd in ("qmp_capabilities",) + commands:
-                    f.write(json.dumps({"execute": cmd}).encode() + b"\n")
+                    cmd, args = (cmd, None) if isinstance(cmd, str) else cmd
+                    req = {"execute": cmd}
+                    if args is not None:
+                        req["arguments"] = args
+                    f.write(json.dumps(req).encode() + b"\n")
                     f.flush()
                     while True:
                         line = f.readline()
@@ -86,11 +101,19 @@ class Qmp:
                             raise QmpError(f"QEMU closed {self.path} during {cmd}")
                         msg = json.loads(line)
                         if "event" in msg:
+                            seen.add(msg["event"])
                             continue
                         if "error" in msg:
                             raise QmpError(f"{cmd}: {msg['error'].get('desc', msg['error'])}")
                         results.append(msg.get("return"))
                         break
+                while wait_event and wait_event not in seen:
+                    line = f.readline()
+                    if not line:
+                        raise QmpError(f"QEMU closed {self.path} before {wait_event}")
+                    msg = json.loads(line)
+                    if "event" in msg:
+                        seen.add(msg["event"])
                 return results[1:]
             except OSError as e:
                 raise QmpError(f"QMP {self.path}: {e}")
@@ -103,10 +126,81 @@ class Qmp:
     def is_on(self):
         return self.status() not in OFF_STATES
 
+    def set_boot(self, device, once):
+        """device: "net", "disk" or None (no override); once: for the next boot only."""
+        with self.lock:
+            st = self._boot_state()
+            if once:
+                st["once"] = device  # put in place at the next reset
+            else:
+                st["once"] = None
+                if device:
+                    st["standing"] = device
+            self._save_boot_state(st)
+        if not once and device and not st["once_in_place"]:
+            self._apply_order(device)
+
+    def _boot_state(self):
+        try:
+            with open(self.boot_file) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {"standing": None, "once": None, "once_in_place": False}
+
+    def _save_boot_state(self, st):
+        tmp = self.boot_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(st, f)
+        os.replace(tmp, self.boot_file)
+
+    def _devices(self):
+        """{"net"|"disk": bootindex} of the devices the VM has."""
+        found = {}
+        for key, dev in (("net", "nic0"), ("disk", "disk0")):
+            try:
+                found[key] = self.call(("qom-get", {"path": f"/machine/peripheral/{dev}",
+                                                    "property": "bootindex"}))[0]
+            except QmpError:
+                pass
+        return found
+
+    def _first(self):
+        devices = self._devices()
+        return min(devices, key=devices.get) if devices else "net"
+
+    def _apply_order(self, first):
+        """Gives `first` ("net" or "disk") bootindex 1 and the other 2 (devices the VM
+        lacks are skipped); QEMU passes the order to the firmware at the next reset."""
+        ids = {"net": "nic0", "disk": "disk0"}
+        have = self._devices()
+        present = [ids[k] for k in [first] + [k for k in ids if k != first] if k in have]
+        # Indexes must stay unique at every step: park them first.
+        cmds = [("qom-set", {"path": f"/machine/peripheral/{d}", "property": "bootindex",
+                             "value": 100 + i}) for i, d in enumerate(present)]
+        cmds += [("qom-set", {"path": f"/machine/peripheral/{d}", "property": "bootindex",
+                              "value": 1 + i}) for i, d in enumerate(present)]
+        if cmds:
+            self.call(*cmds)
+
+    def _reset(self):
+        """A reset that starts the next boot: with the Once device first if one is
+        pending, else with the standing order (put back if a Once was in place)."""
+        st = self._boot_state()
+        if st["standing"] is None:
+            st["standing"] = self._first()
+        if st["once"]:
+            self._apply_order(st["once"])
+            st["once"], st["once_in_place"] = None, True
+        elif st["once_in_place"]:
+            self._apply_order(st["standing"])
+            st["once_in_place"] = False
+        self._save_boot_state(st)
+        self.call("system_reset", wait_event="RESET")
+
     def power_on(self):
         if self.is_on():
             return
-        self.call("system_reset")
+        self._reset()
         # The reset is carried out by QEMU's main loop; `cont` fails until it has been
         # ("Resetting the Virtual Machine is required") after a guest power-off.
         deadline = time.monotonic() + 10
@@ -132,7 +226,7 @@ class Qmp:
         """Hard reset of a machine that is on; False when it is off."""
         if not self.is_on():
             return False
-        self.call("system_reset")
+        self._reset()
         return True
 
     def cycle(self):
@@ -216,7 +310,17 @@ def redfish(opts):
                 raise error.BadRequest(f"unknown ResetType {state}")
 
         def set_boot_device(self, identity, boot_source):
-            event(self._get(identity)["name"], f"boot_device={boot_source}", "-")
+            import flask
+
+            boot = (flask.request.get_json(silent=True) or {}).get("Boot") or {}
+            enabled = boot.get("BootSourceOverrideEnabled", "Continuous")
+            name = self._get(identity)["name"]
+            event(name, f"boot_device={boot_source} {enabled}", "-")
+            device = {"Pxe": "net", "UefiHttp": "net", "Hdd": "disk"}.get(boot_source)
+            if enabled == "Disabled" or boot_source == "None":
+                self._call(lambda: self._vm(identity).set_boot(None, True))
+            elif device:
+                self._call(lambda: self._vm(identity).set_boot(device, enabled == "Once"))
             super().set_boot_device(identity, boot_source)
 
         def set_boot_mode(self, identity, boot_mode):
@@ -318,6 +422,12 @@ def ipmi(opts):
             if request["data"][0] == 5:
                 self.boot_flags = list(request["data"][1:6])
                 event(name, "boot_flags=" + ",".join("%02x" % b for b in self.boot_flags), "-")
+                valid, persistent = self.boot_flags[0] & 0x80, self.boot_flags[0] & 0x40
+                device = {1: "net", 2: "disk"}.get((self.boot_flags[1] >> 2) & 0x0F)
+                if not valid:
+                    vm.set_boot(None, True)
+                elif device:
+                    vm.set_boot(device, not persistent)
             session.send_ipmi_response()
 
     b = QmpBmc({opts.user: read_password(opts.password_file)})

@@ -91,7 +91,7 @@ struct Rig {
 
 impl Rig {
     /// `disk`: the boot sector image to attach, if any.
-    fn start(tag: &str, mac: &str, disk: Option<&[u8]>) -> Rig {
+    fn start(tag: &str, mac: &str, disk: Option<&[u8]>, ipxe_rom: bool) -> Rig {
         require_tools(&["ip", "curl", "ipmitool", QEMU]).unwrap();
         venv_bin().expect("the BMC venv (e2e/scripts/install-bmc-emulators.sh)");
         let dir = tempfile::tempdir().unwrap();
@@ -99,9 +99,9 @@ impl Rig {
         ns.bridge("br0", None).unwrap();
         ns.tap("tap0", "br0").unwrap();
         let mut config = VmConfig::new(tag, mac, "tap0", Firmware::Bios).bmc_managed();
-        // No network boot ROM: SeaBIOS goes straight to the disk (or to "No bootable
-        // device" and its retry), which is all a power test needs.
-        config.ipxe_rom = false;
+        // Without the network boot ROM SeaBIOS goes straight to the disk (or to "No
+        // bootable device" and its retry), which is all a power test needs.
+        config.ipxe_rom = ipxe_rom;
         config.memory_mib = 64;
         if let Some(image) = disk {
             let path = dir.path().join("disk.raw");
@@ -236,7 +236,7 @@ impl Rig {
 
 #[test]
 fn redfish_and_ipmi_drive_a_qemu_vm_like_a_server() {
-    let rig = Rig::start("bmc", "52:54:00:b0:00:01", None);
+    let rig = Rig::start("bmc", "52:54:00:b0:00:01", None, false);
 
     // Started with -S: powered off, and both BMCs say so.
     assert_eq!(rig.status(), "prelaunch");
@@ -382,7 +382,7 @@ fn redfish_and_ipmi_drive_a_qemu_vm_like_a_server() {
     for e in [
         "bmc On prelaunch",
         "bmc ForceOff running",
-        "bmc boot_device=Hdd -",
+        "bmc boot_device=Hdd Once -",
     ] {
         assert!(events.iter().any(|x| x == e), "{e} not in {events:?}");
     }
@@ -419,7 +419,12 @@ fn poweroff_boot_sector() -> Vec<u8> {
 
 #[test]
 fn a_guest_that_powers_itself_off_reads_off_and_powers_on_again() {
-    let rig = Rig::start("halt", "52:54:00:b0:00:02", Some(&poweroff_boot_sector()));
+    let rig = Rig::start(
+        "halt",
+        "52:54:00:b0:00:02",
+        Some(&poweroff_boot_sector()),
+        false,
+    );
     let serial_x = |rig: &Rig| {
         rig.vm
             .serial()
@@ -594,4 +599,71 @@ fn one_redfish_bmc_in_a_namespace_serves_several_vms() {
     drop(ipmi);
     drop(redfish);
     drop(vms);
+}
+
+#[test]
+fn boot_overrides_change_the_vms_boot_order_once_or_for_good() {
+    // NIC (with the iPXE ROM, no DHCP server on the bridge) first by default, then the disk
+    // whose boot sector powers the machine off.
+    let rig = Rig::start(
+        "order",
+        "52:54:00:b0:00:04",
+        Some(&poweroff_boot_sector()),
+        true,
+    );
+    let count = |needle: &str| rig.vm.serial().matches(needle).count();
+    const DISK: &str = "Booting from Hard Disk";
+    const NET: &str = "Booting from ROM";
+    let patch = |target: &str, enabled: &str| {
+        let (code, body) = rig.curl(
+            "PATCH",
+            &rig.system_path(),
+            Some(&format!(
+                r#"{{"Boot": {{"BootSourceOverrideTarget": "{target}", "BootSourceOverrideEnabled": "{enabled}"}}}}"#
+            )),
+            &rig.password,
+        );
+        assert_eq!(code, 204, "{body}");
+    };
+    let wait_count = |needle: &str, n: usize| {
+        let start = Instant::now();
+        while count(needle) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "{n} x {needle:?} expected\n{}",
+                rig.report()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // Hdd once: this boot comes from the disk (which powers off)...
+    patch("Hdd", "Once");
+    assert_eq!(rig.reset("On").0, 204);
+    rig.wait_status("guest power-off from the disk", |s| s == "shutdown");
+    assert_eq!((count(DISK), count(NET)), (1, 0), "{}", rig.report());
+    // ...and the next one from the NIC again.
+    assert_eq!(rig.reset("On").0, 204);
+    wait_count(NET, 1);
+    assert_eq!(count(DISK), 1, "{}", rig.report());
+    assert_eq!(rig.reset("ForceOff").0, 204);
+
+    // Hdd continuous: every boot from the disk.
+    patch("Hdd", "Continuous");
+    for n in 2..=3 {
+        assert_eq!(rig.reset("On").0, 204);
+        rig.wait_status("guest power-off from the disk", |s| s == "shutdown");
+        assert_eq!(count(DISK), n, "{}", rig.report());
+    }
+    assert_eq!(count(NET), 1, "{}", rig.report());
+
+    // IPMI pxe (next boot only) over the standing disk order.
+    rig.ipmi_ok(&["chassis", "bootdev", "pxe"]);
+    rig.ipmi_ok(&["chassis", "power", "on"]);
+    wait_count(NET, 2);
+    assert_eq!(count(DISK), 3, "{}", rig.report());
+    rig.ipmi_ok(&["chassis", "power", "off"]);
+    rig.ipmi_ok(&["chassis", "power", "on"]);
+    rig.wait_status("guest power-off from the disk", |s| s == "shutdown");
+    assert_eq!((count(DISK), count(NET)), (4, 2), "{}", rig.report());
 }
