@@ -60,7 +60,7 @@ async fn scripts_follow_the_intent_and_unknown_macs_enlist() {
     h.source
         .put(m.clone().with_intent(BootTarget::Disk, BootPurpose::Run, 4));
     let (_, script) = curl_text(&[&url]).await;
-    assert!(script.ends_with("\nexit\n"), "{script}");
+    assert!(script.ends_with("\nexit 1\n"), "{script}");
     h.source
         .put(m.with_intent(BootTarget::Off, BootPurpose::Idle, 5));
     let (_, script) = curl_text(&[&url]).await;
