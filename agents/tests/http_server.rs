@@ -536,10 +536,8 @@ async fn deploy_plans_read_cloud_init_secrets_and_the_deployed_os_checks_in() {
     assert_eq!(status, 401, "{text}");
     assert!(text.contains("not booting a deployed OS"), "{text}");
     // The operator set "boot from disk" (attempt 4): the OS of attempt 3 checks in.
-    h.source.put(
-        m.clone()
-            .with_intent(BootTarget::Disk, BootPurpose::Run, 4),
-    );
+    h.source
+        .put(m.clone().with_intent(BootTarget::Disk, BootPurpose::Run, 4));
     h.drain_events();
     let (status, text) = check_in(h.keys.derive(&MAC, 3), body).await;
     assert_eq!(status, 401, "a ramdisk token is no OS token: {text}");

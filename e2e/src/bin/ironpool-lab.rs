@@ -90,7 +90,7 @@ fn run_lab(state: &std::path::Path) -> Result<()> {
         Err(e) => println!("(no phase breakdown: {e:#})"),
     }
     for i in 0..lab.machines.len() {
-        if let Some(d) = lab.boot_step(i, "OsBooted")? {
+        if let Some(d) = lab.boot_step(i, "OSBooted")? {
             println!("{}: {d}", lab.machines[i].vm);
         }
     }

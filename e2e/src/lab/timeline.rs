@@ -127,7 +127,7 @@ impl Timeline {
         let written = need(&format!("report {attempt} Succeeded"), write_start)?;
         let disk = need(&format!("intent {} Disk/Run", attempt + 1), issue)?;
         let disk_applied = need(&format!("applied {}", attempt + 1), disk)?;
-        let os = need("boot OsBooted", disk_applied)?;
+        let os = need("boot OSBooted", disk_applied)?;
         let deployed = need("phase Deployed", os)?;
         Ok(Phases {
             rows: vec![
@@ -317,7 +317,7 @@ mod tests {
                 json!({"bootIntent": {"attempt": 4, "target": "Disk", "purpose": "Run"}}),
             ),
             (32.0, json!({"bootApplied": {"attempt": 4}})),
-            (50.0, json!({"boot": [{"step": "OsBooted", "at": "t3"}]})),
+            (50.0, json!({"boot": [{"step": "OSBooted", "at": "t3"}]})),
             (50.5, json!({"phase": "Deployed"})),
         ];
         for (at, s) in steps {
