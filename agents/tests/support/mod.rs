@@ -5,32 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// The venv bin directory from e2e/scripts/install-bmc-emulators.sh (run once).
-pub fn venv_bin() -> Result<PathBuf> {
-    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(b) = std::env::var_os("IRONPOOL_BMC_VENV_BIN") {
-            return Ok(b.into());
-        }
-        let script = ironpool_e2e::repo_dir().join("e2e/scripts/install-bmc-emulators.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("running {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!("{} failed", script.display()));
-        }
-        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-    })
-    .clone()
-    .map_err(|e| anyhow::anyhow!(e))
-}
+pub use ironpool_e2e::bmc::venv_bin;
 
 pub fn free_tcp_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
