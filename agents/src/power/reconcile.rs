@@ -182,7 +182,28 @@ async fn apply(
                 if !resumed {
                     mark_applying(ctx, api, &name, attempt).await?;
                 }
-                timed(ctx, driver, "set_power", driver.set_power(action)).await?;
+                let sent = timed(ctx, driver, "set_power", driver.set_power(action)).await;
+                if let Err(e) = sent {
+                    // A ramdisk that just finished powers the machine off on its own; if
+                    // that happened between the power read and the cycle, the BMC refuses
+                    // to restart a machine that is off. Power it on instead (one boot).
+                    let off = action == crate::bmc::PowerAction::Cycle
+                        && matches!(
+                            timed(ctx, driver, "power_state", driver.power_state()).await,
+                            Ok(PowerState::Off)
+                        );
+                    if !off {
+                        return Err(e);
+                    }
+                    info!(machine = %name, attempt, "the machine turned off before the power cycle; powering it on");
+                    timed(
+                        ctx,
+                        driver,
+                        "set_power",
+                        driver.set_power(crate::bmc::PowerAction::On),
+                    )
+                    .await?;
+                }
                 expected = match action {
                     crate::bmc::PowerAction::Off | crate::bmc::PowerAction::GracefulOff => {
                         PowerState::Off
