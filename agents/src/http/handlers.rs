@@ -20,7 +20,7 @@ use super::cache::{CacheKey, Lookup};
 use super::files::{FileReply, boot_file, file_reply, open_confined};
 use super::server::HttpServer;
 use super::source::{NETWORK_DATA_KEY, USER_DATA_KEY};
-use super::{BootEvent, MacAddr, render_script};
+use super::{BootEvent, MacAddr, MachineView, TokenKey, render_script};
 
 type St = State<Arc<HttpServer>>;
 
@@ -183,6 +183,24 @@ pub fn image_file(s: &HttpServer, key: &str, headers: &HeaderMap) -> Result<File
 
 /// Parses the MAC and checks the bearer token; the error is the response to send.
 fn authorize(s: &HttpServer, mac: &str, headers: &HeaderMap) -> Result<Caller, Refusal> {
+    check_token(
+        s,
+        mac,
+        headers,
+        api::authenticate,
+        "machine API call refused",
+    )
+}
+
+/// Parses the MAC, reads the bearer token and hands both to `check` (ramdisk or OS
+/// tokens); a refusal is a 400 for a bad MAC or a 401 with the reason.
+fn check_token<T>(
+    s: &HttpServer,
+    mac: &str,
+    headers: &HeaderMap,
+    check: impl FnOnce(&TokenKey, &MacAddr, Option<MachineView>, Option<&str>) -> Result<T, String>,
+    refused: &str,
+) -> Result<T, Refusal> {
     let Ok(mac) = mac.parse::<MacAddr>() else {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -193,8 +211,8 @@ fn authorize(s: &HttpServer, mac: &str, headers: &HeaderMap) -> Result<Caller, R
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    api::authenticate(&s.keys, &mac, s.source.machine_by_mac(&mac), bearer).map_err(|msg| {
-        tracing::info!(mac = %mac, reason = %msg, "machine API call refused");
+    check(&s.keys, &mac, s.source.machine_by_mac(&mac), bearer).map_err(|msg| {
+        tracing::info!(mac = %mac, reason = %msg, "{refused}");
         let mut resp = text(StatusCode::UNAUTHORIZED, msg);
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -367,27 +385,17 @@ pub async fn booted(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Ok(mac) = mac.parse::<MacAddr>() else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!("'{mac}' is not a MAC address; write it like 3c-ec-ef-12-34-56"),
-        );
+    let (machine, attempt) = match check_token(
+        &s,
+        &mac,
+        &headers,
+        api::authenticate_os,
+        "OS check-in refused",
+    ) {
+        Ok(ok) => ok,
+        Err(resp) => return *resp,
     };
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let (machine, attempt) =
-        match api::authenticate_os(&s.keys, &mac, s.source.machine_by_mac(&mac), bearer) {
-            Ok(ok) => ok,
-            Err(msg) => {
-                tracing::info!(%mac, reason = %msg, "OS check-in refused");
-                let mut resp = text(StatusCode::UNAUTHORIZED, msg);
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return resp;
-            }
-        };
+    let mac = machine.mac;
     let checkin: api::OsCheckIn = match parse("check-in", &body) {
         Ok(c) => c,
         Err(resp) => return *resp,
