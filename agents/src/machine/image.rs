@@ -1,5 +1,5 @@
 //! Writing an image stream onto a disk: raw or QCOW2 (through [`super::qcow2`]), hashing
-//! every byte as it arrives. The disk's first and last MiB are zeroed before the first
+//! every byte as it arrives, on its own thread so the hash overlaps the writes. The disk's first and last MiB are zeroed before the first
 //! write and the image's first MiB (where partition tables and boot code live) is held in
 //! memory and written only after the checksum matched, so a failed or wrong image never
 //! leaves a disk that looks deployed.
@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use ironpool_crds::deployment::ImageFormat;
@@ -20,6 +21,8 @@ use super::qcow2::Qcow2Stream;
 pub const HOLD: u64 = 1 << 20;
 /// Read size from the network.
 const CHUNK: usize = 4 << 20;
+/// Chunks in flight between the reader, the hasher and the writer.
+const BUFFERS: usize = 6;
 /// Largest coalesced write.
 const WRITE_MAX: usize = 8 << 20;
 
@@ -181,7 +184,7 @@ fn fill(src: &mut dyn Read, buf: &mut [u8]) -> Result<usize, MachineError> {
 /// `format`, verifying `checksum`; `progress` follows the bytes received. On any error the
 /// disk's ends are wiped again, so it never looks deployed.
 pub fn write_image(
-    src: &mut dyn Read,
+    src: &mut (dyn Read + Send),
     total: u64,
     format: ImageFormat,
     checksum: &Checksum,
@@ -234,38 +237,117 @@ pub fn write_image(
     }
 }
 
+/// One received chunk, shared by the hasher and the writer; the last one to drop it gives
+/// its buffer back to the reader, so the pipeline allocates [`BUFFERS`] chunks in all.
+struct Chunk {
+    buf: Vec<u8>,
+    pool: mpsc::Sender<Vec<u8>>,
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        // The reader may be gone (the stream ended): then the buffer is simply freed.
+        let _ = self.pool.send(std::mem::take(&mut self.buf));
+    }
+}
+
+/// Reads `src` into pooled buffers and hands each chunk to the hasher and the writer;
+/// returns the bytes read. Stops when the stream ends or either consumer is gone.
+fn read_chunks(
+    src: &mut (dyn Read + Send),
+    pool: &mpsc::Receiver<Vec<u8>>,
+    pool_tx: &mpsc::Sender<Vec<u8>>,
+    to_hash: &mpsc::Sender<Arc<Chunk>>,
+    to_write: &mpsc::Sender<Arc<Chunk>>,
+) -> Result<u64, MachineError> {
+    let mut read = 0u64;
+    loop {
+        let Ok(mut buf) = pool.recv() else {
+            return Ok(read);
+        };
+        buf.resize(CHUNK, 0);
+        let n = fill(src, &mut buf)?;
+        if n == 0 {
+            return Ok(read);
+        }
+        buf.truncate(n);
+        read += n as u64;
+        let chunk = Arc::new(Chunk {
+            buf,
+            pool: pool_tx.clone(),
+        });
+        if to_hash.send(chunk.clone()).is_err() || to_write.send(chunk).is_err() {
+            return Ok(read);
+        }
+    }
+}
+
+/// Streams the image through three threads, so receiving, hashing and writing overlap
+/// (each alone is a large share of a deployment's CPU on a slow machine): a reader fills
+/// [`CHUNK`]-sized buffers from the network, a hasher digests them, and the calling thread
+/// decodes (QCOW2) and writes them. At most [`BUFFERS`] chunks are in flight.
 fn stream(
-    src: &mut dyn Read,
+    src: &mut (dyn Read + Send),
     total: u64,
     format: ImageFormat,
     checksum: &Checksum,
     writer: &mut Writer<'_>,
     progress: &AtomicU64,
 ) -> Result<u64, MachineError> {
-    let mut ctx = digest::Context::new(checksum.algorithm);
     let mut qcow = (format == ImageFormat::Qcow2).then(Qcow2Stream::new);
-    let mut buf = vec![0u8; CHUNK];
-    let mut read = 0u64;
-    loop {
-        let n = fill(src, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        let data = &buf[..n];
-        ctx.update(data);
-        match &mut qcow {
-            Some(q) => q.push(data, &mut |at, b| writer.write(at, b))?,
-            None => writer.write(read, data)?,
-        }
-        read += n as u64;
-        progress.store(read, Ordering::Relaxed);
+    let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..BUFFERS {
+        let _ = pool_tx.send(Vec::with_capacity(CHUNK));
     }
+    let (hash_tx, hash_rx) = mpsc::channel::<Arc<Chunk>>();
+    let (write_tx, write_rx) = mpsc::channel::<Arc<Chunk>>();
+    let algorithm = checksum.algorithm;
+    let (read, digest, written) = std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let r = read_chunks(src, &pool_rx, &pool_tx, &hash_tx, &write_tx);
+            drop((hash_tx, write_tx, pool_tx));
+            r
+        });
+        let hasher = s.spawn(move || {
+            let mut ctx = digest::Context::new(algorithm);
+            for chunk in hash_rx {
+                ctx.update(&chunk.buf);
+            }
+            ctx.finish()
+        });
+        let mut at = 0u64;
+        let mut written = Ok(());
+        for chunk in &write_rx {
+            let data = &chunk.buf[..];
+            written = match &mut qcow {
+                Some(q) => q.push(data, &mut |off, b| writer.write(off, b)),
+                None => writer.write(at, data),
+            };
+            if written.is_err() {
+                break;
+            }
+            at += data.len() as u64;
+            progress.store(at, Ordering::Relaxed);
+        }
+        // A failed write stops the reader at its next chunk.
+        drop(write_rx);
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(MachineError::Image("the image reader panicked".into())));
+        let digest = hasher
+            .join()
+            .map_err(|_| MachineError::Image("the image hasher panicked".into()));
+        (read, digest, written)
+    });
+    written?;
+    let read = read?;
+    let digest = digest?;
     if read != total {
         return Err(MachineError::Image(format!(
             "the agent announced {total} bytes but sent {read}"
         )));
     }
-    let got = crate::http::fetch::hex(ctx.finish().as_ref());
+    let got = crate::http::fetch::hex(digest.as_ref());
     if got != checksum.hex {
         return Err(MachineError::Image(format!(
             "checksum mismatch: the Deployment declares {}:{} but the {read} bytes received \
