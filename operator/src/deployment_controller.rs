@@ -15,7 +15,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
@@ -446,18 +445,14 @@ fn deployments_of(ctx: &Context, m: &Machine) -> Vec<ObjectRef<Deployment>> {
 /// Runs the Deployment controller until `stop` fires.
 pub async fn run(
     controller: Controller<Deployment>,
-    machines: Api<Machine>,
+    machines: impl futures::Stream<Item = Arc<Machine>> + Send + 'static,
     ctx: Arc<Context>,
     concurrency: u16,
     stop: CancellationToken,
 ) {
     let mapper_ctx = ctx.clone();
     controller
-        .watches(
-            machines,
-            watcher::Config::default().any_semantic(),
-            move |m| deployments_of(&mapper_ctx, &m),
-        )
+        .watches_shared_stream(machines, move |m| deployments_of(&mapper_ctx, &m))
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, ctx)

@@ -14,4 +14,5 @@ pub mod machine_controller;
 pub mod machine_status;
 pub mod metrics;
 pub mod selection;
+pub mod streams;
 pub mod subnet_controller;

@@ -11,7 +11,6 @@ use ironpool_crds::{Deployment, Machine};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
@@ -234,18 +233,14 @@ pub async fn count_phases(ctx: Arc<Context>, stop: CancellationToken) {
 /// Runs the Machine controller until `stop` fires.
 pub async fn run(
     controller: Controller<Machine>,
-    deployments: Api<Deployment>,
+    deployments: impl futures::Stream<Item = Arc<Deployment>> + Send + 'static,
     ctx: Arc<Context>,
     concurrency: u16,
     stop: CancellationToken,
 ) {
     let mapper_ctx = ctx.clone();
     controller
-        .watches(
-            deployments,
-            watcher::Config::default().any_semantic(),
-            move |d| machines_of(&mapper_ctx, &d),
-        )
+        .watches_shared_stream(deployments, move |d| machines_of(&mapper_ctx, &d))
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, ctx)

@@ -10,6 +10,7 @@ use ironpool_operator::config::{Config, LogFormat};
 use ironpool_operator::context::Context;
 use ironpool_operator::leader::{LeaderElector, LeaseConfig};
 use ironpool_operator::metrics::Metrics;
+use ironpool_operator::streams::SharedWatch;
 use ironpool_operator::{deployment_controller, http, machine_controller, subnet_controller};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
@@ -47,28 +48,63 @@ async fn run_controllers(
 ) {
     let ns = config.namespace.as_deref();
     let watch = watcher::Config::default().any_semantic();
-    let machines = Controller::new(api::<Machine>(&client, ns), watch.clone());
-    let deployments = Controller::new(api::<Deployment>(&client, ns), watch.clone());
+    // One watch per kind, shared by both controllers (streams.rs).
+    let mut machine_watch = SharedWatch::new(api::<Machine>(&client, ns), watch.clone());
+    let mut deployment_watch = SharedWatch::new(api::<Deployment>(&client, ns), watch.clone());
+    let machines =
+        Controller::for_shared_stream(machine_watch.subscribe(), machine_watch.store.clone());
+    let deployments =
+        Controller::for_shared_stream(deployment_watch.subscribe(), deployment_watch.store.clone());
+    let machines_for_deployments = machine_watch.subscribe();
+    let deployments_for_machines = deployment_watch.subscribe();
     let subnets = Controller::new(api::<Subnet>(&client, ns), watch);
     let ctx = Arc::new(Context::new(
         client.clone(),
         identity,
         config.policy(),
         metrics,
-        machines.store(),
-        deployments.store(),
+        machine_watch.store.clone(),
+        deployment_watch.store.clone(),
     ));
+    let synced = {
+        let (machines, deployments) = (ctx.machines.clone(), ctx.deployments.clone());
+        let (metrics, started) = (ctx.metrics.clone(), std::time::Instant::now());
+        let stop = stop.clone();
+        async move {
+            let both = async {
+                machines.wait_until_ready().await.is_ok()
+                    && deployments.wait_until_ready().await.is_ok()
+            };
+            let ready = tokio::select! {
+                r = both => r,
+                () = stop.cancelled() => false,
+            };
+            if ready {
+                let took = started.elapsed().as_secs_f64();
+                metrics.caches_synced_seconds.set(took);
+                tracing::info!(
+                    machines = machines.len(),
+                    deployments = deployments.len(),
+                    seconds = took,
+                    "caches synced"
+                );
+            }
+        }
+    };
     tokio::join!(
+        synced,
+        machine_watch.run(stop.clone()),
+        deployment_watch.run(stop.clone()),
         machine_controller::run(
             machines,
-            api(&client, ns),
+            deployments_for_machines,
             ctx.clone(),
             config.concurrency,
             stop.clone()
         ),
         deployment_controller::run(
             deployments,
-            api(&client, ns),
+            machines_for_deployments,
             ctx.clone(),
             config.concurrency,
             stop.clone()

@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// Label: which controller.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +50,9 @@ pub struct Metrics {
     pub allocation_seconds: Histogram,
     /// 1 while this replica leads.
     pub leader: Gauge,
+    /// Seconds from taking the lead until the Machine and Deployment caches held their
+    /// full lists (0 until then): the cold start before any decision is made.
+    pub caches_synced_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -65,6 +69,7 @@ impl Metrics {
             transitions: Family::default(),
             allocation_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             leader: Gauge::default(),
+            caches_synced_seconds: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("ironpool");
         r.register(
@@ -102,6 +107,11 @@ impl Metrics {
             "leader",
             "1 while this replica holds the operator Lease",
             m.leader.clone(),
+        );
+        r.register(
+            "caches_synced_seconds",
+            "Seconds from taking the lead until the Machine and Deployment caches were full (0 before)",
+            m.caches_synced_seconds.clone(),
         );
         m
     }
