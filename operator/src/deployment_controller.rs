@@ -187,16 +187,39 @@ async fn addresses(ctx: &Context, ns: &str, d: &Deployment) -> Result<Vec<String
     Ok(vec![ip.to_string()])
 }
 
-async fn apply(d: Arc<Deployment>, ctx: &Context) -> Result<Action, Error> {
+/// Allocates a machine to `d` (if it has none) and writes its status. `finalize`: the
+/// release finalizer is not on `d` yet; it is added in the same round trip as the claim.
+async fn apply(d: Arc<Deployment>, ctx: &Context, finalize: bool) -> Result<Action, Error> {
     let ns = d
         .namespace()
         .ok_or_else(|| Error::Malformed(format!("Deployment {} has no namespace", d.name_any())))?;
     let machines: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let machine = match find_machine(ctx, &machines, &d).await? {
-        Some(m) => m,
-        None => match allocate(ctx, &machines, &d).await? {
-            Ok(m) => {
+    let found = find_machine(ctx, &machines, &d).await?;
+    // The finalizer and the claim go out together: the claim need not wait for it, because
+    // a machine claimed for a Deployment that vanished before its finalizer landed is freed
+    // by the Machine controller (the Deployment's delete event wakes it, and a claim whose
+    // Deployment is gone returns the machine to Ready). The status write below waits for
+    // both, and uses the object the finalizer write returned.
+    let (d, outcome) = match (found, finalize) {
+        (Some(m), false) => (d, Ok((m, false))),
+        (Some(m), true) => (
+            Arc::new(add_finalizer(ctx, &api, &d).await?),
+            Ok((m, false)),
+        ),
+        (None, false) => {
+            let outcome = allocate(ctx, &machines, &d).await?;
+            (d, outcome.map(|m| (m, true)))
+        }
+        (None, true) => {
+            let (fin, outcome) =
+                tokio::join!(add_finalizer(ctx, &api, &d), allocate(ctx, &machines, &d));
+            (Arc::new(fin?), outcome?.map(|m| (m, true)))
+        }
+    };
+    let machine = match outcome {
+        Ok((m, fresh)) => {
+            if fresh {
                 if let Some(created) = d.metadata.creation_timestamp.as_ref() {
                     let waited = Timestamp::now()
                         .duration_since(created.0)
@@ -211,30 +234,30 @@ async fn apply(d: Arc<Deployment>, ctx: &Context) -> Result<Action, Error> {
                     "Allocate",
                     format!("allocated machine {}", m.name_any()),
                 );
-                m
             }
-            Err(why) => {
-                let was_pending =
-                    d.status.as_ref().and_then(|s| s.phase) == Some(DeploymentPhase::Pending);
-                if write_status(
-                    ctx,
-                    &api,
-                    &d,
-                    deployment_status::pending(&d, &why, Timestamp::now()),
-                )
-                .await?
-                    && !was_pending
-                {
-                    ctx.event(&*d, true, "NoMachineAvailable", "Allocate", why.clone());
-                }
-                let retry = why.ends_with("retrying");
-                return Ok(if retry {
-                    Action::requeue(Duration::from_millis(500))
-                } else {
-                    Action::await_change()
-                });
+            m
+        }
+        Err(why) => {
+            let was_pending =
+                d.status.as_ref().and_then(|s| s.phase) == Some(DeploymentPhase::Pending);
+            if write_status(
+                ctx,
+                &api,
+                &d,
+                deployment_status::pending(&d, &why, Timestamp::now()),
+            )
+            .await?
+                && !was_pending
+            {
+                ctx.event(&*d, true, "NoMachineAvailable", "Allocate", why.clone());
             }
-        },
+            let retry = why.ends_with("retrying");
+            return Ok(if retry {
+                Action::requeue(Duration::from_millis(500))
+            } else {
+                Action::await_change()
+            });
+        }
     };
     let addresses = addresses(ctx, &ns, &d).await?;
     write_status(
@@ -327,13 +350,9 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
             Ok(action) => remove_finalizer(&api, &d).await.map(|()| action),
             Err(e) => Err(e),
         },
-        // The finalizer goes on first, in the same reconcile as the allocation: a machine
-        // is never claimed for a Deployment that could vanish without releasing it.
-        (false, false) => match add_finalizer(&ctx, &api, &d).await {
-            Ok(d) => apply(Arc::new(d), &ctx).await,
-            Err(e) => Err(e),
-        },
-        (false, true) => apply(d.clone(), &ctx).await,
+        // The finalizer goes on in the same reconcile as the allocation (see `apply`).
+        (false, false) => apply(d.clone(), &ctx, true).await,
+        (false, true) => apply(d.clone(), &ctx, false).await,
     };
     ctx.observe(NAME, started.elapsed());
     let action = result?;

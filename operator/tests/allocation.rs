@@ -165,6 +165,61 @@ async fn fifty_deployments_for_twenty_machines() {
     agent.stop.cancel();
 }
 
+/// The finalizer and the claim are written together: a Deployment deleted the moment it
+/// was created (its finalizer may never land) must not leave a machine claimed.
+#[tokio::test]
+async fn deployments_deleted_at_once_leave_no_machine_claimed() {
+    let cp = cluster();
+    let ns = cp.create_namespace("alloc-del").await.unwrap();
+    let c = client(cp).await;
+    let machines: Api<Machine> = Api::namespaced(c.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns);
+    let _op = Operator::start(cp, &ns, "op-alloc-del", &[]);
+    let agent = SimAgent::start(machines.clone(), Duration::from_millis(300));
+    futures::future::join_all((0..6).map(|i| {
+        let machines = machines.clone();
+        async move { create(&machines, &machine(&format!("m{i:02}"), i, "batch")).await }
+    }))
+    .await;
+    eventually(T, "6 Ready machines", || async {
+        let ms = machines.list(&ListParams::default()).await.ok()?.items;
+        (ms.iter().filter(|m| phase(m) == Some(P::Ready)).count() == 6).then_some(())
+    })
+    .await;
+    agent.script.lock().unwrap().silent.insert("Deploy".into());
+    // Each delete races the operator's first reconcile of that Deployment, with a delay
+    // that sweeps from "before it saw it" to "after the claim went out".
+    for round in 0..12u64 {
+        let name = format!("gone{round:02}");
+        create(
+            &deployments,
+            &deployment(&name, "batch", "os.raw", ErasePolicy::None),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(round * 15)).await;
+        let _ = deployments.delete(&name, &Default::default()).await;
+    }
+    let ms = eventually(
+        T,
+        "every Deployment gone and every machine Ready and free",
+        || async {
+            let ds = deployments.list(&ListParams::default()).await.ok()?.items;
+            let ms = machines.list(&ListParams::default()).await.ok()?.items;
+            let free = ms.iter().all(|m| {
+                phase(m) == Some(P::Ready)
+                    && m.status
+                        .as_ref()
+                        .and_then(|s| s.deployment_ref.as_ref())
+                        .is_none()
+            });
+            (ds.is_empty() && free).then_some(ms)
+        },
+    )
+    .await;
+    assert_eq!(ms.len(), 6);
+    agent.stop.cancel();
+}
+
 async fn holder(leases: &Api<Lease>) -> Option<String> {
     leases
         .get_opt("ironpool-operator")
