@@ -6,12 +6,13 @@
 use futures::future::BoxFuture;
 use ironpool_crds::deployment::ImageFormat;
 use ironpool_crds::machine::{Hardware, ProvisioningReport};
-use ironpool_crds::{Deployment, Machine};
+use ironpool_crds::{Deployment, Machine, Subnet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+use super::netconfig;
 use super::stores::Stores;
 use super::{MANAGER_HARDWARE, MANAGER_PROVISIONING};
 use crate::http::{
@@ -29,8 +30,14 @@ pub struct StoreBootSource {
 }
 
 /// The Deploy inputs of a Deployment with an HTTP image; its cloud-init Secrets are named
-/// for the plan to read. OCI images are not served yet.
-pub fn deploy_inputs(d: &Deployment) -> Option<DeployInputs> {
+/// for the plan to read. Without a networkDataSecretRef, a Deployment with a static address
+/// on a known Subnet gets the network-config of [`netconfig::for_deployment`]. OCI images
+/// are not served yet.
+pub fn deploy_inputs(
+    d: &Deployment,
+    subnet: Option<&Subnet>,
+    mac: MacAddr,
+) -> Option<DeployInputs> {
     let image = &d.spec.image;
     let storage = d.spec.storage.clone().unwrap_or_default();
     Some(DeployInputs {
@@ -43,7 +50,7 @@ pub fn deploy_inputs(d: &Deployment) -> Option<DeployInputs> {
         layout: storage.layout,
         hostname: d.spec.hostname.clone(),
         user_data: None,
-        network_data: None,
+        network_data: netconfig::for_deployment(d, subnet, mac),
         user_data_secret: d.spec.user_data_secret_ref.as_ref().map(|r| r.name.clone()),
         network_data_secret: d
             .spec
@@ -53,8 +60,14 @@ pub fn deploy_inputs(d: &Deployment) -> Option<DeployInputs> {
     })
 }
 
-/// The HTTP server's view of a Machine (and its Deployment, if allocated).
-pub fn view(machine: &Machine, mac: MacAddr, deployment: Option<&Deployment>) -> MachineView {
+/// The HTTP server's view of a Machine (and its Deployment and that one's Subnet, if
+/// allocated).
+pub fn view(
+    machine: &Machine,
+    mac: MacAddr,
+    deployment: Option<&Deployment>,
+    subnet: Option<&Subnet>,
+) -> MachineView {
     MachineView {
         name: machine.name_any(),
         namespace: machine.namespace().unwrap_or_default(),
@@ -64,7 +77,7 @@ pub fn view(machine: &Machine, mac: MacAddr, deployment: Option<&Deployment>) ->
         intent: machine.status.as_ref().and_then(|s| s.boot_intent.clone()),
         root_device_hints: machine.spec.root_device_hints.clone(),
         erase: deployment.map(|d| d.spec.erase).unwrap_or_default(),
-        deploy: deployment.and_then(deploy_inputs),
+        deploy: deployment.and_then(|d| deploy_inputs(d, subnet, mac)),
     }
 }
 
@@ -72,7 +85,11 @@ impl BootSource for StoreBootSource {
     fn machine_by_mac(&self, mac: &MacAddr) -> Option<MachineView> {
         let m = self.stores.machine_by_mac(mac)?;
         let d = self.stores.deployment_of(&m);
-        Some(view(&m, *mac, d.as_deref()))
+        let subnet = d.as_ref().and_then(|d| {
+            let name = &d.spec.subnet_ref.as_ref()?.name;
+            self.stores.subnet(&d.namespace()?, name)
+        });
+        Some(view(&m, *mac, d.as_deref(), subnet.as_deref()))
     }
 
     fn secret_value<'a>(

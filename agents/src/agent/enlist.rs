@@ -1,6 +1,8 @@
 //! Enlistment: a MAC that PXE-boots on a served Subnet and that no Machine has becomes a
 //! Machine `enlisted-<mac>` (label `ironpool.dev/enlisted: "true"`, no BMC) for the operator
-//! to commission. Rate-limited by a token bucket, and at most one create per MAC.
+//! to commission. Its boot mode and architecture come from the firmware's DHCP option 93
+//! (BIOS, x86-64 UEFI, arm64 UEFI) when the first request carried one. Rate-limited by a
+//! token bucket, and at most one create per MAC.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,6 +15,7 @@ use serde_json::json;
 
 use super::stores::Stores;
 use crate::dhcp::MacAddr;
+use crate::dhcp::pxe::Arch;
 
 /// Label on enlisted Machines.
 pub const ENLISTED_LABEL: &str = "ironpool.dev/enlisted";
@@ -61,13 +64,34 @@ pub fn machine_name(mac: &MacAddr) -> String {
     format!("enlisted-{}", mac.dashed())
 }
 
-/// The Machine object created for `mac` first seen on `subnet`.
+/// `spec.bootMode` and `spec.architecture` for a firmware that announced `arch`; `None`
+/// for codes that name neither (the Machine then keeps the defaults, UEFI x86_64).
+pub fn firmware_spec(arch: Arch) -> Option<(&'static str, &'static str)> {
+    match arch {
+        Arch::Bios => Some(("Legacy", "x86_64")),
+        Arch::UefiX64 => Some(("UEFI", "x86_64")),
+        Arch::UefiArm64 => Some(("UEFI", "aarch64")),
+        Arch::Other(_) => None,
+    }
+}
+
+/// The Machine object created for `mac` first seen on `subnet`, with the boot mode of the
+/// firmware `arch` it announced.
 pub fn enlisted_machine(
     mac: &MacAddr,
     namespace: &str,
     subnet: &str,
     now: &str,
+    arch: Option<Arch>,
 ) -> serde_json::Value {
+    let mut spec = json!({
+        "bootMACAddress": mac.to_string(),
+        "description": format!("enlisted by the agent: PXE-booted on Subnet {subnet}"),
+    });
+    if let Some((mode, architecture)) = arch.and_then(firmware_spec) {
+        spec["bootMode"] = json!(mode);
+        spec["architecture"] = json!(architecture);
+    }
     json!({
         "apiVersion": "metal.ironpool.dev/v1alpha1",
         "kind": "Machine",
@@ -77,10 +101,7 @@ pub fn enlisted_machine(
             "labels": {ENLISTED_LABEL: "true"},
             "annotations": {SUBNET_ANNOTATION: subnet, FIRST_SEEN_ANNOTATION: now},
         },
-        "spec": {
-            "bootMACAddress": mac.to_string(),
-            "description": format!("enlisted by the agent: PXE-booted on Subnet {subnet}"),
-        },
+        "spec": spec,
     })
 }
 
@@ -111,8 +132,14 @@ impl Enlister {
 
     /// Reports `mac`, seen on Subnet `namespace/subnet`: creates its Machine in the
     /// background unless a Machine has it, it was tried already, or the bucket is empty (a
-    /// later request of the same MAC tries again).
-    pub fn report(self: &Arc<Self>, mac: MacAddr, namespace: &str, subnet: &str) {
+    /// later request of the same MAC tries again). `arch` is the firmware's option 93.
+    pub fn report(
+        self: &Arc<Self>,
+        mac: MacAddr,
+        namespace: &str,
+        subnet: &str,
+        arch: Option<Arch>,
+    ) {
         if self.stores.machine_by_mac(&mac).is_some() {
             return;
         }
@@ -134,7 +161,7 @@ impl Enlister {
             tried.insert(mac);
         }
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
-        let obj = enlisted_machine(&mac, namespace, subnet, &now);
+        let obj = enlisted_machine(&mac, namespace, subnet, &now, arch);
         let this = self.clone();
         let namespace = namespace.to_string();
         tokio::spawn(async move { this.create(mac, &namespace, obj).await });
@@ -174,6 +201,7 @@ impl Enlister {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use ironpool_crds::machine::{Architecture, BootMode};
 
     #[test]
     fn bucket_limits_and_refills() {
@@ -188,14 +216,47 @@ mod tests {
     #[test]
     fn enlisted_machine_is_a_valid_machine() {
         let mac: MacAddr = "02:aa:bb:cc:dd:ee".parse().unwrap();
-        let m: Machine =
-            serde_json::from_value(enlisted_machine(&mac, "dc", "prov", "2026-01-01T00:00:00Z"))
-                .unwrap();
+        let m: Machine = serde_json::from_value(enlisted_machine(
+            &mac,
+            "dc",
+            "prov",
+            "2026-01-01T00:00:00Z",
+            None,
+        ))
+        .unwrap();
         assert_eq!(
             m.metadata.name.as_deref(),
             Some("enlisted-02-aa-bb-cc-dd-ee")
         );
         assert!(m.spec.bmc.is_none());
         assert_eq!(m.metadata.labels.unwrap()[ENLISTED_LABEL], "true");
+        assert_eq!(m.spec.boot_mode, BootMode::Uefi);
+    }
+
+    #[test]
+    fn firmware_sets_boot_mode_and_architecture() {
+        let mac: MacAddr = "02:aa:bb:cc:dd:ee".parse().unwrap();
+        let cases = [
+            (0, BootMode::Legacy, Architecture::X86_64),
+            (7, BootMode::Uefi, Architecture::X86_64),
+            (16, BootMode::Uefi, Architecture::X86_64),
+            (11, BootMode::Uefi, Architecture::Aarch64),
+            (42, BootMode::Uefi, Architecture::X86_64),
+        ];
+        for (code, mode, arch) in cases {
+            let obj = enlisted_machine(
+                &mac,
+                "dc",
+                "prov",
+                "2026-01-01T00:00:00Z",
+                Some(Arch::from_code(code)),
+            );
+            let m: Machine = serde_json::from_value(obj).unwrap();
+            assert_eq!(
+                (m.spec.boot_mode, m.spec.architecture),
+                (mode, arch),
+                "option 93 = {code}"
+            );
+        }
     }
 }

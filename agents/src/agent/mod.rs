@@ -11,6 +11,7 @@ pub mod config;
 pub mod election;
 pub mod enlist;
 pub mod health;
+pub mod netconfig;
 pub mod recorder;
 pub mod reservations;
 pub mod run;

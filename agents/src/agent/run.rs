@@ -339,14 +339,14 @@ impl Pump {
         }
         self.flight.record(e.mac, step, detail);
         if !e.known {
-            self.enlist(e.mac, e.ip);
+            self.enlist(e.mac, e.ip, e.arch);
         }
     }
 
     fn http(&self, e: BootEvent) {
         self.flight.record(e.mac, e.step, e.detail);
         if !e.known && e.step == BootStep::ScriptFetched {
-            self.enlist(e.mac, None);
+            self.enlist(e.mac, None, None);
         }
     }
 
@@ -359,8 +359,14 @@ impl Pump {
         }
     }
 
-    /// Enlists `mac` on the served Subnet holding `ip`, or on the only served Subnet.
-    fn enlist(&self, mac: crate::dhcp::MacAddr, ip: Option<Ipv4Addr>) {
+    /// Enlists `mac` (firmware `arch`, if known) on the served Subnet holding `ip`, or on
+    /// the only served Subnet.
+    fn enlist(
+        &self,
+        mac: crate::dhcp::MacAddr,
+        ip: Option<Ipv4Addr>,
+        arch: Option<crate::dhcp::pxe::Arch>,
+    ) {
         if !self.ready.load(Ordering::Relaxed) {
             return;
         }
@@ -371,7 +377,8 @@ impl Pump {
             None => None,
         };
         if let Some(s) = subnet {
-            self.enlister.report(mac, &s.namespace, &s.config.name);
+            self.enlister
+                .report(mac, &s.namespace, &s.config.name, arch);
         }
     }
 }

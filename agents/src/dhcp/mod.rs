@@ -127,6 +127,9 @@ pub struct DhcpEvent {
     pub detail: String,
     /// Whether the MAC has a reservation (a known Machine); false means "enlist me".
     pub known: bool,
+    /// The client's firmware (option 93), if it sent one: enlistment takes the Machine's
+    /// boot mode and architecture from it.
+    pub arch: Option<pxe::Arch>,
 }
 
 /// Kinds of [`DhcpEvent`].

@@ -253,6 +253,7 @@ fn event(cx: &Ctx<'_>, kind: DhcpEventKind, ip: Option<Ipv4Addr>, detail: String
         ip,
         detail,
         known: cx.state.reservation(&cx.mac).is_some(),
+        arch: super::pxe::Arch::of(cx.req),
     }
 }
 

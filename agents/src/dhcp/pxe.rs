@@ -31,6 +31,14 @@ impl Arch {
             n => Arch::Other(n),
         }
     }
+
+    /// Option 93 of `msg`, if present.
+    pub fn of(msg: &Message) -> Option<Arch> {
+        match msg.opts().get(OptionCode::ClientSystemArchitecture) {
+            Some(DhcpOption::ClientSystemArchitecture(a)) => Some(Arch::from_code(u16::from(*a))),
+            _ => None,
+        }
+    }
 }
 
 /// What kind of boot client a request came from.
@@ -72,10 +80,7 @@ pub fn classify(msg: &Message) -> BootClient {
     if ipxe_user_class || opts.get(OptionCode::Unknown(IPXE_ENCAPSULATED)).is_some() {
         return BootClient::Ipxe;
     }
-    let arch = match opts.get(OptionCode::ClientSystemArchitecture) {
-        Some(DhcpOption::ClientSystemArchitecture(a)) => Some(Arch::from_code(u16::from(*a))),
-        _ => None,
-    };
+    let arch = Arch::of(msg);
     let class = match opts.get(OptionCode::ClassIdentifier) {
         Some(DhcpOption::ClassIdentifier(c)) => c.as_slice(),
         _ => &[],
