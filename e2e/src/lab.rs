@@ -657,8 +657,9 @@ impl Lab {
         })
     }
 
-    /// Waits until the agent has enlisted every VM, then adds each Machine's BMC, boot mode
-    /// and a `lab.ironpool.dev/vm` label, as a datacenter operator would.
+    /// Waits until the agent has enlisted every VM, then adds each Machine's BMC and a
+    /// `lab.ironpool.dev/vm` label, as a datacenter operator would. The boot mode is the
+    /// agent's: it read it from the firmware's DHCP request (option 93) when it enlisted it.
     pub fn adopt_enlisted(&self, timeout: Duration) -> Result<()> {
         self.wait_for("every VM is enlisted", timeout, |l| {
             Ok(l.machines
@@ -671,17 +672,12 @@ impl Lab {
             "stringData": {"username": BMC_USER, "password": BMC_PASSWORD},
         }))?;
         for (i, m) in self.machines.iter().enumerate() {
-            let mode = match m.firmware {
-                Firmware::Uefi => "UEFI",
-                Firmware::Bios => "Legacy",
-            };
             self.apply(&json!({
                 "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine",
                 "metadata": {"name": m.machine_name(), "namespace": NAMESPACE,
                              "labels": {"lab.ironpool.dev/vm": m.vm}},
                 "spec": {
                     "bootMACAddress": m.mac,
-                    "bootMode": mode,
                     "bmc": {"address": self.bmc_address(i)?,
                             "credentialsSecretRef": {"name": "lab-bmc"}},
                 },
@@ -741,9 +737,10 @@ impl Lab {
         })
     }
 
-    /// Creates Deployment `<vm>` for lab machine `i` with the lab OS image (qcow2), and
-    /// a user-data script that writes a file and prints it (the OS's check-in carries the
-    /// output).
+    /// Creates Deployment `<vm>` for lab machine `i` with the lab OS image, a static
+    /// address from Subnet `lab`, and a user-data script that writes a file and prints it,
+    /// the address the OS got and the one in the network-config Ironpool generated (the
+    /// OS's check-in carries the output).
     pub fn deploy(&self, i: usize, image_file: &str, checksum: Option<&str>) -> Result<String> {
         let m = &self.machines[i];
         let name = m.vm.clone();
@@ -760,7 +757,9 @@ impl Lab {
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": format!("{name}-user-data"), "namespace": NAMESPACE},
             "stringData": {"userData": format!(
-                "#!/bin/sh\nmkdir -p /etc/lab && echo 'proof-of-user-data {name}' > /etc/lab/proof\ncat /etc/lab/proof\n"
+                "#!/bin/sh\nmkdir -p /etc/lab && echo 'proof-of-user-data {name}' > /etc/lab/proof\ncat /etc/lab/proof\n\
+                 echo \"lab-address $(ip -4 -o addr show scope global | awk '{{print $4}}')\"\n\
+                 echo \"lab-network-config $(grep -A1 '^    addresses:' /run/cidata/network-config | tail -n1 | tr -d ' \\\"-')\"\n"
             )},
         }))?;
         self.apply(&json!({
@@ -768,6 +767,7 @@ impl Lab {
             "metadata": {"name": name, "namespace": NAMESPACE},
             "spec": {
                 "machineRef": {"name": m.machine_name()},
+                "subnetRef": {"name": "lab"},
                 "image": {"url": format!("http://127.0.0.1:8081/{image_file}"),
                           "checksum": checksum, "format": format},
                 "userDataSecretRef": {"name": format!("{name}-user-data")},

@@ -2,12 +2,13 @@
 //! QEMU machines (UEFI behind Redfish, Legacy BIOS behind IPMI) on a provisioning bridge.
 //!
 //! One test walks the whole story, because every VM boot costs tens of seconds under TCG:
-//! 1. both machines PXE-boot unknown, are enlisted, get their BMC and are commissioned;
-//!    the inventory matches the QEMU configuration (CPUs, memory, disk size, MAC);
+//! 1. both machines PXE-boot unknown, are enlisted (boot mode read from the firmware's
+//!    DHCP request), get their BMC and are commissioned; the inventory matches the QEMU configuration (CPUs, memory, disk size, MAC);
 //! 2. the UEFI machine is deployed with the qcow2 OS image while the operator and then
 //!    the agent are SIGKILLed mid-deployment; it still ends Deployed, with no second power
 //!    action for the same boot intent attempt, and its OS checked in from disk with the
-//!    user-data's file in its output;
+//!    user-data's file in its output, on the static address its Deployment got from the
+//!    Subnet (DHCP reservation) and named in the network-config Ironpool generated;
 //! 3. the BIOS machine's first Deployment names a wrong checksum: FailedDeployment with a
 //!    readable reason, never Deployed; released, it is erased and Ready again; a correct
 //!    Deployment (raw image) then deploys it;
@@ -20,6 +21,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use ironpool_e2e::lab::{Artifacts, Lab, LabMachine};
+use ironpool_e2e::qemu::Firmware;
 use serde_json::Value;
 
 const MIN: Duration = Duration::from_secs(60);
@@ -58,7 +60,38 @@ fn power_events(lab: &Lab, vm: &str) -> Vec<String> {
         .collect()
 }
 
+/// The OS booted with the static address IPAM gave its Deployment (DHCP reserved it for
+/// the machine's MAC), and the network-config Ironpool generated names the same address.
+fn check_address(lab: &Lab, deployment: &str, booted: &str) {
+    let d = lab
+        .get_json("deployment.metal.ironpool.dev", deployment)
+        .unwrap();
+    let ip = d
+        .pointer("/status/addresses/0")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("Deployment {deployment} has no address: {d}"));
+    assert!(
+        booted.contains(&format!("lab-address {ip}/24")),
+        "the OS has {ip}/24: {booted}"
+    );
+    assert!(
+        booted.contains(&format!("lab-network-config {ip}/24")),
+        "the generated network-config has {ip}/24: {booted}"
+    );
+}
+
 fn check_inventory(lab: &Lab, i: usize) {
+    // Enlistment read the boot mode from the firmware's DHCP request (option 93).
+    let want = match lab.machines[i].firmware {
+        Firmware::Uefi => "UEFI",
+        Firmware::Bios => "Legacy",
+    };
+    let m = machine(lab, i);
+    assert_eq!(
+        m.pointer("/spec/bootMode").and_then(Value::as_str),
+        Some(want),
+        "{m}"
+    );
     let m = machine(lab, i);
     let hw = m.pointer("/status/hardware").expect("status.hardware");
     let spec = &lab.machines[i];
@@ -134,6 +167,7 @@ fn machines_are_enlisted_commissioned_deployed_and_released() {
         booted.contains("proof-of-user-data uefi-1") && booted.contains("exit 0"),
         "{booted}"
     );
+    check_address(&lab, "uefi-1", &booted);
     // One power action per boot intent: the ramdisk boot of `attempt`, then the disk boot.
     let events = power_events(&lab, &lab.machines[uefi].vm);
     let during: Vec<&String> = events[before..].iter().collect();
@@ -156,6 +190,7 @@ fn machines_are_enlisted_commissioned_deployed_and_released() {
     .unwrap();
     let booted = lab.boot_step(bios, "OSBooted").unwrap().unwrap();
     assert!(booted.contains("proof-of-user-data bios-1"), "{booted}");
+    check_address(&lab, "bios-1", &booted);
 
     // 4. Release with erase.
     assert_eq!(

@@ -22,6 +22,8 @@
 //!
 //! It prints MiB/s per run, the medians, the median ratio agent/dd (issue 6's criterion:
 //! >= 0.9) and the conditions (load average before and after, QEMU version).
+//!
+//! `IRONPOOL_BENCH_CPU=max` (any `-cpu` model) changes the guest CPU for both.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -124,7 +126,11 @@ impl Vm {
             "console=ttyS0 quiet ironpool.mac={MAC} ironpool.url=http://10.0.2.2:{port} \
              ironpool.debug=shell"
         );
-        let mut child = Command::new("qemu-system-x86_64")
+        let mut qemu = Command::new("qemu-system-x86_64");
+        if let Ok(cpu) = std::env::var("IRONPOOL_BENCH_CPU") {
+            qemu.args(["-cpu", &cpu]);
+        }
+        let mut child = qemu
             .args(["-accel", "tcg", "-smp", &CPUS.to_string()])
             .args(["-m", &MEMORY_MIB.to_string()])
             .args(["-nodefaults", "-no-reboot", "-display", "none"])
@@ -506,9 +512,10 @@ async fn main() -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let cpu_model = std::env::var("IRONPOOL_BENCH_CPU").unwrap_or_else(|_| "default qemu64".into());
     println!(
         "image {mib} MiB (raw; QCOW2 file {qcow_mib:.1} MiB of the same content), {rounds} rounds, \
-         one VM: QEMU TCG ({qemu_version}), {CPUS} vCPUs (default qemu64 CPU model), \
+         one VM: QEMU TCG ({qemu_version}), {CPUS} vCPUs ({cpu_model} CPU model), \
          {MEMORY_MIB} MiB, virtio-blk on a raw file with cache=writeback, user-mode network \
          to the agent on loopback; load average before {load_before}, after {load_after}"
     );
