@@ -60,27 +60,47 @@ async fn allocations(
     (by_machine, ds)
 }
 
-#[tokio::test]
-async fn fifty_deployments_for_twenty_machines() {
+/// A namespace with an operator, a simulated agent and `n` Ready machines of pool "batch",
+/// whose Deploy operations the agent never answers (allocations stay put).
+struct Pool {
+    machines: Api<Machine>,
+    deployments: Api<Deployment>,
+    agent: SimAgent,
+    _op: Operator,
+}
+
+async fn ready_pool(namespace: &str, n: u8) -> Pool {
     let cp = cluster();
-    let ns = cp.create_namespace("alloc").await.unwrap();
+    let ns = cp.create_namespace(namespace).await.unwrap();
     let c = client(cp).await;
     let machines: Api<Machine> = Api::namespaced(c.clone(), &ns);
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns);
-    let _op = Operator::start(cp, &ns, "op-alloc", &[]);
+    let op = Operator::start(cp, &ns, &format!("op-{namespace}"), &[]);
     let agent = SimAgent::start(machines.clone(), Duration::from_millis(300));
-    futures::future::join_all((0..20).map(|i| {
+    futures::future::join_all((0..n).map(|i| {
         let machines = machines.clone();
         async move { create(&machines, &machine(&format!("m{i:02}"), i, "batch")).await }
     }))
     .await;
-    eventually(T, "20 Ready machines", || async {
+    eventually(T, &format!("{n} Ready machines"), || async {
         let ms = machines.list(&ListParams::default()).await.ok()?.items;
-        (ms.iter().filter(|m| phase(m) == Some(P::Ready)).count() == 20).then_some(())
+        (ms.iter().filter(|m| phase(m) == Some(P::Ready)).count() == usize::from(n)).then_some(())
     })
     .await;
-    // Hold the deployed machines at "writing the image", so allocations stay put.
     agent.script.lock().unwrap().silent.insert("Deploy".into());
+    Pool {
+        machines,
+        deployments,
+        agent,
+        _op: op,
+    }
+}
+
+#[tokio::test]
+async fn fifty_deployments_for_twenty_machines() {
+    let pool = ready_pool("alloc", 20).await;
+    let (machines, deployments) = (pool.machines.clone(), pool.deployments.clone());
+    let agent = &pool.agent;
 
     let started = Instant::now();
     futures::future::join_all((0..50).map(|i| {
@@ -169,24 +189,9 @@ async fn fifty_deployments_for_twenty_machines() {
 /// was created (its finalizer may never land) must not leave a machine claimed.
 #[tokio::test]
 async fn deployments_deleted_at_once_leave_no_machine_claimed() {
-    let cp = cluster();
-    let ns = cp.create_namespace("alloc-del").await.unwrap();
-    let c = client(cp).await;
-    let machines: Api<Machine> = Api::namespaced(c.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns);
-    let _op = Operator::start(cp, &ns, "op-alloc-del", &[]);
-    let agent = SimAgent::start(machines.clone(), Duration::from_millis(300));
-    futures::future::join_all((0..6).map(|i| {
-        let machines = machines.clone();
-        async move { create(&machines, &machine(&format!("m{i:02}"), i, "batch")).await }
-    }))
-    .await;
-    eventually(T, "6 Ready machines", || async {
-        let ms = machines.list(&ListParams::default()).await.ok()?.items;
-        (ms.iter().filter(|m| phase(m) == Some(P::Ready)).count() == 6).then_some(())
-    })
-    .await;
-    agent.script.lock().unwrap().silent.insert("Deploy".into());
+    let pool = ready_pool("alloc-del", 6).await;
+    let (machines, deployments) = (pool.machines.clone(), pool.deployments.clone());
+    let agent = &pool.agent;
     // Each delete races the operator's first reconcile of that Deployment, with a delay
     // that sweeps from "before it saw it" to "after the claim went out".
     for round in 0..12u64 {
