@@ -24,8 +24,7 @@ pub fn for_deployment(d: &Deployment, subnet: Option<&Subnet>, mac: MacAddr) -> 
     if d.spec.subnet_ref.as_ref()?.name != subnet.name_any() {
         return None;
     }
-    let address: Ipv4Addr = d.status.as_ref()?.addresses.first()?.parse().ok()?;
-    render(mac, address, subnet)
+    render(mac, super::reservations::deployment_address(d)?, subnet)
 }
 
 /// Renders the network-config; `None` if the Subnet's cidr is malformed (the apiserver's

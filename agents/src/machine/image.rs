@@ -1,8 +1,8 @@
 //! Writing an image stream onto a disk: raw or QCOW2 (through [`super::qcow2`]), hashing
-//! every byte as it arrives, on its own thread so the hash overlaps the writes. The disk's first and last MiB are zeroed before the first
-//! write and the image's first MiB (where partition tables and boot code live) is held in
-//! memory and written only after the checksum matched, so a failed or wrong image never
-//! leaves a disk that looks deployed.
+//! every byte as it arrives, on its own thread so the hash overlaps the writes. The disk's
+//! first and last MiB are zeroed before the first write and the image's first MiB (where
+//! partition tables and boot code live) is held in memory and written only after the
+//! checksum matched, so a failed or wrong image never leaves a disk that looks deployed.
 
 use std::fs::File;
 use std::io::Read;
