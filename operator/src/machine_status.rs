@@ -4,7 +4,7 @@
 use ironpool_crds::Machine;
 use ironpool_crds::conditions::{self, READY, Status};
 use ironpool_crds::machine::{BootIntent, MachineStatus, Operation, OperationResult};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -44,7 +44,7 @@ pub fn next_status(m: &Machine, d: &Decision, now: Timestamp) -> MachineStatus {
             target: i.target,
             purpose: i.purpose,
             attempt,
-            issued_at: Some(Time(now)),
+            issued_at: Some(MicroTime(now)),
         });
     }
     if d.release {

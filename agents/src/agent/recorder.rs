@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ironpool_crds::Machine;
 use ironpool_crds::machine::{BOOT_RECORD_LIMIT, BootRecord, BootStep};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -139,7 +139,7 @@ impl Task {
         let record = BootRecord {
             step: s.step,
             detail: detail.clone(),
-            at: Time(k8s_openapi::jiff::Timestamp::now()),
+            at: MicroTime(k8s_openapi::jiff::Timestamp::now()),
         };
         self.pending.entry(key.clone()).or_default().push(record);
         if let Some(reason) = event_reason(s.step) {
@@ -239,7 +239,7 @@ mod tests {
         BootRecord {
             step: BootStep::DhcpOffer,
             detail: Some(n.to_string()),
-            at: Time(k8s_openapi::jiff::Timestamp::from_second(n).unwrap()),
+            at: MicroTime(k8s_openapi::jiff::Timestamp::from_second(n).unwrap()),
         }
     }
 

@@ -4,7 +4,7 @@
 //! `conditions`, `bootIntent`, `deploymentRef`, `lastOperation`, `observedGeneration`;
 //! the agent owns `power`, `bootApplied`, `boot`, `hardware` and `provisioning`.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -151,9 +151,10 @@ pub struct BootIntent {
     /// Increases by one for every new intent; the agent applies each attempt once.
     #[schemars(range(min = 1))]
     pub attempt: i64,
-    /// When the operator issued this attempt.
+    /// When the operator issued this attempt, to the microsecond: a boot step recorded
+    /// after it belongs to this attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issued_at: Option<Time>,
+    pub issued_at: Option<MicroTime>,
 }
 
 /// Boot target of a boot intent.
@@ -205,8 +206,8 @@ pub struct BootRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub detail: Option<String>,
-    /// When it happened.
-    pub at: Time,
+    /// When it happened, to the microsecond (compared with `bootIntent.issuedAt`).
+    pub at: MicroTime,
 }
 
 /// A step a machine takes while booting over the network.

@@ -7,7 +7,7 @@ use ironpool_crds::machine::{
     BootIntent, BootPurpose as Pu, BootTarget as T, MachinePhase as P, Operation,
     OperationKind as K, OperationResult as R, ProvisioningReport, ProvisioningStep as S,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::*;
@@ -45,7 +45,7 @@ trait Obs: Sized {
             target,
             purpose,
             attempt,
-            issued_at: Some(Time(at(secs_ago))),
+            issued_at: Some(MicroTime(at(secs_ago))),
         });
         o
     }
@@ -783,7 +783,7 @@ fn apply(obs: &Observation, d: &Decision) -> Observation {
             target: i.target,
             purpose: i.purpose,
             attempt,
-            issued_at: Some(Time(obs.now)),
+            issued_at: Some(MicroTime(obs.now)),
         });
     }
     if d.release {
@@ -832,4 +832,39 @@ fn waiting_never_changes_the_message() {
             assert_eq!(again.report.message, d.report.message, "{name}");
         }
     }
+}
+
+/// The issue time and the check-in time are stored to the microsecond: an OS check-in left
+/// from the previous deployment, earlier in the same second as the new Disk intent, must
+/// not count for it after both went through the API (a whole-second issue time once let a
+/// fast redeploy take the old check-in for the new one).
+#[test]
+fn a_check_in_earlier_in_the_intents_second_is_not_the_new_one() {
+    let second = at(10);
+    let mut obs = ph(P::Deploying)
+        .active(IMG)
+        .intent(T::Disk, Pu::Run, 6, 10)
+        .op(K::Deploy, R::Running, 0)
+        .hw();
+    let issued = second + k8s_openapi::jiff::SignedDuration::from_millis(800);
+    if let Some(i) = obs.intent.as_mut() {
+        i.issued_at = Some(MicroTime(issued));
+    }
+    // Through the API and back, as the operator reads them.
+    let intent: BootIntent =
+        serde_json::from_value(serde_json::to_value(&obs.intent).unwrap()).unwrap();
+    obs.intent = Some(intent);
+    let record = ironpool_crds::machine::BootRecord {
+        step: ironpool_crds::machine::BootStep::OsBooted,
+        detail: None,
+        at: MicroTime(second + k8s_openapi::jiff::SignedDuration::from_millis(500)),
+    };
+    let record: ironpool_crds::machine::BootRecord =
+        serde_json::from_value(serde_json::to_value(&record).unwrap()).unwrap();
+    obs.os_booted_at = Some(record.at.0);
+    let d = decide(&obs, &Policy::default());
+    assert_eq!(d.phase, P::Deploying, "{:?}", d.report);
+    // A check-in after the issue time, in the same second, is the new one.
+    obs.os_booted_at = Some(issued + k8s_openapi::jiff::SignedDuration::from_millis(100));
+    assert_eq!(decide(&obs, &Policy::default()).phase, P::Deployed);
 }
