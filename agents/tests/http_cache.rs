@@ -1,6 +1,7 @@
 //! The image cache against an upstream HTTP server on loopback: download once and verify,
 //! serve from the cache afterwards, single-flight for concurrent requests, nothing servable
-//! after a checksum mismatch, LRU eviction, and serving many Range readers at once.
+//! after a checksum mismatch, LRU eviction, serving many Range readers at once, and the
+//! `Repr-Digest` field (SHA-256 and SHA-512 of the image) kept beside each image.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -74,13 +75,32 @@ fn image(url: String, data: &[u8]) -> ImageRef {
     }
 }
 
+/// The images in the cache directory; asserts that each has its digest file and that no
+/// other file is there.
 fn servable_files(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    names
+    let (digests, images): (Vec<String>, Vec<String>) =
+        names.into_iter().partition(|n| n.ends_with(".repr-digest"));
+    let want: Vec<String> = images.iter().map(|i| format!("{i}.repr-digest")).collect();
+    assert_eq!(digests, want, "one digest file per image, no other");
+    images
+}
+
+/// The `Repr-Digest` value (RFC 9530) the cache must send for `data`.
+fn repr_digest(data: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = |alg| {
+        base64::engine::general_purpose::STANDARD.encode(ring::digest::digest(alg, data).as_ref())
+    };
+    format!(
+        "sha-256=:{}:, sha-512=:{}:",
+        b64(&ring::digest::SHA256),
+        b64(&ring::digest::SHA512)
+    )
 }
 
 #[tokio::test]
@@ -115,6 +135,17 @@ async fn downloads_once_verifies_and_serves_from_cache_with_ranges() {
         (status, body.as_slice()),
         (206, &data[1_000_000..1_000_100])
     );
+    // Both answers carry the digests of the whole image, computed while it was verified.
+    let c = client();
+    for range in [None, Some("bytes=5-9")] {
+        let (status, headers, _) = http_get(&c, &url, range).await;
+        assert_eq!(status, if range.is_some() { 206 } else { 200 });
+        assert_eq!(
+            headers["repr-digest"],
+            repr_digest(&data).as_str(),
+            "{range:?}"
+        );
+    }
     // Many machines at once, each reading its own part.
     let c = client();
     let mut tasks = Vec::new();
@@ -242,7 +273,7 @@ async fn least_recently_used_images_nobody_reads_are_evicted() {
     assert_eq!(h.cache.usage(), (2_000_000, 2));
 
     // An image being served is never evicted, even when it is the oldest.
-    let ironpool_agents::http::Lookup::Ready(_, _, guard) = h.cache.lookup(&keys[0]) else {
+    let ironpool_agents::http::Lookup::Ready(_, _, _, guard) = h.cache.lookup(&keys[0]) else {
         panic!()
     };
     h.cache.fetch(&refs[2]).await.unwrap(); // refresh image 2
@@ -309,12 +340,32 @@ async fn a_reopened_cache_adopts_verified_images_and_drops_partial_ones() {
         b"half",
     )
     .unwrap();
+    // The image's digest file is adopted with it; one whose image is gone, or that does not
+    // parse, is removed.
+    let digest_file = |k: &CacheKey| dir.path().join(format!("{}.repr-digest", k.file_name()));
+    std::fs::write(digest_file(&key), repr_digest(&data)).unwrap();
+    let gone = CacheKey::from_checksum(&sha256(b"gone")).unwrap();
+    std::fs::write(digest_file(&gone), repr_digest(b"gone")).unwrap();
     let metrics = ironpool_agents::http::HttpMetrics::new();
     let cache = ironpool_agents::http::ImageCache::open(dir.path(), 1 << 20, metrics).unwrap();
     assert_eq!(cache.usage(), (10_000, 1));
     assert_eq!(servable_files(dir.path()), vec![key.file_name()]);
+    let ironpool_agents::http::Lookup::Ready(_, 10_000, Some(value), _) = cache.lookup(&key) else {
+        panic!("the adopted image is servable with its digests")
+    };
+    assert_eq!(value, repr_digest(&data));
+    drop(cache);
+
+    std::fs::write(digest_file(&key), "garbage").unwrap();
+    let metrics = ironpool_agents::http::HttpMetrics::new();
+    let cache = ironpool_agents::http::ImageCache::open(dir.path(), 1 << 20, metrics).unwrap();
+    assert!(
+        !digest_file(&key).exists(),
+        "an unreadable digest file is dropped"
+    );
+    // An image cached before digest files existed is still served, without the field.
     assert!(matches!(
         cache.lookup(&key),
-        ironpool_agents::http::Lookup::Ready(_, 10_000, _)
+        ironpool_agents::http::Lookup::Ready(_, 10_000, None, _)
     ));
 }

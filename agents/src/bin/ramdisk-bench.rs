@@ -10,7 +10,9 @@
 //! the same agent cache (order reversed every other round):
 //!
 //!   agent raw:   `ironpool-machine-agent --cmdline F` with a Deploy plan for the raw image
-//!                (stream, SHA-256 while writing, sync). Three times are kept: the agent's
+//!                (stream, verify while writing, sync; the cache's `Repr-Digest` lets the agent
+//!                verify with SHA-512 where that is cheaper than the declared SHA-256, and the
+//!                bench prints which it used). Three times are kept: the agent's
 //!                own (first byte to the final sync, from its log), the server's (first
 //!                WritingImage report to the WritingConfig report: wipe, write, sync and one
 //!                report round trip) and the process wall time (`time`, includes inventory,
@@ -297,6 +299,8 @@ struct Bench {
     source: Arc<MemoryBootSource>,
     sink: Arc<Stamped>,
     attempt: i64,
+    /// What the last agent run verified the image with (from its result message).
+    verified: Option<String>,
 }
 
 impl Bench {
@@ -334,6 +338,15 @@ impl Bench {
             .find(|(_, r)| r.step == ProvisioningStep::WritingConfig)
             .map(|(t, _)| *t);
         let server = first.zip(written).map(|(a, b)| (b - a).as_secs_f64());
+        self.verified = reports
+            .iter()
+            .filter(|(_, r)| r.step == ProvisioningStep::Succeeded)
+            .find_map(|(_, r)| {
+                let m = r.message.as_deref()?;
+                let from = m.find("verified with ")? + "verified with ".len();
+                let rest = &m[from..];
+                Some(rest[..rest.find("; ").unwrap_or(rest.len())].to_string())
+            });
         Ok(Run {
             own: Some(agent_ms(&out).with_context(|| format!("no agent timing in:\n{out}"))?),
             server,
@@ -462,6 +475,7 @@ async fn main() -> Result<()> {
         source,
         sink,
         attempt: 0,
+        verified: None,
     };
     let (raw_ck, qcow_ck) = (raw_checksum.clone(), qcow_checksum.clone());
     tokio::task::block_in_place(|| -> Result<()> {
@@ -574,6 +588,10 @@ async fn main() -> Result<()> {
         ratio(&runs[1], false, &runs[2]),
         ratio(&runs[0], true, &runs[3]),
         ratio(&runs[1], true, &runs[3]),
+    );
+    println!(
+        "the agent verified with {}",
+        b.verified.as_deref().unwrap_or("(no result message seen)")
     );
     let _ = b.vm.run("poweroff -f");
     Ok(())

@@ -18,6 +18,9 @@ pub struct FakeState {
     pub actions: Vec<PowerAction>,
     /// When set, every call fails with an error built by this function.
     pub fail_with: Option<fn() -> BmcError>,
+    /// Refuse a Cycle of a machine that is off, as real BMCs do (Redfish ForceRestart,
+    /// IPMI chassis power cycle).
+    pub refuse_cycle_when_off: bool,
 }
 
 /// A fake BMC shared between a test and the driver under test.
@@ -61,13 +64,22 @@ impl PowerDriver for FakeBmc {
     }
 
     fn set_power(&self, action: PowerAction) -> BoxFuture<'_, Result<(), BmcError>> {
-        let r = self.check().map(|()| {
+        let r = self.check().and_then(|()| {
             let mut s = self.state();
+            let off = s.power.unwrap_or(PowerState::Off) == PowerState::Off;
+            if action == PowerAction::Cycle && off && s.refuse_cycle_when_off {
+                return Err(BmcError::Protocol {
+                    host: "fake".into(),
+                    operation: "Reset ForceRestart".into(),
+                    detail: "the system is powered off".into(),
+                });
+            }
             s.actions.push(action);
             s.power = Some(match action {
                 PowerAction::On | PowerAction::Cycle => PowerState::On,
                 PowerAction::Off | PowerAction::GracefulOff => PowerState::Off,
             });
+            Ok(())
         });
         async move { r }.boxed()
     }

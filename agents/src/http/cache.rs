@@ -2,10 +2,12 @@
 //! URL (concurrent requests share one download), verified before it becomes servable, and
 //! kept under a size limit by evicting the least recently used images nobody is reading.
 //!
-//! Layout: `<dir>/sha256-<hex>` (or `sha512-<hex>`) for verified images; downloads go to
+//! Layout: `<dir>/sha256-<hex>` (or `sha512-<hex>`) for verified images, each with
+//! `<name>.repr-digest`: its SHA-256 and SHA-512 as a `Repr-Digest` field value, computed
+//! in the verifying pass and sent with the image ([`super::reprdigest`]). Downloads go to
 //! `<dir>/.partial-<name>-<random>` and are renamed into place only after the checksum
-//! matched, so a crash or a mismatch never leaves a servable file. Partial files are
-//! deleted when the cache opens.
+//! matched (the digest file first), so a crash or a mismatch never leaves a servable file.
+//! Partial files and digest files without their image are deleted when the cache opens.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use ring::digest;
 use tokio::sync::watch;
 
 use super::fetch::Upstream;
@@ -72,21 +73,17 @@ impl CacheKey {
     fn algo_name(&self) -> &'static str {
         if self.sha512 { "sha512" } else { "sha256" }
     }
-
-    fn algorithm(&self) -> &'static digest::Algorithm {
-        if self.sha512 {
-            &digest::SHA512
-        } else {
-            &digest::SHA256
-        }
-    }
 }
+
+/// The suffix of an image's digest file.
+const DIGEST_SUFFIX: &str = ".repr-digest";
 
 /// What [`ImageCache::lookup`] found.
 #[derive(Debug)]
 pub enum Lookup {
-    /// Servable: the open file, its length, and a guard that marks the image in use.
-    Ready(File, u64, ReaderGuard),
+    /// Servable: the open file, its length, its `Repr-Digest` value (absent for images
+    /// cached before digest files existed) and a guard that marks the image in use.
+    Ready(File, u64, Option<String>, ReaderGuard),
     /// Being downloaded from upstream now.
     Fetching,
     /// The last download failed with this error (a new plan request retries).
@@ -106,6 +103,7 @@ struct Entry {
     size: u64,
     last_used: u64,
     readers: Arc<()>,
+    repr_digest: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -142,10 +140,13 @@ impl ImageCache {
         let mut state = State::default();
         let listing = std::fs::read_dir(dir)
             .map_err(|e| HttpError::io(format!("list {}", dir.display()), &e))?;
+        let mut digests = Vec::new();
         for item in listing.flatten() {
             let name = item.file_name().to_string_lossy().into_owned();
             if name.starts_with(".partial-") {
                 let _ = std::fs::remove_file(item.path());
+            } else if let Some(image) = name.strip_suffix(DIGEST_SUFFIX) {
+                digests.push((image.to_string(), item.path()));
             } else if let (Some(key), Ok(meta)) = (CacheKey::from_file_name(&name), item.metadata())
             {
                 state.total += meta.len();
@@ -155,8 +156,21 @@ impl ImageCache {
                         size: meta.len(),
                         last_used: 0,
                         readers: Arc::new(()),
+                        repr_digest: None,
                     },
                 );
+            }
+        }
+        for (image, path) in digests {
+            let entry = CacheKey::from_file_name(&image).and_then(|k| state.entries.get_mut(&k));
+            let value = std::fs::read_to_string(&path).ok();
+            match (entry, value) {
+                (Some(e), Some(v)) if !super::reprdigest::parse(v.trim()).is_empty() => {
+                    e.repr_digest = Some(v.trim().to_string());
+                }
+                _ => {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
         metrics
@@ -265,7 +279,7 @@ impl ImageCache {
         let result = self
             .inner
             .upstream
-            .download(url, &tmp, key.algorithm(), self.inner.limit)
+            .download(url, &tmp, self.inner.limit)
             .await;
         let got = match result {
             Ok(got) => got,
@@ -274,14 +288,32 @@ impl ImageCache {
                 return Err(e);
             }
         };
-        if got.digest_hex != key.hex {
+        let digest = if key.sha512 { &got.sha512 } else { &got.sha256 };
+        if *digest != key.hex {
             let _ = std::fs::remove_file(&tmp);
             return Err(HttpError::ChecksumMismatch {
                 url: url.to_string(),
                 expected: key.checksum(),
-                got: format!("{}:{}", key.algo_name(), got.digest_hex),
+                got: format!("{}:{digest}", key.algo_name()),
                 bytes: got.bytes,
             });
+        }
+        // The digest file goes in place first: an image never lacks one for long, and a
+        // digest file left without its image (a crash in between) is removed at open.
+        let repr_digest = super::reprdigest::format(&got.sha256, &got.sha512);
+        if let Some(value) = &repr_digest {
+            let partial = self
+                .inner
+                .dir
+                .join(format!(".partial-{name}{DIGEST_SUFFIX}"));
+            let path = self.inner.dir.join(format!("{name}{DIGEST_SUFFIX}"));
+            std::fs::write(&partial, value)
+                .and_then(|()| std::fs::rename(&partial, &path))
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    let _ = std::fs::remove_file(&partial);
+                    HttpError::io(format!("write {}", path.display()), &e)
+                })?;
         }
         let dest = self.inner.dir.join(&name);
         std::fs::rename(&tmp, &dest).map_err(|e| {
@@ -296,6 +328,7 @@ impl ImageCache {
             size: got.bytes,
             last_used: st.tick,
             readers: Arc::new(()),
+            repr_digest,
         };
         if let Some(old) = st.entries.insert(key.clone(), entry) {
             st.total -= old.size;
@@ -324,7 +357,9 @@ impl ImageCache {
             };
             if let Some(e) = st.entries.remove(&victim) {
                 st.total -= e.size;
-                let _ = std::fs::remove_file(self.inner.dir.join(victim.file_name()));
+                let name = victim.file_name();
+                let _ = std::fs::remove_file(self.inner.dir.join(&name));
+                let _ = std::fs::remove_file(self.inner.dir.join(format!("{name}{DIGEST_SUFFIX}")));
                 self.inner.metrics.image_fetch("evicted");
                 tracing::info!(image = %victim.file_name(), bytes = e.size, "image evicted (least recently used)");
             }
@@ -347,7 +382,7 @@ impl ImageCache {
             let guard = ReaderGuard(Arc::clone(&e.readers));
             let path = self.inner.dir.join(key.file_name());
             return match File::open(&path) {
-                Ok(f) => Lookup::Ready(f, e.size, guard),
+                Ok(f) => Lookup::Ready(f, e.size, e.repr_digest.clone(), guard),
                 Err(err) => Lookup::Failed(HttpError::io(format!("open {}", path.display()), &err)),
             };
         }

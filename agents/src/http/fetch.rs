@@ -25,8 +25,11 @@ const MAX_REDIRECTS: usize = 5;
 /// What a finished download produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Downloaded {
-    /// Lower-case hex digest of the bytes written.
-    pub digest_hex: String,
+    /// Lower-case hex SHA-256 of the bytes written.
+    pub sha256: String,
+    /// Lower-case hex SHA-512 of the same bytes (computed in the same pass, so the cache
+    /// can offer machines both digests: see `cache::ReprDigest`).
+    pub sha512: String,
     /// Bytes written.
     pub bytes: u64,
 }
@@ -70,7 +73,6 @@ impl Upstream {
         &self,
         url: &str,
         dest: &Path,
-        algo: &'static digest::Algorithm,
         limit: u64,
     ) -> Result<Downloaded, HttpError> {
         let fail = |message: String| HttpError::Upstream {
@@ -114,7 +116,7 @@ impl Upstream {
         }
         let file = File::create(dest)
             .map_err(|e| HttpError::io(format!("create {}", dest.display()), &e))?;
-        let mut sink = Some((file, digest::Context::new(algo)));
+        let mut sink = Some((file, Digests::new()));
         let mut body = resp.into_body();
         let mut batch = BytesMut::with_capacity(BATCH);
         let mut bytes = 0u64;
@@ -162,7 +164,8 @@ impl Upstream {
             })?
             .map_err(|e| HttpError::io(format!("sync {}", dest.display()), &e))?;
         Ok(Downloaded {
-            digest_hex: hex(ctx.finish().as_ref()),
+            sha256: hex(ctx.sha256.finish().as_ref()),
+            sha512: hex(ctx.sha512.finish().as_ref()),
             bytes,
         })
     }
@@ -173,11 +176,26 @@ fn frame_is_end(data: &Option<Bytes>, body: &hyper::body::Incoming) -> bool {
     data.is_none() || body.is_end_stream()
 }
 
+/// SHA-256 and SHA-512 of one download, computed together.
+struct Digests {
+    sha256: digest::Context,
+    sha512: digest::Context,
+}
+
+impl Digests {
+    fn new() -> Self {
+        Self {
+            sha256: digest::Context::new(&digest::SHA256),
+            sha512: digest::Context::new(&digest::SHA512),
+        }
+    }
+}
+
 async fn write_batch(
-    sink: Option<(File, digest::Context)>,
+    sink: Option<(File, Digests)>,
     batch: Bytes,
     dest: &Path,
-) -> Result<(File, digest::Context), HttpError> {
+) -> Result<(File, Digests), HttpError> {
     let what = format!("write {}", dest.display());
     let Some((mut file, mut ctx)) = sink else {
         return Err(HttpError::Io {
@@ -186,7 +204,8 @@ async fn write_batch(
         });
     };
     let joined = tokio::task::spawn_blocking(move || {
-        ctx.update(&batch);
+        ctx.sha256.update(&batch);
+        ctx.sha512.update(&batch);
         file.write_all(&batch).map(|()| (file, ctx))
     })
     .await;

@@ -162,7 +162,14 @@ pub fn image_file(s: &HttpServer, key: &str, headers: &HeaderMap) -> Result<File
         )));
     };
     match s.cache.lookup(&key) {
-        Lookup::Ready(file, len, guard) => file_reply(file, len, headers, guard),
+        Lookup::Ready(file, len, digest, guard) => {
+            let mut reply = file_reply(file, len, headers, guard)?;
+            // RFC 9530: the digest of the whole image, also on a range answer.
+            if let Some(v) = digest.and_then(|d| HeaderValue::from_str(&d).ok()) {
+                reply.headers.insert(super::reprdigest::NAME, v);
+            }
+            Ok(reply)
+        }
         Lookup::Fetching => Err(Box::new(retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(

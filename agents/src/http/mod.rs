@@ -15,6 +15,7 @@ pub mod files;
 pub mod handlers;
 pub mod memory;
 pub mod metrics;
+pub mod reprdigest;
 pub mod script;
 pub mod server;
 pub mod source;

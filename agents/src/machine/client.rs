@@ -20,6 +20,8 @@ pub struct Response {
     pub retry_after: Option<u64>,
     /// `Content-Length`, if sent.
     pub content_length: Option<u64>,
+    /// `Repr-Digest` (RFC 9530), if sent: the image cache's digests of the whole image.
+    pub repr_digest: Option<String>,
     /// The body.
     pub body: Body,
 }
@@ -195,15 +197,26 @@ pub fn request(
     let mut reader = BufReader::with_capacity(1 << 20, stream);
     read_head(&mut reader, method)
         .map_err(|e| fail(format!("read the answer: {e}")))
-        .map(|(status, retry_after, content_length, mode)| Response {
-            status,
-            retry_after,
-            content_length,
-            body: Body { reader, mode },
+        .map(|head| Response {
+            status: head.status,
+            retry_after: head.retry_after,
+            content_length: head.length,
+            repr_digest: head.repr_digest,
+            body: Body {
+                reader,
+                mode: head.mode,
+            },
         })
 }
 
-type Head = (u16, Option<u64>, Option<u64>, Mode);
+/// A parsed status line and the headers this client uses.
+struct Head {
+    status: u16,
+    retry_after: Option<u64>,
+    length: Option<u64>,
+    repr_digest: Option<String>,
+    mode: Mode,
+}
 
 fn read_head(r: &mut BufReader<TcpStream>, method: &str) -> std::io::Result<Head> {
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
@@ -214,6 +227,7 @@ fn read_head(r: &mut BufReader<TcpStream>, method: &str) -> std::io::Result<Head
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| invalid(format!("not an HTTP/1.x status line: '{status_line}'")))?;
     let (mut retry_after, mut length, mut chunked) = (None, None, false);
+    let mut repr_digest = None;
     loop {
         let line = read_line(r)?;
         if line.is_empty() {
@@ -233,6 +247,7 @@ fn read_head(r: &mut BufReader<TcpStream>, method: &str) -> std::io::Result<Head
             }
             "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
             "retry-after" => retry_after = value.parse().ok(),
+            crate::http::reprdigest::NAME => repr_digest = Some(value.to_string()),
             _ => {}
         }
     }
@@ -248,7 +263,13 @@ fn read_head(r: &mut BufReader<TcpStream>, method: &str) -> std::io::Result<Head
     } else {
         Mode::Close
     };
-    Ok((status, retry_after, length, mode))
+    Ok(Head {
+        status,
+        retry_after,
+        length,
+        repr_digest,
+        mode,
+    })
 }
 
 #[cfg(test)]
@@ -274,14 +295,16 @@ mod tests {
     #[test]
     fn reads_length_chunked_and_close_delimited_bodies() {
         let base = serve(vec![
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello-extra",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nRepr-Digest: sha-256=:AA==:\r\n\r\nhello-extra",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
             "HTTP/1.0 503 Service Unavailable\r\nRetry-After: 5\r\n\r\nfetching",
         ]);
         let r = request("GET", &format!("{base}/a"), Some("t"), None).unwrap();
         assert_eq!((r.status, r.content_length), (200, Some(5)));
+        assert_eq!(r.repr_digest.as_deref(), Some("sha-256=:AA==:"));
         assert_eq!(r.text(), "hello");
         let r = request("GET", &format!("{base}/b"), None, None).unwrap();
+        assert_eq!(r.repr_digest, None);
         assert_eq!(r.text(), "abcde");
         let r = request(
             "POST",

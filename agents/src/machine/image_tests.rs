@@ -139,3 +139,93 @@ fn short_streams_and_oversized_images_are_refused() {
     .to_string();
     assert!(err.contains("does not fit"), "{err}");
 }
+
+/// The image cache's `Repr-Digest` value for `data`.
+fn repr_digest(data: &[u8]) -> String {
+    let hex = |alg| crate::http::fetch::hex(digest::digest(alg, data).as_ref());
+    crate::http::reprdigest::format(&hex(&digest::SHA256), &hex(&digest::SHA512)).unwrap()
+}
+
+#[test]
+fn the_caches_digest_is_used_only_when_it_names_the_declared_one() {
+    let image = blob(3 << 20, 5);
+    let declared = sha256(&image);
+    // No field, or a field without the declared algorithm: the declared checksum.
+    for field in [None, Some("sha-512=:AAAA:"), Some("garbage")] {
+        let c = declared.for_download(field).unwrap();
+        assert_eq!(
+            (c.name, &c.hex, c.anchored_to),
+            ("sha256", &declared.hex, None)
+        );
+    }
+    // The field names this image: this CPU's cheaper algorithm, anchored to the declared one.
+    let c = declared.for_download(Some(&repr_digest(&image))).unwrap();
+    assert_eq!(c.name, cheapest_on_this_cpu());
+    if c.name == "sha512" {
+        let want = crate::http::fetch::hex(digest::digest(&digest::SHA512, &image).as_ref());
+        assert_eq!((&c.hex, c.anchored_to), (&want, Some("sha256")));
+        assert!(
+            c.describe()
+                .contains("than the declared sha256, which the agent's cache checked"),
+            "{}",
+            c.describe()
+        );
+    } else {
+        assert_eq!((&c.hex, c.anchored_to), (&declared.hex, None));
+    }
+    // The field describes another image: refused before the disk is touched.
+    let err = declared
+        .for_download(Some(&repr_digest(b"another image")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not this image") && err.contains(&declared.hex),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_cache_digest_that_does_not_match_the_bytes_fails_and_says_where_to_look() {
+    let size = 9 << 20;
+    let image = blob(5 << 20, 3);
+    let (f, disk) = old_disk(size);
+    // The digest the cache sends for the image, but the bytes arriving differ in one place.
+    let mut changed = image.clone();
+    changed[3 << 20] ^= 1;
+    let anchored = Checksum {
+        algorithm: &digest::SHA512,
+        name: "sha512",
+        hex: crate::http::fetch::hex(digest::digest(&digest::SHA512, &image).as_ref()),
+        anchored_to: Some("sha256"),
+    };
+    let err = write_image(
+        &mut Cursor::new(&changed),
+        changed.len() as u64,
+        ImageFormat::Raw,
+        &anchored,
+        &disk,
+        size,
+        &AtomicU64::new(0),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("checksum mismatch") && err.contains("changed in the cache or on the way"),
+        "{err}"
+    );
+    assert!(err.contains(&anchored.hex), "{err}");
+    let after = std::fs::read(f.path()).unwrap();
+    assert!(after[..HOLD as usize].iter().all(|b| *b == 0));
+    // And the same bytes with the matching digest are written.
+    let (_f, disk) = old_disk(size);
+    write_image(
+        &mut Cursor::new(&image),
+        image.len() as u64,
+        ImageFormat::Raw,
+        &anchored,
+        &disk,
+        size,
+        &AtomicU64::new(0),
+    )
+    .unwrap();
+}

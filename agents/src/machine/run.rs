@@ -249,6 +249,7 @@ fn deploy(api: &Api<'_>, plan: &Plan, hw: &Hardware, root: &Path) -> Result<Stri
         .ok_or_else(|| MachineError::Image("the Deploy plan names no image".to_string()))?;
     let checksum = image::Checksum::parse(&img.checksum)?;
     let mut resp = api.image(&img.url)?;
+    let checksum = checksum.for_download(resp.repr_digest.as_deref())?;
     let total = resp.content_length.ok_or_else(|| {
         MachineError::Image(format!("{} was sent without a Content-Length", img.url))
     })?;
@@ -297,14 +298,14 @@ fn deploy(api: &Api<'_>, plan: &Plan, hw: &Hardware, root: &Path) -> Result<Stri
         None => "no cloud-init seed".to_string(),
     };
     Ok(format!(
-        "wrote {} ({} image bytes, {:?}) to /dev/{} in {:.1}s ({:.1} MiB/s), {} verified; {seed}",
+        "wrote {} ({} image bytes, {:?}) to /dev/{} in {:.1}s ({:.1} MiB/s), verified with {}; {seed}",
         inventory::human_bytes(i64::try_from(written.disk_bytes).unwrap_or(0)),
         written.bytes_read,
         img.format,
         disk.name,
         secs,
         written.bytes_read as f64 / secs / f64::from(1 << 20),
-        checksum.name
+        checksum.describe()
     ))
 }
 

@@ -182,28 +182,7 @@ async fn apply(
                 if !resumed {
                     mark_applying(ctx, api, &name, attempt).await?;
                 }
-                let sent = timed(ctx, driver, "set_power", driver.set_power(action)).await;
-                if let Err(e) = sent {
-                    // A ramdisk that just finished powers the machine off on its own; if
-                    // that happened between the power read and the cycle, the BMC refuses
-                    // to restart a machine that is off. Power it on instead (one boot).
-                    let off = action == crate::bmc::PowerAction::Cycle
-                        && matches!(
-                            timed(ctx, driver, "power_state", driver.power_state()).await,
-                            Ok(PowerState::Off)
-                        );
-                    if !off {
-                        return Err(e);
-                    }
-                    info!(machine = %name, attempt, "the machine turned off before the power cycle; powering it on");
-                    timed(
-                        ctx,
-                        driver,
-                        "set_power",
-                        driver.set_power(crate::bmc::PowerAction::On),
-                    )
-                    .await?;
-                }
+                send_power(ctx, driver, &name, attempt, action).await?;
                 expected = match action {
                     crate::bmc::PowerAction::Off | crate::bmc::PowerAction::GracefulOff => {
                         PowerState::Off
@@ -222,6 +201,38 @@ async fn apply(
             applied_at: Some(at),
         }),
     ))
+}
+
+/// Sends `action`. A ramdisk that just finished powers its machine off on its own; if that
+/// happened between the power read and a cycle, the BMC refuses to restart a machine that
+/// is off. Then the machine is powered on instead (still one boot for the attempt).
+async fn send_power(
+    ctx: &Ctx,
+    driver: &dyn PowerDriver,
+    name: &str,
+    attempt: i64,
+    action: crate::bmc::PowerAction,
+) -> Result<(), BmcError> {
+    let sent = timed(ctx, driver, "set_power", driver.set_power(action)).await;
+    let Err(e) = sent else {
+        return Ok(());
+    };
+    let off = action == crate::bmc::PowerAction::Cycle
+        && matches!(
+            timed(ctx, driver, "power_state", driver.power_state()).await,
+            Ok(PowerState::Off)
+        );
+    if !off {
+        return Err(e);
+    }
+    info!(machine = %name, attempt, "the machine turned off before the power cycle; powering it on");
+    timed(
+        ctx,
+        driver,
+        "set_power",
+        driver.set_power(crate::bmc::PowerAction::On),
+    )
+    .await
 }
 
 async fn mark_applying(
@@ -290,4 +301,65 @@ pub fn error_policy(machine: Arc<Machine>, error: &PowerError, ctx: Arc<Ctx>) ->
     let delay = ctx.failed(&key);
     warn!(machine = %key, reason = error.metric_label(), error = %error, retry_in = ?delay, "power reconcile failed");
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bmc::PowerAction::{Cycle, On};
+    use crate::bmc::fake::FakeBmc;
+
+    fn ctx() -> Ctx {
+        // Never called: send_power talks to the BMC only.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        Ctx::new(
+            kube::Client::try_from(config).unwrap(),
+            super::super::Config::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_refused_cycle_of_a_machine_that_turned_off_becomes_one_power_on() {
+        let ctx = ctx();
+        let bmc = FakeBmc::new();
+        // The ramdisk powered the machine off after the controller read On; the BMC
+        // refuses to restart a machine that is off, as real ones do.
+        bmc.state().refuse_cycle_when_off = true;
+        send_power(&ctx, &bmc, "m", 3, Cycle).await.unwrap();
+        assert_eq!(bmc.state().actions, vec![On]);
+        assert_eq!(bmc.state().power, Some(PowerState::On));
+    }
+
+    #[tokio::test]
+    async fn other_refusals_are_errors_and_send_nothing_else() {
+        let ctx = ctx();
+        let bmc = FakeBmc::new();
+        bmc.state().power = Some(PowerState::On);
+        send_power(&ctx, &bmc, "m", 1, Cycle).await.unwrap();
+        assert_eq!(
+            bmc.state().actions,
+            vec![Cycle],
+            "a cycle of a running machine is a cycle"
+        );
+        // Refused while the machine is on: the error stands, no power on is sent.
+        bmc.state().fail_with = Some(|| BmcError::Unsupported {
+            host: "fake".into(),
+            what: "ForceRestart".into(),
+            offered: "On".into(),
+        });
+        assert!(send_power(&ctx, &bmc, "m", 2, Cycle).await.is_err());
+        bmc.state().fail_with = None;
+        assert_eq!(bmc.state().actions, vec![Cycle]);
+        // A refused power on of a machine that is off is not retried as anything else.
+        bmc.state().power = Some(PowerState::Off);
+        bmc.state().refuse_cycle_when_off = true;
+        bmc.state().fail_with = Some(|| BmcError::Unsupported {
+            host: "fake".into(),
+            what: "On".into(),
+            offered: "On".into(),
+        });
+        assert!(send_power(&ctx, &bmc, "m", 3, On).await.is_err());
+        bmc.state().fail_with = None;
+        assert_eq!(bmc.state().actions, vec![Cycle]);
+    }
 }
