@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub mod timeline;
 
@@ -277,7 +277,7 @@ impl Lab {
             agent_starts: 0,
             sampler,
         };
-        lab.apply(&lab.subnet_manifest())?;
+        lab.apply_example("subnet.yaml", &[])?;
         lab.start_operator()?;
         lab.start_agent()?;
         lab.wait_for(
@@ -293,26 +293,31 @@ impl Lab {
         Ok(lab)
     }
 
-    fn subnet_manifest(&self) -> Value {
-        json!({
-            "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Subnet",
-            "metadata": {"name": "lab", "namespace": NAMESPACE},
-            "spec": {
-                "cidr": "10.77.0.0/24", "gateway": AGENT_IP, "leaseTime": "10m", "pxe": true,
-                "dynamicRange": {"start": "10.77.0.100", "end": "10.77.0.199"},
-                "reservedRanges": [{"start": "10.77.0.1", "end": "10.77.0.9"}],
-            }
-        })
-    }
-
-    /// `kubectl apply --server-side` of one object; the manifest is kept under `dir`.
-    pub fn apply(&self, object: &Value) -> Result<()> {
-        let kind = object["kind"].as_str().unwrap_or("object").to_lowercase();
-        let name = object["metadata"]["name"].as_str().unwrap_or("unnamed");
+    /// `kubectl apply --server-side` into the lab namespace of `examples/lab/<file>` with
+    /// each `${KEY}` replaced by its value; the filled-in copy is kept under `dir`. A
+    /// placeholder left unfilled is an error, not a manifest with `${...}` in it.
+    pub fn apply_example(&self, file: &str, vars: &[(&str, &str)]) -> Result<()> {
+        let path = crate::repo_dir().join("examples/lab").join(file);
+        let template =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let text = fill(&template, vars);
+        if let Some(at) = text.find("${") {
+            let rest = &text[at..];
+            bail!(
+                "{} has a placeholder the lab does not fill: {}",
+                path.display(),
+                &rest[..rest.find('}').map_or(rest.len(), |e| e + 1)]
+            );
+        }
         let manifests = self.dir.join("manifests");
         std::fs::create_dir_all(&manifests)?;
-        let file = manifests.join(format!("{kind}-{name}.json"));
-        std::fs::write(&file, serde_json::to_vec_pretty(object)?)?;
+        let stem = file.trim_end_matches(".yaml");
+        let suffix = vars
+            .iter()
+            .find(|(k, _)| *k == "NAME" || *k == "MACHINE")
+            .map_or(String::new(), |(_, v)| format!("-{v}"));
+        let out = manifests.join(format!("{stem}{suffix}.yaml"));
+        std::fs::write(&out, text)?;
         cluster::kubectl_ok(
             self.cp
                 .kubectl()
@@ -322,9 +327,11 @@ impl Lab {
                     "--force-conflicts",
                     "--field-manager",
                     "ironpool-lab",
+                    "-n",
+                    NAMESPACE,
                     "-f",
                 ])
-                .arg(&file),
+                .arg(&out),
         )?;
         Ok(())
     }
@@ -666,22 +673,18 @@ impl Lab {
                 .iter()
                 .all(|m| l.exists("machine", &m.machine_name())))
         })?;
-        self.apply(&json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "lab-bmc", "namespace": NAMESPACE},
-            "stringData": {"username": BMC_USER, "password": BMC_PASSWORD},
-        }))?;
         for (i, m) in self.machines.iter().enumerate() {
-            self.apply(&json!({
-                "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine",
-                "metadata": {"name": m.machine_name(), "namespace": NAMESPACE,
-                             "labels": {"lab.ironpool.dev/vm": m.vm}},
-                "spec": {
-                    "bootMACAddress": m.mac,
-                    "bmc": {"address": self.bmc_address(i)?,
-                            "credentialsSecretRef": {"name": "lab-bmc"}},
-                },
-            }))?;
+            self.apply_example(
+                "machine.yaml",
+                &[
+                    ("MACHINE", &m.machine_name()),
+                    ("VM", &m.vm),
+                    ("MAC", &m.mac),
+                    ("BMC_ADDRESS", &self.bmc_address(i)?),
+                    ("BMC_USER", BMC_USER),
+                    ("BMC_PASSWORD", BMC_PASSWORD),
+                ],
+            )?;
         }
         Ok(())
     }
@@ -753,29 +756,16 @@ impl Lab {
         } else {
             "raw"
         };
-        self.apply(&json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": format!("{name}-user-data"), "namespace": NAMESPACE},
-            "stringData": {"userData": format!(
-                "#!/bin/sh\nmkdir -p /etc/lab && echo 'proof-of-user-data {name}' > /etc/lab/proof\ncat /etc/lab/proof\n\
-                 echo \"lab-address $(ip -4 -o addr show scope global | awk '{{print $4}}')\"\n\
-                 echo \"lab-network-config $(grep -A1 '^    addresses:' /run/cidata/network-config | tail -n1 | tr -d ' \\\"-')\"\n"
-            )},
-        }))?;
-        self.apply(&json!({
-            "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {
-                "machineRef": {"name": m.machine_name()},
-                "subnetRef": {"name": "lab"},
-                "image": {"url": format!("http://127.0.0.1:8081/{image_file}"),
-                          "checksum": checksum, "format": format},
-                "userDataSecretRef": {"name": format!("{name}-user-data")},
-                "storage": {"layout": "AsImage"},
-                "hostname": name,
-                "erase": "Quick",
-            }
-        }))?;
+        self.apply_example(
+            "deployment.yaml",
+            &[
+                ("NAME", &name),
+                ("MACHINE", &m.machine_name()),
+                ("IMAGE_URL", &format!("http://127.0.0.1:8081/{image_file}")),
+                ("CHECKSUM", &checksum),
+                ("FORMAT", format),
+            ],
+        )?;
         Ok(name)
     }
 
@@ -808,4 +798,52 @@ fn apiserver_port(cp: &ControlPlane) -> Result<u16> {
         .next()
         .and_then(|p| p.trim_end_matches('/').parse().ok())
         .with_context(|| format!("no port in the apiserver URL {url}"))
+}
+
+/// `template` with every `${KEY}` of `vars` replaced by its value.
+fn fill(template: &str, vars: &[(&str, &str)]) -> String {
+    vars.iter().fold(template.to_string(), |t, (k, v)| {
+        t.replace(&format!("${{{k}}}"), v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill;
+
+    #[test]
+    fn every_lab_example_is_filled_completely() {
+        let dir = crate::repo_dir().join("examples/lab");
+        let vars = [
+            ("NAME", "uefi-1"),
+            ("MACHINE", "m-52-54-00-00-00-01"),
+            ("VM", "uefi-1"),
+            ("MAC", "52:54:00:00:00:01"),
+            (
+                "BMC_ADDRESS",
+                "redfish+http://127.0.0.1:8000/redfish/v1/Systems/uefi-1",
+            ),
+            ("BMC_USER", "u"),
+            ("BMC_PASSWORD", "p"),
+            ("IMAGE_URL", "http://127.0.0.1:8081/os.qcow2"),
+            ("CHECKSUM", "sha256:00"),
+            ("FORMAT", "qcow2"),
+        ];
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let filled = fill(&text, &vars);
+            assert!(!filled.contains("${"), "{filled}");
+            // The user-data's own shell syntax is left alone.
+            if filled.contains("userData") {
+                assert!(
+                    filled.contains("awk '{print $4}'")
+                        && filled.contains("proof-of-user-data uefi-1")
+                );
+            }
+            files += 1;
+        }
+        assert_eq!(files, 3);
+        assert_eq!(fill("a ${X} ${Y} $(z)", &[("X", "1")]), "a 1 ${Y} $(z)");
+    }
 }
