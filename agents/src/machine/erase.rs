@@ -12,18 +12,20 @@
 //!    writes zero pages itself);
 //! 3. else this program overwrites with zeros.
 //!
-//! It then reads back 4 KiB at 16 places and fails if any byte is not zero. NVMe Format NVM
-//! and Sanitize are admin commands reachable only through the NVMe ioctl
-//! (`NVME_IOCTL_ADMIN_CMD`), which needs unsafe code (forbidden in this workspace) or
-//! nvme-cli (not in the ramdisk); the deallocating Write Zeroes above is what the kernel
-//! offers to a safe program.
+//! It then reads back 4 KiB at 16 places and fails if any byte is not zero.
+//!
+//! An NVMe namespace is first formatted with a user data erase ([`super::nvme`], Format NVM
+//! with SES 1), which also reaches the blocks the drive hides from the host. The erased
+//! content is "indeterminate" by the specification, so the read-back decides: zeros end the
+//! erase there, anything else is zeroed by the steps above. A drive without Format NVM, or
+//! one that refuses it, goes straight to the steps above.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{FallocateFlags, fallocate};
+use rustix::fs::{Advice, FallocateFlags, fadvise, fallocate};
 
 use ironpool_crds::deployment::ErasePolicy;
 use ironpool_crds::machine::Disk;
@@ -117,6 +119,18 @@ pub fn full(
         offload("discard_max_bytes"),
     );
     let dev = open(dev_path)?;
+    let nsid = attr(&sys_block.join(name).join("nsid")).and_then(|v| v.parse::<u32>().ok());
+    let mut formatted = None;
+    if let Some(nsid) = nsid {
+        match format_nvme(&dev, nsid, size) {
+            Ok((what, true)) => {
+                done.fetch_add(size, Ordering::Relaxed);
+                return Ok(format!("{what}; read zeros back at 16 places"));
+            }
+            Ok((what, false)) => formatted = Some(what),
+            Err(e) => tracing::info!(disk = name, error = %e, "NVMe Format NVM not used"),
+        }
+    }
     let mut method = None;
     let mut at = 0;
     while at < size {
@@ -154,11 +168,26 @@ pub fn full(
         },
         other => other,
     })?;
+    let first = formatted.map_or(String::new(), |f| {
+        format!("{f}, which left non-zero content, then ")
+    });
     Ok(format!(
-        "{} all {size} bytes and read zeros back at 16 places (device offload: write-zeroes \
-         up to {write_zeroes} bytes, discard up to {discard} bytes per command)",
+        "{first}{} all {size} bytes and read zeros back at 16 places (device offload: \
+         write-zeroes up to {write_zeroes} bytes, discard up to {discard} bytes per command)",
         method.describe()
     ))
+}
+
+/// Formats NVMe namespace `nsid` behind `dev` with a user data erase; Ok((what was done,
+/// whether every sampled byte now reads zero)).
+fn format_nvme(dev: &File, nsid: u32, size: u64) -> Result<(String, bool), String> {
+    dev.sync_all()
+        .map_err(|e| format!("sync before the format: {e}"))?;
+    let what = super::nvme::format_user_data_erase(dev, nsid)?;
+    // Pages cached from before the format would hide what the drive now returns.
+    fadvise(dev, 0, None, Advice::DontNeed)
+        .map_err(|e| format!("drop the page cache after the format: {e}"))?;
+    Ok((what, verify_zero(dev, size).is_ok()))
 }
 
 /// Reads 4 KiB at the start, the end and 14 places between; every byte must be zero.

@@ -17,6 +17,7 @@ pub mod erase;
 pub mod firstboot;
 pub mod image;
 pub mod inventory;
+pub mod nvme;
 pub mod partition;
 pub mod qcow2;
 pub mod run;
