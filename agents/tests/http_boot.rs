@@ -1,7 +1,8 @@
 //! UEFI HTTP boot against the real HTTP server: the DHCP pipeline answers a DISCOVER from
 //! HTTP boot firmware (vendor class `HTTPClient`, arch 16) with a URL, and curl fetches
 //! exactly that URL from the agent's HTTP server serving Debian's real `/usr/lib/ipxe`,
-//! whose `ipxe.efi` is a symlink to `/boot/ipxe.efi` (the default `--tftp-root`).
+//! whose `ipxe.efi` is a symlink to `/boot/ipxe.efi` (the default `--tftp-root`). The URL
+//! names the MAC, so the download is a step in that machine's flight recorder.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod http_support;
@@ -24,7 +25,14 @@ const IPXE_DIR: &str = "/usr/lib/ipxe";
 
 /// Starts the HTTP server on loopback with `boot_files` as its iPXE directory; returns its
 /// base URL, the metrics and the token that stops it.
-async fn start(boot_files: Option<&Path>) -> (String, HttpMetrics, CancellationToken) {
+async fn start(
+    boot_files: Option<&Path>,
+) -> (
+    String,
+    HttpMetrics,
+    CancellationToken,
+    tokio::sync::mpsc::Receiver<ironpool_agents::http::BootEvent>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let assets = tempfile::tempdir().unwrap();
@@ -35,7 +43,7 @@ async fn start(boot_files: Option<&Path>) -> (String, HttpMetrics, CancellationT
         assets.path().to_path_buf(),
     );
     config.boot_files_dir = boot_files.map(Path::to_path_buf);
-    let (tx, _events) = tokio::sync::mpsc::channel(16);
+    let (tx, events) = tokio::sync::mpsc::channel(16);
     let server = HttpServer {
         config,
         keys: TokenKey::new(&[7; 32]).unwrap(),
@@ -48,10 +56,10 @@ async fn start(boot_files: Option<&Path>) -> (String, HttpMetrics, CancellationT
     let cancel = CancellationToken::new();
     let token = cancel.clone();
     tokio::spawn(async move {
-        let _dirs = (assets, cache_dir, _events);
+        let _dirs = (assets, cache_dir);
         server.serve(listener, token).await
     });
-    (base, metrics, cancel)
+    (base, metrics, cancel, events)
 }
 
 /// The boot file name (option 67) the DHCP pipeline offers UEFI HTTP boot firmware.
@@ -107,9 +115,9 @@ async fn the_offered_http_boot_url_serves_debians_ipxe_efi() {
         dir.join("ipxe.efi").exists(),
         "{IPXE_DIR}/ipxe.efi is missing: run e2e/scripts/install-net-tools.sh (Debian's ipxe)"
     );
-    let (base, metrics, cancel) = start(Some(dir)).await;
+    let (base, metrics, cancel, mut events) = start(Some(dir)).await;
     let url = offered_url(&base);
-    assert_eq!(url, format!("{base}/boot/ipxe.efi"));
+    assert_eq!(url, format!("{base}/boot/52-54-00-12-34-56/ipxe.efi"));
 
     let want = std::fs::read(dir.join("ipxe.efi")).unwrap();
     assert!(want.starts_with(b"MZ"), "ipxe.efi is a PE/COFF image");
@@ -124,6 +132,29 @@ async fn the_offered_http_boot_url_serves_debians_ipxe_efi() {
     assert_eq!(status, 200);
     let (status, part) = curl(&["-r", "0-1", &url]).await;
     assert_eq!((status, part.as_slice()), (206, &b"MZ"[..]));
+    // The whole-file GET is the machine's flight-recorder step; HEAD and Range are not.
+    let e = events.try_recv().expect("the download is recorded");
+    assert_eq!(e.mac.to_string(), "52:54:00:12:34:56");
+    assert_eq!(e.step, ironpool_crds::machine::BootStep::AssetFetched);
+    assert_eq!(
+        e.detail,
+        format!("/boot/ipxe.efi over UEFI HTTP boot ({} bytes)", want.len())
+    );
+    assert!(
+        events.try_recv().is_err(),
+        "only the whole-file GET is a step"
+    );
+    // A missing file is recorded with its status; a bad MAC is refused.
+    let gone = format!("{base}/boot/52-54-00-12-34-56/snponly-missing.efi");
+    assert_eq!(curl_text(&[&gone]).await.0, 404);
+    let e = events.try_recv().expect("the failed download is recorded");
+    assert!(
+        e.detail.ends_with("failed: HTTP 404 Not Found"),
+        "{}",
+        e.detail
+    );
+    let (status, body) = curl_text(&[&format!("{base}/boot/not-a-mac/ipxe.efi")]).await;
+    assert_eq!(status, 400, "{body}");
 
     // The BIOS binary is served too; scripts still answer at <mac>.ipxe.
     let (status, body) = curl(&[&format!("{base}/boot/undionly.kpxe")]).await;
@@ -144,7 +175,7 @@ async fn boot_files_are_confined_like_tftp() {
     let root = tempfile::tempdir().unwrap();
     std::fs::write(root.path().join("snponly.efi"), b"MZ snp").unwrap();
     std::os::unix::fs::symlink(outside.path().join("key"), root.path().join("key.efi")).unwrap();
-    let (base, _, cancel) = start(Some(root.path())).await;
+    let (base, _, cancel, _events) = start(Some(root.path())).await;
 
     let (status, body) = curl(&[&format!("{base}/boot/snponly.efi")]).await;
     assert_eq!((status, body.as_slice()), (200, &b"MZ snp"[..]));
@@ -165,7 +196,7 @@ async fn boot_files_are_confined_like_tftp() {
     cancel.cancel();
 
     // Without an iPXE directory the route serves scripts only, and says so.
-    let (base, _, cancel) = start(None).await;
+    let (base, _, cancel, _events) = start(None).await;
     let (status, body) = curl_text(&[&format!("{base}/boot/ipxe.efi")]).await;
     assert_eq!(status, 404);
     assert!(body.contains("serves no iPXE binaries"), "{body}");

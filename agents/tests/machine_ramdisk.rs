@@ -536,7 +536,11 @@ async fn ramdisk_full_erase_zeroes_virtio_and_nvme_disks() {
         ),
         "{msg}"
     );
-    assert_eq!(msg.matches("read zeros back at 16 places").count(), 2, "{msg}");
+    assert_eq!(
+        msg.matches("read zeros back at 16 places").count(),
+        2,
+        "{msg}"
+    );
     for (file, len) in [(&disk, DISK_BYTES), (&nvme, nvme_bytes)] {
         let data = std::fs::read(file).unwrap();
         assert_eq!(data.len() as u64, len);

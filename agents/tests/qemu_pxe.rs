@@ -17,8 +17,9 @@
 //!   that iPXE asks again and runs the script.
 //!
 //! - UEFI HTTP boot: with TFTP off, EDK2's PXE attempts fail and its HTTP boot client
-//!   (vendor class `HTTPClient`) gets `http://<agent>/boot/ipxe.efi`, fetches Debian's
-//!   `ipxe.efi` from the agent's HTTP server, and that iPXE runs the script.
+//!   (vendor class `HTTPClient`) gets `http://<agent>/boot/<mac>/ipxe.efi`, fetches Debian's
+//!   `ipxe.efi` from the agent's HTTP server (a flight-recorder step with its size), and
+//!   that iPXE runs the script.
 //!
 //! (A Legacy BIOS path through TFTP `undionly.kpxe` needs a non-iPXE PXE ROM, which
 //! Debian does not ship; SeaBIOS has no network stack of its own.)
@@ -180,6 +181,15 @@ fn position(steps: &[(String, String)], step: &str) -> usize {
         .unwrap_or_else(|| panic!("{step} missing from {steps:#?}"))
 }
 
+/// The script's call-back: an AssetFetched after the ScriptFetched (UEFI HTTP boot's
+/// download of ipxe.efi is an AssetFetched before it).
+fn called_back(steps: &[(String, String)]) -> bool {
+    steps
+        .iter()
+        .skip_while(|(s, _)| s != "ScriptFetched")
+        .any(|(s, _)| s == "AssetFetched")
+}
+
 /// Boots a VM with `firmware` and waits for the script's call-back; returns the steps and
 /// the VM (still running) for further checks.
 async fn boot(lab: &Lab, config: VmConfig) -> (Vec<(String, String)>, Vm) {
@@ -190,7 +200,7 @@ async fn boot(lab: &Lab, config: VmConfig) -> (Vec<(String, String)>, Vm) {
     let mut last = Vec::new();
     while start.elapsed() < BOOT_TIMEOUT {
         last = steps(lab).await;
-        if last.iter().any(|(s, _)| s == "AssetFetched") {
+        if called_back(&last) {
             break;
         }
         let serial = vm.serial();
@@ -203,11 +213,13 @@ async fn boot(lab: &Lab, config: VmConfig) -> (Vec<(String, String)>, Vm) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert!(
-        last.iter().any(|(s, _)| s == "AssetFetched"),
+        called_back(&last),
         "{}",
         report(
             &vm,
-            &format!("no AssetFetched within {BOOT_TIMEOUT:?}; status.boot: {last:#?}")
+            &format!(
+                "no AssetFetched after the script within {BOOT_TIMEOUT:?}; status.boot: {last:#?}"
+            )
         )
     );
     eprintln!(
@@ -226,7 +238,8 @@ async fn boot(lab: &Lab, config: VmConfig) -> (Vec<(String, String)>, Vm) {
 fn check_common(lab: &Lab, steps: &[(String, String)], mac: &str) {
     let ack = position(steps, "DHCPAck");
     let script = position(steps, "ScriptFetched");
-    let asset = position(steps, "AssetFetched");
+    // The script's call-back (an HTTP-booted ipxe.efi download comes before the script).
+    let asset = script + position(&steps[script..], "AssetFetched");
     assert!(ack < script && script < asset, "order: {steps:#?}");
     assert!(
         steps[script].1.contains("Commission"),
@@ -349,7 +362,18 @@ async fn uefi_http_boot_fetches_ipxe_over_http() {
         .iter()
         .position(|(s, d)| s == "DHCPOffer" && d.contains("ipxe.efi over HTTP boot"))
         .unwrap_or_else(|| panic!("no HTTP boot offer: {steps:#?}"));
-    assert!(http_offer < position(&steps, "ScriptFetched"));
+    let fetched = steps
+        .iter()
+        .position(|(s, d)| {
+            s == "AssetFetched" && d.starts_with("/boot/ipxe.efi over UEFI HTTP boot (")
+        })
+        .unwrap_or_else(|| {
+            panic!("the ipxe.efi download is not in the flight recorder: {steps:#?}")
+        });
+    assert!(
+        http_offer < fetched && fetched < position(&steps, "ScriptFetched"),
+        "{steps:#?}"
+    );
     assert!(
         !steps
             .iter()

@@ -153,7 +153,8 @@ pub fn answer(
                 Arch::UefiArm64 => &boot.uefi_arm64_file,
                 Arch::Bios | Arch::Other(_) => return None,
             };
-            let url = format!("{}/boot/{file}", boot.http_base);
+            // The MAC in the path makes the download a flight-recorder step for it.
+            let url = format!("{}/boot/{}/{file}", boot.http_base, mac.dashed());
             Some(BootAnswer {
                 detail: format!("{file} over HTTP boot"),
                 filename: url,
@@ -255,7 +256,7 @@ mod tests {
                     DhcpOption::ClientSystemArchitecture(Architecture::from(16)),
                 ],
                 BootClient::Http(Arch::UefiX64),
-                Some("http://10.0.0.1:8080/boot/ipxe.efi"),
+                Some("http://10.0.0.1:8080/boot/3c-ec-ef-12-34-56/ipxe.efi"),
             ),
         ];
         for (name, opts, kind, file) in cases {

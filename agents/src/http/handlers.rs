@@ -90,6 +90,45 @@ pub async fn boot_script(State(s): St, Path(file): Path<String>, headers: Header
         .into_response()
 }
 
+/// `GET /boot/<mac>/<file>`: an iPXE binary for UEFI HTTP boot firmware, at the URL the
+/// DHCP server offered that MAC. A whole-file GET is a flight-recorder step (with the
+/// status when it failed); the firmware's HEAD (size) and Range requests are not.
+pub async fn boot_file_for_mac(
+    State(s): St,
+    method: axum::http::Method,
+    Path((mac, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(mac) = mac.parse::<MacAddr>() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("'{mac}' is not a MAC address; UEFI HTTP boot URLs are /boot/<mac>/<file>"),
+        );
+    };
+    let dir = s.config.boot_files_dir.as_deref();
+    let resp = boot_file(dir, &file, &headers, s.metrics.bytes_served.clone()).await;
+    if method == axum::http::Method::GET && !headers.contains_key(header::RANGE) {
+        let status = resp.status();
+        let detail = if status == StatusCode::OK {
+            let len = resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?");
+            format!("/boot/{file} over UEFI HTTP boot ({len} bytes)")
+        } else {
+            format!("/boot/{file} over UEFI HTTP boot failed: HTTP {status}")
+        };
+        s.record(BootEvent {
+            mac,
+            step: BootStep::AssetFetched,
+            detail,
+            known: s.source.machine_by_mac(&mac).is_some(),
+        });
+    }
+    resp
+}
+
 /// The `mac` query parameter the rendered scripts add to asset URLs.
 fn query_mac(uri: &Uri) -> Option<MacAddr> {
     uri.query()?

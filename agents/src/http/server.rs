@@ -83,6 +83,7 @@ impl HttpServer {
             .layer(DefaultBodyLimit::max(self.config.body_limit));
         Router::new()
             .route("/boot/{file}", get(handlers::boot_script))
+            .route("/boot/{mac}/{file}", get(handlers::boot_file_for_mac))
             .route("/assets/{*name}", get(handlers::asset))
             .route("/images/{key}", get(handlers::image))
             .merge(api)
