@@ -4,7 +4,10 @@
 //! same subnet and pool, against ISC Kea `kea-dhcp4` (memfile with `persist: true`). For
 //! each server a short search over `perfdhcp -r` rates finds the highest lease rate with
 //! at most 2.5% of exchanges lost and with none lost; a table and the ratio are printed,
-//! with each server's CPU time per lease (all threads), measured around every step.
+//! with each server's CPU time per lease (all threads), measured around every step, and
+//! perfdhcp's own CPU use in each step (the share of its core: near 100% means the load
+//! generator, not the server, sets the rate), and where datagrams were lost: the UDP
+//! `RcvbufErrors` counter of each namespace (perfdhcp's socket or the server's).
 //!
 //! Setup: a server and a client network namespace joined by a veth pair; perfdhcp runs in
 //! the client namespace and, as it does for DHCPv4, acts as a relay (giaddr = its veth
@@ -48,6 +51,11 @@ struct Step {
     /// The server's CPU time (all threads, user + system) per completed exchange, µs:
     /// what a lease costs it, whichever side limits the rate.
     cpu_us: f64,
+    /// perfdhcp's CPU time in the step, percent of one core over the step's seconds.
+    load_pct: f64,
+    /// Datagrams dropped in the step because a receive buffer was full: in the client
+    /// namespace (perfdhcp's socket) and in the server's.
+    overflows: (u64, u64),
 }
 
 /// What perfdhcp's final report says.
@@ -96,6 +104,8 @@ impl Report {
             leases: self.acks_received as f64 / secs.max(1) as f64,
             drops: drops.max(0.0),
             cpu_us: 0.0,
+            load_pct: 0.0,
+            overflows: (0, 0),
         }
     }
 }
@@ -254,7 +264,19 @@ fn perfdhcp(pair: &Pair, rate: u32, secs: u64) -> Result<Step> {
 
 /// CPU seconds (user + system, all threads) process `pid` has used so far.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_seconds(&pid.to_string(), 11)
+}
+
+/// CPU seconds (user + system) of this process's children that have exited and been
+/// waited for: perfdhcp (`ip netns exec` and `taskset` exec it in the same process).
+fn children_cpu_seconds() -> f64 {
+    stat_seconds("self", 13)
+}
+
+/// Fields `at` and `at + 1` of `/proc/<who>/stat` (counted after the command name), in
+/// seconds: utime/stime at 11, cutime/cstime at 13.
+fn stat_seconds(who: &str, at: usize) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{who}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
         .next()
@@ -267,7 +289,27 @@ fn cpu_seconds(pid: u32) -> f64 {
             .and_then(|t| t.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(at) + ticks(at + 1)) / 100.0
+}
+
+/// The UDP `RcvbufErrors` counter of namespace `ns` (datagrams dropped because a socket's
+/// receive buffer was full).
+fn rcvbuf_errors(ns: &str) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let text = text.unwrap_or_default();
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Waits until the server answers a few exchanges.
@@ -287,17 +329,28 @@ fn bench(server: &dyn Server, pair: &Pair, secs: u64, start: u32, max: u32) -> R
     let pid = proc.0.id();
     wait_ready(pair, server.name())?;
     let found = search(start, max, |rate| {
+        let lost_before = (rcvbuf_errors(&pair.client), rcvbuf_errors(&pair.server));
         let before = cpu_seconds(pid);
+        let load_before = children_cpu_seconds();
         let mut step = perfdhcp(pair, rate, secs)?;
         let exchanges = step.leases * secs.max(1) as f64;
         step.cpu_us = 1e6 * (cpu_seconds(pid) - before) / exchanges.max(1.0);
+        step.load_pct = 100.0 * (children_cpu_seconds() - load_before) / secs.max(1) as f64;
+        step.overflows = (
+            rcvbuf_errors(&pair.client).saturating_sub(lost_before.0),
+            rcvbuf_errors(&pair.server).saturating_sub(lost_before.1),
+        );
         println!(
-            "  {:<15} -r {:>6}: {:>8.0} leases/s, {:>5.2}% dropped, server CPU {:>5.1} µs/lease",
+            "  {:<15} -r {:>6}: {:>8.0} leases/s, {:>5.2}% dropped, server CPU {:>5.1} µs/lease, \
+             perfdhcp {:>3.0}% of its core, full receive buffers: perfdhcp {} server {}",
             server.name(),
             step.rate,
             step.leases,
             step.drops,
-            step.cpu_us
+            step.cpu_us,
+            step.load_pct,
+            step.overflows.0,
+            step.overflows.1
         );
         Ok(step)
     });
@@ -340,22 +393,31 @@ fn main() -> Result<()> {
         rows.push((server.name(), found));
     }
     println!(
-        "\n| server | leases/s at <= 2.5% drops | leases/s at 0 drops | server CPU per lease at the 2.5% edge |"
+        "\n| server | leases/s at <= 2.5% drops | leases/s at 0 drops | server CPU per lease at the 2.5% edge | perfdhcp's core at the 2.5% edge |"
     );
-    println!("|---|---|---|---|");
+    println!("|---|---|---|---|---|");
     let show = |s: Option<Step>| {
         s.map_or("-".to_string(), |s| {
             format!("{:.0} (-r {}, {:.2}%)", s.leases, s.rate, s.drops)
         })
     };
     for (name, found) in &rows {
+        let edge = found.best(DROP_LIMIT);
         println!(
-            "| {name} | {} | {} | {} |",
-            show(found.best(DROP_LIMIT)),
+            "| {name} | {} | {} | {} | {} |",
+            show(edge),
             show(found.best(0.0)),
-            found
-                .best(DROP_LIMIT)
-                .map_or("-".to_string(), |s| format!("{:.1} µs", s.cpu_us))
+            edge.map_or("-".to_string(), |s| format!("{:.1} µs", s.cpu_us)),
+            edge.map_or("-".to_string(), |s| format!("{:.0}%", s.load_pct))
+        );
+    }
+    for (name, found) in &rows {
+        let (client, server) = found.steps.iter().fold((0, 0), |(c, s), st| {
+            (c + st.overflows.0, s + st.overflows.1)
+        });
+        println!(
+            "{name}: datagrams dropped by full receive buffers over all steps: {client} in \
+             perfdhcp's socket, {server} in the server's"
         );
     }
     if let [(_, a), (_, b)] = rows.as_slice() {
@@ -424,6 +486,8 @@ mod tests {
                 leases: r * (1.0 - drops / 100.0),
                 drops,
                 cpu_us: 0.0,
+                load_pct: 0.0,
+                overflows: (0, 0),
             })
         };
         let s = search(1000, 40000, model).unwrap();
