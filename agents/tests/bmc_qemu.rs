@@ -14,7 +14,7 @@ use ironpool_agents::bmc::{
     self, BmcAddress, BmcError, BootDevice, BootMode, BootOverride, Credentials, DriverConfig,
     Persistence, PowerAction, PowerDriver, PowerState,
 };
-use ironpool_e2e::bmc::{BmcEmulator, BmcOptions, EmulatedSystem, qmp_status};
+use ironpool_e2e::bmc::{BmcEmulator, BmcPair, EmulatedSystem, qmp_status};
 use ironpool_e2e::netlab::{Netns, require_tools};
 use ironpool_e2e::qemu::{Firmware, QEMU, Vm, VmConfig};
 
@@ -59,24 +59,12 @@ impl Rig {
         config.memory_mib = 64;
         let mut vm = Vm::start(&ns, &config, dir.path()).unwrap();
         vm.wait_qmp(Duration::from_secs(20)).unwrap();
-        let mut system = EmulatedSystem::new(tag, mac, vm.qmp_path());
-        system.boot_mode = "Legacy".into();
-        let password: String = (0..16).map(|_| fastrand::alphanumeric()).collect();
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (tcp_port, udp_port) = (
-            tcp.local_addr().unwrap().port(),
-            udp.local_addr().unwrap().port(),
-        );
-        drop((tcp, udp));
-        let opts = BmcOptions::new("127.0.0.1", tcp_port).with_credentials(USER, &password);
-        let redfish =
-            BmcEmulator::redfish(std::slice::from_ref(&system), &opts, None, dir.path()).unwrap();
-        let opts = BmcOptions {
-            port: udp_port,
-            ..opts
-        };
-        let ipmi = BmcEmulator::ipmi(&system, &opts, None, dir.path()).unwrap();
+        let BmcPair {
+            system,
+            redfish,
+            ipmi,
+            password,
+        } = BmcPair::start(tag, mac, vm.qmp_path(), USER, dir.path()).unwrap();
         Rig {
             redfish,
             ipmi,

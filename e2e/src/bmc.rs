@@ -152,6 +152,46 @@ pub enum Front {
     Ipmi,
 }
 
+/// Both BMC fronts for one QEMU VM, as the power tests use them: Redfish on a free loopback
+/// TCP port and IPMI on a free loopback UDP port, with `user` and a random password made
+/// for this run (never a constant in the code). No Debug: it holds the password.
+pub struct BmcPair {
+    /// The VM as the emulators see it (boot mode Legacy).
+    pub system: EmulatedSystem,
+    /// The Redfish front.
+    pub redfish: BmcEmulator,
+    /// The IPMI front.
+    pub ipmi: BmcEmulator,
+    /// The password of `user` on both.
+    pub password: String,
+}
+
+impl BmcPair {
+    /// Starts both fronts for the VM `name` (boot MAC `mac`) whose QMP socket is `qmp`;
+    /// their files go to `dir`.
+    pub fn start(name: &str, mac: &str, qmp: &Path, user: &str, dir: &Path) -> Result<Self> {
+        let mut system = EmulatedSystem::new(name, mac, qmp);
+        system.boot_mode = "Legacy".into();
+        let password: String = (0..16).map(|_| fastrand::alphanumeric()).collect();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let opts = BmcOptions::new("127.0.0.1", tcp).with_credentials(user, &password);
+        let redfish = BmcEmulator::redfish(std::slice::from_ref(&system), &opts, None, dir)?;
+        let opts = BmcOptions { port: udp, ..opts };
+        let ipmi = BmcEmulator::ipmi(&system, &opts, None, dir)?;
+        Ok(Self {
+            system,
+            redfish,
+            ipmi,
+            password,
+        })
+    }
+}
+
 /// A running BMC emulator, killed on drop. Its output (one `EVENT <system> <what>
 /// <QMP status before>` line per power or boot command, plus the HTTP server's request
 /// log) is in a log file.

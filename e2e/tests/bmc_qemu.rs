@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ironpool_e2e::bmc::{
-    BmcEmulator, BmcOptions, EmulatedSystem, qmp_status, venv_bin, wait_qmp_status,
+    BmcEmulator, BmcOptions, BmcPair, EmulatedSystem, qmp_status, venv_bin, wait_qmp_status,
 };
 use ironpool_e2e::netlab::{Netns, require_tools};
 use ironpool_e2e::qemu::{Disk, DiskFormat, Firmware, QEMU, Vm, VmConfig};
@@ -28,14 +28,6 @@ fn is_off(s: &str) -> bool {
 
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
@@ -113,16 +105,12 @@ impl Rig {
         }
         let mut vm = Vm::start(&ns, &config, dir.path()).unwrap();
         vm.wait_qmp(Duration::from_secs(20)).unwrap();
-        let mut system = EmulatedSystem::new(tag, mac, vm.qmp_path());
-        system.boot_mode = "Legacy".into();
-        let password = password();
-        let opts = BmcOptions::new("127.0.0.1", free_tcp_port()).with_credentials(USER, &password);
-        let redfish = BmcEmulator::redfish(&[system.clone()], &opts, None, dir.path()).unwrap();
-        let opts = BmcOptions {
-            port: free_udp_port(),
-            ..opts
-        };
-        let ipmi = BmcEmulator::ipmi(&system, &opts, None, dir.path()).unwrap();
+        let BmcPair {
+            system,
+            redfish,
+            ipmi,
+            password,
+        } = BmcPair::start(tag, mac, vm.qmp_path(), USER, dir.path()).unwrap();
         Rig {
             redfish,
             ipmi,
