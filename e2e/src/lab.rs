@@ -32,9 +32,6 @@ pub const NAMESPACE: &str = "lab";
 /// The agent's address on the provisioning bridge.
 pub const AGENT_IP: &str = "10.77.0.1";
 const BMC_USER: &str = "admin";
-/// Lab-only BMC password (the emulators are reachable only inside the lab's namespace).
-const BMC_PASSWORD: &str = "lab-password";
-const TOKEN_SECRET: &str = "lab-token-secret-of-at-least-32-bytes-0123";
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -221,6 +218,15 @@ pub struct Lab {
     _forward: NsChild,
     agent_starts: u32,
     sampler: timeline::Sampler,
+    /// The BMC emulators' password, made for this run (in Secret `lab-bmc` for users).
+    bmc_password: String,
+    /// The agent's token secret, made for this run, in a 0600 file (not on a command line).
+    token_secret_file: PathBuf,
+}
+
+/// `n` random alphanumeric characters.
+fn random_secret(n: usize) -> String {
+    (0..n).map(|_| fastrand::alphanumeric()).collect()
 }
 
 impl Lab {
@@ -261,6 +267,18 @@ impl Lab {
         ])
         .arg(&artifacts.os_image);
         let images = NsChild::spawn("images", http, &dir.join("images.log"))?;
+        let token_secret_file = dir.join("token-secret");
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let _ = std::fs::remove_file(&token_secret_file);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&token_secret_file)?
+                .write_all(random_secret(48).as_bytes())?;
+        }
 
         let mut lab = Lab {
             dir: dir.to_path_buf(),
@@ -276,6 +294,8 @@ impl Lab {
             _forward: forward,
             agent_starts: 0,
             sampler,
+            bmc_password: random_secret(16),
+            token_secret_file,
         };
         lab.apply_example("subnet.yaml", &[])?;
         lab.start_operator()?;
@@ -543,7 +563,8 @@ impl Lab {
             .arg("--image-cache-dir")
             .arg(self.dir.join("image-cache"))
             .args(["--kernel-args", "console=ttyS0 ironpool.done=poweroff"])
-            .args(["--token-secret", TOKEN_SECRET])
+            .arg("--token-secret-file")
+            .arg(&self.token_secret_file)
             .args(["--metrics-listen", "127.0.0.1:9090"])
             .args(["--lease-duration", "6s", "--renew-deadline", "4s"])
             .args(["--retry-period", "1s"]);
@@ -605,7 +626,7 @@ impl Lab {
                 BmcKind::Redfish => redfish_systems.push(system),
                 BmcKind::Ipmi => {
                     let opts = BmcOptions::new(AGENT_IP, ipmi_port)
-                        .with_credentials(BMC_USER, BMC_PASSWORD);
+                        .with_credentials(BMC_USER, &self.bmc_password);
                     ipmi_port += 1;
                     self.bmcs.push(BmcEmulator::ipmi(
                         &system,
@@ -625,7 +646,8 @@ impl Lab {
             self.vms.push(vm);
         }
         if !redfish_systems.is_empty() {
-            let opts = BmcOptions::new(AGENT_IP, 8000).with_credentials(BMC_USER, BMC_PASSWORD);
+            let opts =
+                BmcOptions::new(AGENT_IP, 8000).with_credentials(BMC_USER, &self.bmc_password);
             self.bmcs.push(BmcEmulator::redfish(
                 &redfish_systems,
                 &opts,
@@ -682,7 +704,7 @@ impl Lab {
                     ("MAC", &m.mac),
                     ("BMC_ADDRESS", &self.bmc_address(i)?),
                     ("BMC_USER", BMC_USER),
-                    ("BMC_PASSWORD", BMC_PASSWORD),
+                    ("BMC_PASSWORD", &self.bmc_password),
                 ],
             )?;
         }
