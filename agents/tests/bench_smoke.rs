@@ -1,5 +1,6 @@
 //! The serving benchmarks run end to end at a tiny size so they cannot rot: `dhcp-bench`
-//! (one 1-second perfdhcp step against ironpool-dhcpd and against ISC Kea) and
+//! (a 1-second step of each load generator, perfdhcp and dhcp-load, against
+//! ironpool-dhcpd and against ISC Kea) and
 //! `tftp-bench` (a 1 MiB file from our server and from tftpd-hpa), each in network
 //! namespaces it creates and removes. Skipped, loudly, without root or the peers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -46,20 +47,30 @@ fn dhcp_bench_runs_one_step_against_both_servers() {
         return;
     }
     let out = run(env!("CARGO_BIN_EXE_dhcp-bench"), &["1", "200", "200"]);
+    // One table per load generator (perfdhcp, dhcp-load), each with a row per server.
     for server in ["ironpool-dhcpd", "kea-dhcp4"] {
-        let row = out
+        let rows: Vec<&str> = out
             .lines()
-            .find(|l| l.starts_with(&format!("| {server} |")))
-            .unwrap_or_else(|| panic!("no row for {server}: {out}"));
-        let leases: f64 = row
-            .split('|')
-            .nth(2)
-            .and_then(|c| c.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no rate in {row}"));
-        assert!(leases > 50.0, "{row}");
+            .filter(|l| l.starts_with(&format!("| {server} |")))
+            .collect();
+        assert_eq!(rows.len(), 2, "a row for {server} per generator: {out}");
+        for row in rows {
+            let leases: f64 = row
+                .split('|')
+                .nth(2)
+                .and_then(|c| c.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no rate in {row}"));
+            assert!(leases > 50.0, "{row}");
+        }
     }
-    assert!(out.contains("ironpool / kea:"), "{out}");
+    for generator in ["perfdhcp", "dhcp-load"] {
+        assert!(
+            out.contains(&format!("{generator}: ironpool / kea:")),
+            "{out}"
+        );
+    }
+    assert!(!out.contains("stray replies"), "{out}");
 }
 
 #[test]

@@ -18,9 +18,18 @@
 //! machine is a separate receiver thread, which on one pinned core loses replies in its own
 //! socket long before either server is busy. Needs root (`ip netns`).
 //!
-//! `dhcp-bench [step_secs] [start_rate] [max_rate]` (defaults 3, 1000, 80000). The server
+//! Two load generators, each against both servers: perfdhcp, and `dhcp-load`
+//! (`bench_util/dhcp_load.rs`), which drives the same exchanges with a fraction of
+//! perfdhcp's CPU per exchange. On the one core this 2-core machine can give a load
+//! generator, perfdhcp completes at most about 37,000 exchanges/s (44,000 with tcmalloc,
+//! which it is given when `libtcmalloc_minimal.so.4` is installed: Debian
+//! `libtcmalloc-minimal4`), so where a server can take more, only `dhcp-load` finds its
+//! edge.
+//!
+//! `dhcp-bench [step_secs] [start_rate] [max_rate]` (defaults 3, 1000, 100000). The server
 //! binary is `ironpool-dhcpd` next to this one (build both with `--release`), or
-//! `$IRONPOOL_DHCPD`.
+//! `$IRONPOOL_DHCPD`. `dhcp-bench load LOCAL SERVER RATE SECS CLIENTS WAIT_MS` is the load
+//! generator itself (run by the bench in the client namespace).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,18 +39,25 @@ use anyhow::{Context, Result, bail};
 #[path = "bench_util/netns.rs"]
 mod netns;
 
+#[path = "bench_util/dhcp_load.rs"]
+mod dhcp_load;
+
 use netns::{Pair, Proc, have};
 
 const SERVER_CIDR: &str = "10.64.0.1/10";
 const CLIENT_CIDR: &str = "10.64.0.2/10";
+const CLIENT_IP: &str = "10.64.0.2";
 const SERVER_IP: &str = "10.64.0.1";
 const POOL: (&str, &str) = ("10.64.1.0", "10.127.255.250");
-/// Distinct client MACs perfdhcp draws from.
+/// Distinct client MACs the load generators draw from.
 const CLIENTS: &str = "1000000";
+/// How long each generator waits for late replies after its sending time, ms (perfdhcp
+/// `-W`).
+const EXIT_WAIT_MS: u64 = 300;
 /// Drops allowed for the "<= 2.5%" rate.
 const DROP_LIMIT: f64 = 2.5;
 
-/// One perfdhcp run at a fixed rate.
+/// One load generator run at a fixed rate.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Step {
     /// The `-r` rate asked for.
@@ -53,11 +69,25 @@ struct Step {
     /// The server's CPU time (all threads, user + system) per completed exchange, µs:
     /// what a lease costs it, whichever side limits the rate.
     cpu_us: f64,
-    /// perfdhcp's CPU time in the step, percent of one core over the step's seconds.
+    /// The load generator's CPU time in the step, percent of one core over its run (the
+    /// step's seconds and the wait for late replies).
     load_pct: f64,
+    /// For a generator that polls (dhcp-load), the share of the step it spent sending and
+    /// receiving, percent: near 100% means it, not the server, set the rate.
+    busy_pct: Option<f64>,
     /// Datagrams dropped in the step because a receive buffer was full: in the client
-    /// namespace (perfdhcp's socket) and in the server's.
+    /// namespace (the load generator's socket) and in the server's.
     overflows: (u64, u64),
+}
+
+impl Step {
+    /// How loaded the generator was: its CPU share, and its busy share if it polls.
+    fn load(&self) -> String {
+        match self.busy_pct {
+            Some(b) => format!("{:.0}% of its core ({b:.0}% busy)", self.load_pct),
+            None => format!("{:.0}% of its core", self.load_pct),
+        }
+    }
 }
 
 /// What perfdhcp's final report says.
@@ -107,6 +137,7 @@ impl Report {
             drops: drops.max(0.0),
             cpu_us: 0.0,
             load_pct: 0.0,
+            busy_pct: None,
             overflows: (0, 0),
         }
     }
@@ -252,9 +283,96 @@ impl Server for Kea {
     }
 }
 
+/// A load generator, run in the client namespace pinned to core 0.
+enum Generator {
+    /// ISC perfdhcp, with `LD_PRELOAD` of this allocator when given.
+    Perfdhcp { preload: Option<String> },
+    /// `dhcp-load`: this binary's `load` subcommand.
+    Load { exe: PathBuf },
+}
+
+impl Generator {
+    fn name(&self) -> &'static str {
+        match self {
+            Generator::Perfdhcp { .. } => "perfdhcp",
+            Generator::Load { .. } => "dhcp-load",
+        }
+    }
+
+    /// Runs at `rate` for `secs` seconds.
+    fn run(&self, pair: &Pair, rate: u32, secs: u64) -> Result<Step> {
+        match self {
+            Generator::Perfdhcp { preload } => perfdhcp(pair, rate, secs, preload.as_deref()),
+            Generator::Load { exe } => {
+                let out = Pair::cmd(&pair.client, "0", &exe.display().to_string())
+                    .args(["load", CLIENT_IP, SERVER_IP])
+                    .args([rate.to_string(), secs.to_string()])
+                    .args([CLIENTS, &EXIT_WAIT_MS.to_string()])
+                    .output()
+                    .context("run dhcp-load")?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                if !out.status.success() {
+                    bail!(
+                        "dhcp-load failed ({}): {}{}",
+                        out.status,
+                        text,
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                let c = dhcp_load::Counts::parse(&text)?;
+                if c.naks + c.stray > 0 {
+                    println!("    dhcp-load: {} NAKs, {} stray replies", c.naks, c.stray);
+                }
+                let report = Report {
+                    discovers_sent: c.discovers,
+                    acks_received: c.acks,
+                };
+                let mut step = report.step(rate, secs);
+                // It polls: its busy share, not its CPU time, says whether it set the rate.
+                let ran = secs.max(1) as f64 + EXIT_WAIT_MS as f64 / 1000.0;
+                step.busy_pct = Some(c.busy_us as f64 / (ran * 1e4));
+                Ok(step)
+            }
+        }
+    }
+}
+
+/// `libtcmalloc_minimal.so.4` as the dynamic linker knows it, if installed.
+fn tcmalloc() -> Option<String> {
+    let out = std::process::Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("libtcmalloc_minimal.so.4 "))
+        .find_map(|l| l.rsplit("=> ").next().map(|p| p.trim().to_string()))
+}
+
+/// The `load` subcommand: one run of [`dhcp_load::run`], its counts on stdout.
+fn load_main(args: &[String]) -> Result<()> {
+    let [local, server, rate, secs, clients, wait_ms] = args else {
+        bail!("usage: dhcp-bench load LOCAL SERVER RATE SECS CLIENTS WAIT_MS");
+    };
+    let counts = dhcp_load::run(
+        local.parse()?,
+        server.parse()?,
+        rate.parse()?,
+        secs.parse()?,
+        clients.parse()?,
+        Duration::from_millis(wait_ms.parse()?),
+    )?;
+    println!("{}", counts.line());
+    Ok(())
+}
+
 /// Runs perfdhcp in the client namespace at `rate` for `secs` seconds.
-fn perfdhcp(pair: &Pair, rate: u32, secs: u64) -> Result<Step> {
-    let out = Pair::cmd(&pair.client, "0", "perfdhcp")
+fn perfdhcp(pair: &Pair, rate: u32, secs: u64, preload: Option<&str>) -> Result<Step> {
+    let mut cmd = Pair::cmd(&pair.client, "0", "perfdhcp");
+    if let Some(lib) = preload {
+        cmd.env("LD_PRELOAD", lib);
+    }
+    let out = cmd
         .args([
             "-4",
             "-g",
@@ -264,7 +382,7 @@ fn perfdhcp(pair: &Pair, rate: u32, secs: u64) -> Result<Step> {
             "-R",
             CLIENTS,
             "-W",
-            "300000",
+            &(EXIT_WAIT_MS * 1000).to_string(),
         ])
         .args(["-r", &rate.to_string(), "-p", &secs.to_string(), SERVER_IP])
         .output()
@@ -288,7 +406,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// CPU seconds (user + system) of this process's children that have exited and been
-/// waited for: perfdhcp (`ip netns exec` and `taskset` exec it in the same process).
+/// waited for: the load generator (`ip netns exec` and `taskset` exec it in the same
+/// process).
 fn children_cpu_seconds() -> f64 {
     stat_seconds("self", 13)
 }
@@ -335,7 +454,7 @@ fn rcvbuf_errors(ns: &str) -> u64 {
 /// Waits until the server answers a few exchanges.
 fn wait_ready(pair: &Pair, name: &str) -> Result<()> {
     for _ in 0..40 {
-        if perfdhcp(pair, 50, 1).is_ok_and(|s| s.leases > 0.0) {
+        if perfdhcp(pair, 50, 1, None).is_ok_and(|s| s.leases > 0.0) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -343,7 +462,12 @@ fn wait_ready(pair: &Pair, name: &str) -> Result<()> {
     bail!("{name} did not answer perfdhcp within 10 s")
 }
 
-fn bench(server: &dyn Server, pair: &Pair, secs: u64, start: u32, max: u32) -> Result<Search> {
+fn bench(
+    server: &dyn Server,
+    generator: &Generator,
+    pair: &Pair,
+    (secs, start, max): (u64, u32, u32),
+) -> Result<Search> {
     let dir = tempfile::tempdir()?;
     let proc = server.start(pair, dir.path())?;
     let pid = proc.0.id();
@@ -352,23 +476,27 @@ fn bench(server: &dyn Server, pair: &Pair, secs: u64, start: u32, max: u32) -> R
         let lost_before = (rcvbuf_errors(&pair.client), rcvbuf_errors(&pair.server));
         let before = cpu_seconds(pid);
         let load_before = children_cpu_seconds();
-        let mut step = perfdhcp(pair, rate, secs)?;
+        let mut step = generator.run(pair, rate, secs)?;
         let exchanges = step.leases * secs.max(1) as f64;
         step.cpu_us = 1e6 * (cpu_seconds(pid) - before) / exchanges.max(1.0);
-        step.load_pct = 100.0 * (children_cpu_seconds() - load_before) / secs.max(1) as f64;
+        // Over the generator's whole run: its sending time and its wait for late replies.
+        let ran = secs.max(1) as f64 + EXIT_WAIT_MS as f64 / 1000.0;
+        step.load_pct = 100.0 * (children_cpu_seconds() - load_before) / ran;
         step.overflows = (
             rcvbuf_errors(&pair.client).saturating_sub(lost_before.0),
             rcvbuf_errors(&pair.server).saturating_sub(lost_before.1),
         );
         println!(
             "  {:<15} -r {:>6}: {:>8.0} leases/s, {:>5.2}% dropped, server CPU {:>5.1} µs/lease, \
-             perfdhcp {:>3.0}% of its core, full receive buffers: perfdhcp {} server {}",
+             {} {}, full receive buffers: {} {} server {}",
             server.name(),
             step.rate,
             step.leases,
             step.drops,
             step.cpu_us,
-            step.load_pct,
+            generator.name(),
+            step.load(),
+            generator.name(),
             step.overflows.0,
             step.overflows.1
         );
@@ -380,9 +508,12 @@ fn bench(server: &dyn Server, pair: &Pair, secs: u64, start: u32, max: u32) -> R
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(("load", rest)) = args.split_first().map(|(a, r)| (a.as_str(), r)) {
+        return load_main(rest);
+    }
     let secs: u64 = args.first().map_or(Ok(3), |s| s.parse())?;
     let start: u32 = args.get(1).map_or(Ok(1000), |s| s.parse())?;
-    let max: u32 = args.get(2).map_or(Ok(80000), |s| s.parse())?;
+    let max: u32 = args.get(2).map_or(Ok(100_000), |s| s.parse())?;
     for prog in ["perfdhcp", "kea-dhcp4", "ip"] {
         if !have(prog) {
             bail!("{prog} is missing: run e2e/scripts/install-net-tools.sh");
@@ -403,17 +534,36 @@ fn main() -> Result<()> {
             ours.binary.display()
         );
     }
+    let preload = tcmalloc();
     println!(
-        "perfdhcp full DORA, {CLIENTS} distinct clients, {secs} s per step; servers on core 1, perfdhcp on core 0"
+        "full DORA, {CLIENTS} distinct clients, {secs} s per step; servers on core 1, the load \
+         generator on core 0; perfdhcp with {}",
+        preload.as_deref().map_or(
+            "glibc malloc (libtcmalloc-minimal4 is not installed)".into(),
+            |p| { format!("LD_PRELOAD={p}") }
+        )
     );
     let pair = Pair::new("dhcp", SERVER_CIDR, CLIENT_CIDR)?;
-    let mut rows = Vec::new();
-    for server in [&ours as &dyn Server, &Kea] {
-        let found = bench(server, &pair, secs, start, max)?;
-        rows.push((server.name(), found));
+    let generators = [Generator::Perfdhcp { preload }, Generator::Load { exe: me }];
+    let mut tables = Vec::new();
+    for generator in &generators {
+        let mut rows = Vec::new();
+        for server in [&ours as &dyn Server, &Kea] {
+            let found = bench(server, generator, &pair, (secs, start, max))?;
+            rows.push((server.name(), found));
+        }
+        tables.push((generator.name(), rows));
     }
+    for (generator, rows) in &tables {
+        report(generator, rows);
+    }
+    Ok(())
+}
+
+/// Prints one load generator's table, where datagrams were lost, and the ratios.
+fn report(generator: &str, rows: &[(&str, Search)]) {
     println!(
-        "\n| server | leases/s at <= 2.5% drops | leases/s at 0 drops | server CPU per lease at the 2.5% edge | perfdhcp's core at the 2.5% edge |"
+        "\n{generator}:\n\n| server | leases/s at <= 2.5% drops | leases/s at 0 drops | server CPU per lease at the 2.5% edge | {generator} at the 2.5% edge |"
     );
     println!("|---|---|---|---|---|");
     let show = |s: Option<Step>| {
@@ -421,47 +571,46 @@ fn main() -> Result<()> {
             format!("{:.0} (-r {}, {:.2}%)", s.leases, s.rate, s.drops)
         })
     };
-    for (name, found) in &rows {
+    for (name, found) in rows {
         let edge = found.best(DROP_LIMIT);
         println!(
             "| {name} | {} | {} | {} | {} |",
             show(edge),
             show(found.best(0.0)),
             edge.map_or("-".to_string(), |s| format!("{:.1} µs", s.cpu_us)),
-            edge.map_or("-".to_string(), |s| format!("{:.0}%", s.load_pct))
+            edge.map_or("-".to_string(), |s| s.load())
         );
     }
-    for (name, found) in &rows {
+    for (name, found) in rows {
         let (client, server) = found.steps.iter().fold((0, 0), |(c, s), st| {
             (c + st.overflows.0, s + st.overflows.1)
         });
         println!(
             "{name}: datagrams dropped by full receive buffers over all steps: {client} in \
-             perfdhcp's socket, {server} in the server's"
+             {generator}'s socket, {server} in the server's"
         );
     }
-    if let [(_, a), (_, b)] = rows.as_slice() {
+    if let [(_, a), (_, b)] = rows {
         let ratio = |l: f64| match (a.best(l), b.best(l)) {
             (Some(a), Some(b)) if b.leases > 0.0 => format!("{:.2}x", a.leases / b.leases),
             _ => "-".into(),
         };
         println!(
-            "ironpool / kea: {} at <= 2.5% drops, {} at 0 drops (goal >= 2x)",
+            "{generator}: ironpool / kea: {} at <= 2.5% drops, {} at 0 drops (goal >= 2x)",
             ratio(DROP_LIMIT),
             ratio(0.0)
         );
-        // When perfdhcp's core, not the server's, sets the rate, the cost of a lease says
-        // more about capacity than the rate does.
+        // When the load generator's core, not the server's, sets the rate, the cost of a
+        // lease says more about capacity than the rate does.
         if let (Some(a), Some(b)) = (a.best(DROP_LIMIT), b.best(DROP_LIMIT))
             && a.cpu_us > 0.0
         {
             println!(
-                "server CPU per lease, kea / ironpool: {:.2}x",
+                "{generator}: server CPU per lease, kea / ironpool: {:.2}x",
                 b.cpu_us / a.cpu_us
             );
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -507,6 +656,7 @@ mod tests {
                 drops,
                 cpu_us: 0.0,
                 load_pct: 0.0,
+                busy_pct: None,
                 overflows: (0, 0),
             })
         };
@@ -529,6 +679,7 @@ mod tests {
                 drops,
                 cpu_us: 0.0,
                 load_pct: 0.0,
+                busy_pct: None,
                 overflows: (0, 0),
             })
         };

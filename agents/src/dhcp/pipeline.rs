@@ -57,6 +57,12 @@ pub enum Effect {
     /// Keep an address out of offers until a time because a host answered a probe on it;
     /// that host may reclaim it with a REQUEST.
     Abandon(Ipv4Addr, u64),
+    /// The free-address search handed out this address: the next search starts after it.
+    /// Only the search moves its cursor. A client given back its current lease, or binding
+    /// an address offered a while ago, must not move it backwards: every search after
+    /// that would walk again over all the addresses handed out since (an O(leases) scan
+    /// per new client).
+    Allocated(Ipv4Addr),
 }
 
 /// Why a request was answered or not (the `outcome` label of the packet metric).
@@ -148,11 +154,11 @@ impl ServerState {
     /// Applies a decision's effect.
     pub fn apply(&mut self, effect: &Effect) {
         match effect {
-            Effect::Offer(l) | Effect::Bind { lease: l, .. } => {
-                if let Some(s) = self.subnets.iter().find(|s| s.contains(l.ip)) {
-                    self.leases.advance(s, l.ip);
+            Effect::Offer(l) | Effect::Bind { lease: l, .. } => self.leases.insert(l.clone()),
+            Effect::Allocated(ip) => {
+                if let Some(s) = self.subnets.iter().find(|s| s.contains(*ip)) {
+                    self.leases.advance(s, *ip);
                 }
-                self.leases.insert(l.clone());
             }
             Effect::Free(mac, ip) => {
                 self.leases.remove(mac, *ip);
@@ -282,25 +288,27 @@ fn may_reclaim(cx: &Ctx<'_>, ip: Ipv4Addr) -> bool {
         && cx.state.leases.abandoned(ip, cx.now)
 }
 
-/// The address to offer: reservation, current lease, requested address, or a free one.
-fn choose(cx: &Ctx<'_>) -> Option<Ipv4Addr> {
+/// The address to offer: reservation, current lease, requested address, or a free one
+/// (then `true`: it came from the free-address search).
+fn choose(cx: &Ctx<'_>) -> Option<(Ipv4Addr, bool)> {
     if let Some(r) = cx
         .state
         .reservation(&cx.mac)
         .filter(|r| cx.subnet.contains(r.ip))
     {
-        return Some(r.ip);
+        return Some((r.ip, false));
     }
     let current = cx.state.leases.by_mac(&cx.mac).map(|l| l.ip);
     for ip in current.into_iter().chain(requested_ip(cx.req)) {
         if cx.subnet.contains(ip) && may_have(cx, ip) {
-            return Some(ip);
+            return Some((ip, false));
         }
     }
     let state = cx.state;
-    state.leases.find_free(cx.subnet, &cx.mac, cx.now, |ip| {
+    let free = state.leases.find_free(cx.subnet, &cx.mac, cx.now, |ip| {
         state.reserved_for_other(ip, &cx.mac)
-    })
+    });
+    free.map(|ip| (ip, true))
 }
 
 /// OFFER or ACK with the network's options and PXE fields.
@@ -325,7 +333,7 @@ fn pxe_fields(cx: &Ctx<'_>, m: &mut Message) -> Option<String> {
 }
 
 fn discover(cx: &Ctx<'_>) -> Decision {
-    let Some(ip) = choose(cx) else {
+    let Some((ip, searched)) = choose(cx) else {
         let mut d = Decision::silent(Outcome::Exhausted);
         d.event = Some(event(
             cx,
@@ -350,6 +358,9 @@ fn discover(cx: &Ctx<'_>) -> Decision {
             expires,
             state: LeaseState::Offered,
         }));
+    }
+    if searched {
+        effects.push(Effect::Allocated(ip));
     }
     Decision {
         reply: Some((m, reply::destination(cx.req, MessageType::Offer))),
@@ -454,5 +465,73 @@ fn inform(cx: &Ctx<'_>) -> Decision {
         event: None,
         outcome: Outcome::Replied,
         probe: None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use dhcproto::v4::{DhcpOption, Opcode};
+
+    use super::*;
+
+    fn discover_from(mac: u8) -> Message {
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootRequest)
+            .set_chaddr(&[2, 0, 0, 0, 0, mac]);
+        m.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        m
+    }
+
+    fn offer(state: &mut ServerState, mac: u8, now: u64) -> (Ipv4Addr, Vec<Effect>) {
+        let m = discover_from(mac);
+        let req = Request {
+            msg: &m,
+            interface_ip: Ipv4Addr::new(10, 0, 0, 2),
+        };
+        let d = handle(&req, state, now);
+        for e in &d.effects {
+            state.apply(e);
+        }
+        (d.reply.unwrap().0.yiaddr(), d.effects)
+    }
+
+    /// Only the free-address search moves its cursor: a client offered its own address
+    /// again does not send the next search back over the addresses handed out since.
+    #[test]
+    fn the_search_cursor_only_moves_forward() {
+        let subnet = SubnetConfig {
+            name: "t".into(),
+            network: Ipv4Addr::new(10, 0, 0, 0),
+            prefix: 24,
+            gateway: None,
+            dns: vec![],
+            domain: None,
+            mtu: None,
+            lease_secs: 600,
+            dynamic: Some((Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 110))),
+            reserved: vec![],
+            pxe: false,
+        };
+        let mut state =
+            ServerState::new(ServerConfig::new(Ipv4Addr::new(10, 0, 0, 2)), vec![subnet]);
+        let ip = |n| Ipv4Addr::new(10, 0, 0, n);
+        let (first, effects) = offer(&mut state, 1, 1_000);
+        assert_eq!(first, ip(100));
+        assert!(effects.contains(&Effect::Allocated(ip(100))), "{effects:?}");
+        assert_eq!(offer(&mut state, 2, 1_000).0, ip(101));
+        // Much later MAC 2's offer has expired and MAC 1 asks again: it gets its offered
+        // address back, and that is no allocation.
+        let later = 1_000 + u64::from(state.config.offer_secs) + 1;
+        let (again, effects) = offer(&mut state, 1, later);
+        assert_eq!(again, ip(100));
+        assert!(
+            !effects.iter().any(|e| matches!(e, Effect::Allocated(_))),
+            "{effects:?}"
+        );
+        // A new client gets the next address after the cursor, not the expired .101 just
+        // behind MAC 1's.
+        assert_eq!(offer(&mut state, 3, later).0, ip(102));
     }
 }
