@@ -122,8 +122,11 @@ impl Timeline {
         };
         let applied = need(&format!("applied {attempt}"), issue)?;
         let script = need("boot ScriptFetched", applied)?;
-        let checkin = need("boot RamdiskCheckIn", script)?;
         let write_start = need(&format!("report {attempt} WritingImage"), issue)?;
+        // Flight-recorder steps reach the status in rate-limited batches, ramdisk reports
+        // at once: the write start can be sighted before the check-in that preceded it.
+        // Its sighting bounds the check-in (else "plan" read -0.3 s).
+        let checkin = need("boot RamdiskCheckIn", script)?.min(write_start);
         let written = need(&format!("report {attempt} Succeeded"), write_start)?;
         let disk = need(&format!("intent {} Disk/Run", attempt + 1), issue)?;
         let disk_applied = need(&format!("applied {}", attempt + 1), disk)?;
@@ -330,6 +333,52 @@ mod tests {
         assert!(text.contains("our share"), "{text}");
         assert!(text.contains("4.0%"), "{text}");
         assert!(t.deploy_phases("other").is_err());
+    }
+
+    /// The check-in sighted after the write start (its batch came later): the check-in
+    /// is bounded by the write start and no phase is negative.
+    #[test]
+    fn a_late_sighted_check_in_makes_no_negative_phase() {
+        let mut t = Timeline::default();
+        let steps: Vec<(f64, Value)> = vec![
+            (
+                0.0,
+                json!({"bootIntent": {"attempt": 1, "target": "Ramdisk", "purpose": "Deploy"}}),
+            ),
+            (0.5, json!({"bootApplied": {"attempt": 1}})),
+            (
+                10.0,
+                json!({"boot": [{"step": "ScriptFetched", "at": "t1"}]}),
+            ),
+            (
+                20.0,
+                json!({"provisioning": {"attempt": 1, "step": "WritingImage"}}),
+            ),
+            (
+                20.25,
+                json!({"boot": [{"step": "RamdiskCheckIn", "at": "t2"}]}),
+            ),
+            (
+                30.0,
+                json!({"provisioning": {"attempt": 1, "step": "Succeeded"}}),
+            ),
+            (
+                30.5,
+                json!({"bootIntent": {"attempt": 2, "target": "Disk", "purpose": "Run"}}),
+            ),
+            (31.0, json!({"bootApplied": {"attempt": 2}})),
+            (50.0, json!({"boot": [{"step": "OSBooted", "at": "t3"}]})),
+            (50.5, json!({"phase": "Deployed"})),
+        ];
+        for (at, s) in steps {
+            t.observe(&list(s), at);
+        }
+        let p = t.deploy_phases("m").unwrap();
+        assert!(p.rows.iter().all(|r| r.1 >= 0.0), "{:?}", p.rows);
+        let row = |what: &str| p.rows.iter().find(|r| r.0.starts_with(what)).unwrap().1;
+        assert_eq!(row("ramdisk download"), 10.0);
+        assert_eq!(row("plan, image fetch start"), 0.0);
+        assert_eq!(p.total(), 50.5);
     }
 
     #[test]
