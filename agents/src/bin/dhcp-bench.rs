@@ -54,6 +54,12 @@ const CLIENTS: &str = "1000000";
 /// How long each generator waits for late replies after its sending time, ms (perfdhcp
 /// `-W`).
 const EXIT_WAIT_MS: u64 = 300;
+/// A generator's whole run for a step of `secs`: its sending time and its wait for late
+/// replies.
+fn run_secs(secs: u64) -> f64 {
+    secs.max(1) as f64 + EXIT_WAIT_MS as f64 / 1000.0
+}
+
 /// Drops allowed for the "<= 2.5%" rate.
 const DROP_LIMIT: f64 = 2.5;
 
@@ -329,8 +335,7 @@ impl Generator {
                 };
                 let mut step = report.step(rate, secs);
                 // It polls: its busy share, not its CPU time, says whether it set the rate.
-                let ran = secs.max(1) as f64 + EXIT_WAIT_MS as f64 / 1000.0;
-                step.busy_pct = Some(c.busy_us as f64 / (ran * 1e4));
+                step.busy_pct = Some(c.busy_us as f64 / (run_secs(secs) * 1e4));
                 Ok(step)
             }
         }
@@ -479,9 +484,7 @@ fn bench(
         let mut step = generator.run(pair, rate, secs)?;
         let exchanges = step.leases * secs.max(1) as f64;
         step.cpu_us = 1e6 * (cpu_seconds(pid) - before) / exchanges.max(1.0);
-        // Over the generator's whole run: its sending time and its wait for late replies.
-        let ran = secs.max(1) as f64 + EXIT_WAIT_MS as f64 / 1000.0;
-        step.load_pct = 100.0 * (children_cpu_seconds() - load_before) / ran;
+        step.load_pct = 100.0 * (children_cpu_seconds() - load_before) / run_secs(secs);
         step.overflows = (
             rcvbuf_errors(&pair.client).saturating_sub(lost_before.0),
             rcvbuf_errors(&pair.server).saturating_sub(lost_before.1),

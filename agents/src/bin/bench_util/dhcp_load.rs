@@ -109,22 +109,6 @@ fn mac(client: u32) -> [u8; 6] {
 /// domain, DNS, host name.
 const PRL: [u8; 9] = [55, 7, 1, 28, 2, 3, 15, 6, 12];
 
-/// A packet as perfdhcp builds it: relayed (hops 1, giaddr), `options` from `OPTIONS_AT`,
-/// then a client identifier (option 61, type 1 + MAC) and the end option; no padding.
-/// Returns the packet and where the client identifier's MAC goes.
-fn template(giaddr: Ipv4Addr, options: &[u8]) -> (Vec<u8>, usize) {
-    let mut p = vec![0u8; OPTIONS_AT];
-    p[..4].copy_from_slice(&[1, 1, 6, 1]);
-    p[24..28].copy_from_slice(&giaddr.octets());
-    p[236..OPTIONS_AT].copy_from_slice(&COOKIE);
-    p.extend_from_slice(options);
-    p.extend_from_slice(&[61, 7, 1]);
-    let cid_at = p.len();
-    p.extend_from_slice(&[0; 6]);
-    p.push(255);
-    (p, cid_at)
-}
-
 /// Where the REQUEST template keeps the requested address (option 50) and the server
 /// identifier (option 54).
 const REQ_IP_AT: usize = OPTIONS_AT + 3 + 2;
@@ -137,8 +121,19 @@ struct Template {
 }
 
 impl Template {
+    /// A packet as perfdhcp builds it: relayed (hops 1, giaddr), `options` from
+    /// `OPTIONS_AT`, then a client identifier (option 61, type 1 + MAC) and the end option;
+    /// no padding.
     fn new(giaddr: Ipv4Addr, options: &[u8]) -> Template {
-        let (bytes, cid_at) = template(giaddr, options);
+        let mut bytes = vec![0u8; OPTIONS_AT];
+        bytes[..4].copy_from_slice(&[1, 1, 6, 1]);
+        bytes[24..28].copy_from_slice(&giaddr.octets());
+        bytes[236..OPTIONS_AT].copy_from_slice(&COOKIE);
+        bytes.extend_from_slice(options);
+        bytes.extend_from_slice(&[61, 7, 1]);
+        let cid_at = bytes.len();
+        bytes.extend_from_slice(&[0; 6]);
+        bytes.push(255);
         Template { bytes, cid_at }
     }
 
@@ -221,9 +216,6 @@ pub fn run(
     if rate == 0 || clients == 0 {
         bail!("rate and clients must be positive");
     }
-    // A fixed seed, as perfdhcp has without `-s`: every run draws the same sequence of
-    // clients, so a step's clients are mostly those of the steps before it (returning
-    // clients, whose lease the server finds) and the rest are new.
     let sock = UdpSocket::bind(SocketAddrV4::new(local, 67))
         .with_context(|| format!("bind {local}:67"))?;
     let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(4 << 20);
@@ -234,6 +226,9 @@ pub fn run(
         slots: vec![Slot::default(); SLOTS],
         counts: Counts::default(),
     };
+    // A fixed seed, as perfdhcp has without `-s`: every run draws the same sequence of
+    // clients, so a step's clients are mostly those of the steps before it (returning
+    // clients, whose lease the server finds) and the rest are new.
     let mut rng = Rng(SEED);
     let mut xid = rng.next() as u32;
     let mut buf = [0u8; 1500];
