@@ -9,7 +9,7 @@ mod http_support;
 use std::time::Duration;
 
 use http_support::{Harness, blob, client, curl, curl_text, get, write};
-use ironpool_agents::http::{MacAddr, MachineView, Plan, Report};
+use ironpool_agents::http::{MacAddr, MachineView, Plan, Report, SecretKey};
 use ironpool_crds::machine::{BootMode, BootPurpose, BootStep, BootTarget, ProvisioningStep};
 
 const MAC: MacAddr = MacAddr([0x3c, 0xec, 0xef, 0x12, 0x34, 0x56]);
@@ -481,7 +481,10 @@ async fn deploy_plans_read_cloud_init_secrets_and_the_deployed_os_checks_in() {
     let mut m = deploying(&h, 3);
     let d = m.deploy.as_mut().unwrap();
     d.user_data = None;
-    d.user_data_secret = Some("web-1-user-data".into());
+    d.user_data_secret = Some(SecretKey {
+        name: "web-1-user-data".into(),
+        key: "userData".into(),
+    });
     h.source.put(m.clone());
     let api = format!("{}/api/v1/machines/3c-ec-ef-12-34-56", h.base);
     let ramdisk = auth(&h.keys.derive(&MAC, 3));

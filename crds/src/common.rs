@@ -28,6 +28,30 @@ pub struct SecretRef {
     pub name: String,
 }
 
+/// A Secret in the same namespace and the key in it that holds the data.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+pub struct DataSecretRef {
+    /// Name of the Secret, in the same namespace as the referring object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key of the Secret that holds the data. Default: userData for user data,
+    /// networkData for a network config. A Cluster API bootstrap Secret keeps it in value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = cel::rule(
+        r"self.matches('^[-._a-zA-Z0-9]+$')",
+        "key must be a Secret key: letters, digits, '-', '_' and '.', e.g. userData"
+    ))]
+    pub key: Option<String>,
+}
+
+impl DataSecretRef {
+    /// A reference to key `default_key` of Secret `name` unless the reference names another.
+    pub fn key_or<'a>(&'a self, default_key: &'a str) -> &'a str {
+        self.key.as_deref().unwrap_or(default_key)
+    }
+}
+
 /// An inclusive range of IPv4 addresses, `start` to `end`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[x_kube(validation = range_order_rule())]

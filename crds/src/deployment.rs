@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::cel::{self, rule, rule_expr};
-use crate::common::{LocalObjectRef, RootDeviceHints, SecretRef};
+use crate::common::{DataSecretRef, LocalObjectRef, RootDeviceHints};
 use crate::machine::Architecture;
 
 /// Desired state of a Deployment: which machine, which image, which first-boot data.
@@ -19,6 +19,7 @@ use crate::machine::Architecture;
     kind = "Deployment",
     namespaced,
     status = "DeploymentStatus",
+    derive = "PartialEq",
     shortname = "bmd",
     category = "ironpool",
     doc = "An OS deployed onto one bare-metal machine. Ironpool allocates a Ready machine that \
@@ -83,14 +84,16 @@ pub struct DeploymentSpec {
     /// The OS image to write. Changing it on a deployed Deployment redeploys the machine.
     pub image: Image,
 
-    /// Secret with cloud-init user-data (key `userData`), written to the NoCloud seed.
+    /// Secret with cloud-init user-data (key `userData` unless `key` names another),
+    /// written to the NoCloud seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_data_secret_ref: Option<SecretRef>,
+    pub user_data_secret_ref: Option<DataSecretRef>,
 
-    /// Secret with cloud-init network-config (key `networkData`). Without it, Ironpool
-    /// writes a network config for the address it allocated.
+    /// Secret with cloud-init network-config (key `networkData` unless `key` names
+    /// another). Without it, Ironpool writes a network config for the address it
+    /// allocated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_data_secret_ref: Option<SecretRef>,
+    pub network_data_secret_ref: Option<DataSecretRef>,
 
     /// Where and how the image is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -123,7 +123,7 @@ pub fn helm() -> Result<PathBuf> {
 }
 
 /// Runs a build script under the build lock; returns its stdout (progress goes to stderr).
-fn run_build_script(script: &Path) -> Result<String> {
+pub(crate) fn run_build_script(script: &Path) -> Result<String> {
     let _lock = BuildLock::acquire()?;
     let output = Command::new("bash")
         .arg(script)

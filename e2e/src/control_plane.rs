@@ -40,6 +40,7 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     server_url: String,
     ca_cert: PathBuf,
+    ca_key: PathBuf,
     kubectl: PathBuf,
 }
 
@@ -105,6 +106,13 @@ impl ControlPlane {
     /// The CA certificate (PEM file) that signed every certificate of this control plane.
     pub fn ca_cert_path(&self) -> &Path {
         &self.ca_cert
+    }
+
+    /// The CA's private key (PEM file, mode 0600): a test that plays a cluster's own CA
+    /// (e.g. a Cluster API workload cluster whose `<cluster>-ca` Secret it provides) signs
+    /// with it.
+    pub fn ca_key_path(&self) -> &Path {
+        &self.ca_key
     }
 
     /// The temporary directory holding logs (`etcd.log`, `kube-apiserver.log`), `pki/` and
@@ -294,6 +302,7 @@ fn launch(processes: &mut Processes, binaries: &Binaries, dir: &Path) -> Result<
         kubeconfig,
         server_url,
         ca_cert: pki.ca_cert,
+        ca_key: pki.ca_key,
         kubectl: binaries.kubectl.clone(),
     })
 }

@@ -16,13 +16,15 @@
 
 mod binaries;
 pub mod bmc;
+pub mod capi;
 pub mod chart;
 mod client;
 pub mod cluster;
+pub mod clusterctl;
 mod control_plane;
 pub mod lab;
 pub mod netlab;
-mod pki;
+pub mod pki;
 mod process;
 pub mod qemu;
 

@@ -21,6 +21,7 @@ const KUBERNETES_SERVICE_IP: &str = "10.0.0.1";
 #[derive(Debug, Clone)]
 pub(crate) struct PkiFiles {
     pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
     pub apiserver_cert: PathBuf,
     pub apiserver_key: PathBuf,
     pub admin_cert: PathBuf,
@@ -51,7 +52,7 @@ struct LeafSpec<'a> {
 /// (created if missing; private keys are mode 0600).
 pub(crate) fn write_pki(dir: &Path) -> Result<PkiFiles> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (ca_cert, ca) = new_ca()?;
+    let (ca_cert, ca_key, ca) = new_ca()?;
     let server = [ExtendedKeyUsagePurpose::ServerAuth];
     let client = [ExtendedKeyUsagePurpose::ClientAuth];
     let both = [
@@ -107,6 +108,7 @@ pub(crate) fn write_pki(dir: &Path) -> Result<PkiFiles> {
 
     let files = PkiFiles {
         ca_cert: dir.join("ca.crt"),
+        ca_key: dir.join("ca.key"),
         apiserver_cert: dir.join("apiserver.crt"),
         apiserver_key: dir.join("apiserver.key"),
         admin_cert: dir.join("admin.crt"),
@@ -119,6 +121,7 @@ pub(crate) fn write_pki(dir: &Path) -> Result<PkiFiles> {
         service_account_pub: dir.join("sa.pub"),
     };
     write(&files.ca_cert, &ca_cert, false)?;
+    write(&files.ca_key, &ca_key, true)?;
     for (leaf, cert, key) in [
         (&apiserver, &files.apiserver_cert, &files.apiserver_key),
         (&admin, &files.admin_cert, &files.admin_key),
@@ -137,7 +140,7 @@ pub(crate) fn write_pki(dir: &Path) -> Result<PkiFiles> {
     Ok(files)
 }
 
-fn new_ca() -> Result<(String, Issuer<'static, KeyPair>)> {
+fn new_ca() -> Result<(String, String, Issuer<'static, KeyPair>)> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params
         .distinguished_name
@@ -152,7 +155,28 @@ fn new_ca() -> Result<(String, Issuer<'static, KeyPair>)> {
     let cert = params
         .self_signed(&key)
         .context("self-signing the CA certificate")?;
-    Ok((cert.pem(), Issuer::new(params, key)))
+    let key_pem = key.serialize_pem();
+    Ok((cert.pem(), key_pem, Issuer::new(params, key)))
+}
+
+/// A fresh CA and a serving certificate for `127.0.0.1`/`localhost` signed by it, for a
+/// webhook server on loopback: writes `tls.crt` and `tls.key` (0600) into `dir` and
+/// returns the CA certificate (PEM) that callers put in their caBundle.
+pub fn write_serving_pki(dir: &Path, common_name: &str) -> Result<String> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (ca_cert, _, ca) = new_ca()?;
+    let served = leaf(
+        &ca,
+        &LeafSpec {
+            common_name,
+            organization: None,
+            sans: &["127.0.0.1", "localhost"],
+            usages: &[ExtendedKeyUsagePurpose::ServerAuth],
+        },
+    )?;
+    write(&dir.join("tls.crt"), &served.cert, false)?;
+    write(&dir.join("tls.key"), &served.key, true)?;
+    Ok(ca_cert)
 }
 
 fn leaf(ca: &Issuer<'static, KeyPair>, spec: &LeafSpec<'_>) -> Result<Leaf> {

@@ -95,6 +95,12 @@ pub struct Config {
     /// Retries after the first attempt of commission, deploy and erase.
     #[arg(long, default_value_t = 2)]
     pub retries: i32,
+
+    /// Also run the Cluster API infrastructure provider (IronpoolCluster and
+    /// IronpoolMachine controllers). Needs Cluster API's CRDs installed (clusterctl init)
+    /// and read access to the bootstrap Secrets of Cluster API Machines.
+    #[arg(long, env = "IRONPOOL_CAPI")]
+    pub capi: bool,
 }
 
 impl Config {

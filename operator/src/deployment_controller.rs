@@ -165,7 +165,11 @@ async fn allocate(
     let n = fitting.len();
     // Machines reserved moments ago may still look free in the store; skip them.
     let me = key(d);
-    for m in selection::spread(fitting, &d.name_any()) {
+    let order = selection::recently_remediated_last(
+        selection::spread(fitting, &d.name_any()),
+        Timestamp::now(),
+    );
+    for m in order {
         if !ctx.reserve(&key(m), &me) {
             continue;
         }

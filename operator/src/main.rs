@@ -11,7 +11,7 @@ use ironpool_operator::context::Context;
 use ironpool_operator::leader::{LeaderElector, LeaseConfig};
 use ironpool_operator::metrics::Metrics;
 use ironpool_operator::streams::SharedWatch;
-use ironpool_operator::{deployment_controller, http, machine_controller, subnet_controller};
+use ironpool_operator::{capi, deployment_controller, http, machine_controller, subnet_controller};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use prometheus_client::registry::Registry;
@@ -57,6 +57,14 @@ async fn run_controllers(
         Controller::for_shared_stream(deployment_watch.subscribe(), deployment_watch.store.clone());
     let machines_for_deployments = machine_watch.subscribe();
     let deployments_for_machines = deployment_watch.subscribe();
+    // The Cluster API provider subscribes the same Machine and Deployment watches.
+    let capi = config.capi.then(|| {
+        (
+            capi::Watches::new(&client, ns, watch.clone()),
+            machine_watch.subscribe(),
+            deployment_watch.subscribe(),
+        )
+    });
     let subnets = Controller::new(api::<Subnet>(&client, ns), watch);
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -111,6 +119,13 @@ async fn run_controllers(
         ),
         subnet_controller::run(subnets, api(&client, ns), ctx.clone(), stop.clone()),
         machine_controller::count_phases(ctx.clone(), stop.clone()),
+        async {
+            if let Some((watches, machines, deployments)) = capi {
+                watches
+                    .run(ctx.clone(), machines, deployments, stop.clone())
+                    .await;
+            }
+        },
     );
 }
 

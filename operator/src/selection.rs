@@ -3,9 +3,12 @@
 use std::collections::BTreeMap;
 
 use ironpool_crds::Machine;
+use ironpool_crds::capi::REMEDIATED_ANNOTATION;
 use ironpool_crds::deployment::{HardwareConstraints, MachineSelector};
 use ironpool_crds::machine::MachinePhase;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 
 /// Parses a Kubernetes quantity (`64Gi`, `500G`, `1.5Ti`, `1024`) into bytes.
 pub fn parse_quantity(q: &str) -> Option<i64> {
@@ -203,6 +206,23 @@ pub fn spread<'a>(mut list: Vec<&'a Machine>, key: &str) -> Vec<&'a Machine> {
         list.rotate_left(n);
     }
     list
+}
+
+/// How long a server whose Cluster API Machine was remediated stays the last choice.
+pub const REMEDIATION_COOLDOWN_SECS: i64 = 3600;
+
+/// `list` with the servers remediated less than [`REMEDIATION_COOLDOWN_SECS`] ago (see
+/// `REMEDIATED_ANNOTATION`) moved to the end, in their order: a replacement goes to other
+/// hardware when any fits, and to the failed server only when nothing else does.
+pub fn recently_remediated_last(list: Vec<&Machine>, now: Timestamp) -> Vec<&Machine> {
+    let recent = |m: &Machine| {
+        m.annotations()
+            .get(REMEDIATED_ANNOTATION)
+            .and_then(|v| v.split_whitespace().next()?.parse::<Timestamp>().ok())
+            .is_some_and(|at| now.as_second() - at.as_second() < REMEDIATION_COOLDOWN_SECS)
+    };
+    let (last, first): (Vec<&Machine>, Vec<&Machine>) = list.into_iter().partition(|m| recent(m));
+    first.into_iter().chain(last).collect()
 }
 
 #[cfg(test)]

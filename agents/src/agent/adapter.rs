@@ -15,8 +15,9 @@ use serde_json::json;
 use super::netconfig;
 use super::stores::Stores;
 use super::{MANAGER_HARDWARE, MANAGER_PROVISIONING};
+use crate::http::source::{NETWORK_DATA_KEY, USER_DATA_KEY};
 use crate::http::{
-    BootSource, DeployInputs, HttpError, ImageRef, MacAddr, MachineView, ReportSink,
+    BootSource, DeployInputs, HttpError, ImageRef, MacAddr, MachineView, ReportSink, SecretKey,
 };
 
 /// [`BootSource`] over the Machine and Deployment stores; cloud-init Secrets are read
@@ -51,12 +52,14 @@ pub fn deploy_inputs(
         hostname: d.spec.hostname.clone(),
         user_data: None,
         network_data: netconfig::for_deployment(d, subnet, mac),
-        user_data_secret: d.spec.user_data_secret_ref.as_ref().map(|r| r.name.clone()),
-        network_data_secret: d
-            .spec
-            .network_data_secret_ref
-            .as_ref()
-            .map(|r| r.name.clone()),
+        user_data_secret: d.spec.user_data_secret_ref.as_ref().map(|r| SecretKey {
+            name: r.name.clone(),
+            key: r.key_or(USER_DATA_KEY).to_string(),
+        }),
+        network_data_secret: d.spec.network_data_secret_ref.as_ref().map(|r| SecretKey {
+            name: r.name.clone(),
+            key: r.key_or(NETWORK_DATA_KEY).to_string(),
+        }),
     })
 }
 

@@ -91,7 +91,10 @@ pub struct PlanImage {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CloudInitSeed {
-    /// `meta-data`: instance-id (new per attempt, so cloud-init runs again) and hostname.
+    /// `meta-data`: instance-id (new per attempt, so cloud-init runs again), hostname, and
+    /// provider_id (`ironpool://<namespace>/<machine>`, the Cluster API provider ID a
+    /// kubelet registers with, e.g. `{{ ds.meta_data.provider_id }}` in a cloud-init
+    /// template).
     pub meta_data: String,
     /// `user-data`, if the Deployment has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -345,10 +348,12 @@ pub fn plan(caller: &Caller, base_url: &str, keys: &TokenKey) -> Result<Plan, St
             plan.cloud_init = Some(CloudInitSeed {
                 meta_data: format!(
                     "instance-id: {}-{}-{attempt}\nlocal-hostname: {hostname}\n\
+                     provider_id: {}\n\
                      ironpool-checkin-url: {base_url}/api/v1/machines/{}/booted\n\
                      ironpool-checkin-token: {}\n",
                     m.namespace,
                     m.name,
+                    ironpool_crds::capi::provider_id(&m.namespace, &m.name),
                     m.mac.to_string().replace(':', "-"),
                     keys.derive_os(&m.mac, attempt)
                 ),

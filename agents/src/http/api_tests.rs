@@ -105,6 +105,7 @@ fn deploy_plan_points_at_this_agent_and_seeds_cloud_init() {
         seed.meta_data,
         format!(
             "instance-id: datacenter-a-r1-u07-3\nlocal-hostname: web-1\n\
+             provider_id: ironpool://datacenter-a/r1-u07\n\
              ironpool-checkin-url: {BASE}/api/v1/machines/52-54-00-00-00-01/booted\n\
              ironpool-checkin-token: {os_token}\n"
         )

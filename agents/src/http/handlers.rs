@@ -19,7 +19,7 @@ use super::api::{self, Caller, ProgressReport, ResultReport};
 use super::cache::{CacheKey, Lookup};
 use super::files::{FileReply, boot_file, file_reply, open_confined};
 use super::server::HttpServer;
-use super::source::{NETWORK_DATA_KEY, USER_DATA_KEY};
+use super::source::SecretKey;
 use super::{BootEvent, MacAddr, MachineView, TokenKey, render_script};
 
 type St = State<Arc<HttpServer>>;
@@ -476,16 +476,14 @@ async fn read_cloud_init(s: &HttpServer, mut caller: Caller) -> Result<Caller, R
         return Ok(caller);
     };
     let wanted = [
-        (d.user_data_secret.take(), USER_DATA_KEY, &mut d.user_data),
-        (
-            d.network_data_secret.take(),
-            NETWORK_DATA_KEY,
-            &mut d.network_data,
-        ),
+        (d.user_data_secret.take(), &mut d.user_data),
+        (d.network_data_secret.take(), &mut d.network_data),
     ];
-    for (secret, key, slot) in wanted {
-        let Some(name) = secret else { continue };
-        match s.source.secret_value(&namespace, &name, key).await {
+    for (secret, slot) in wanted {
+        let Some(SecretKey { name, key }) = secret else {
+            continue;
+        };
+        match s.source.secret_value(&namespace, &name, &key).await {
             Ok(Some(v)) => *slot = Some(v),
             Ok(None) => {
                 return Err(Box::new(retry_later(

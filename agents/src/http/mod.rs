@@ -32,7 +32,9 @@ pub use memory::{MemoryBootSource, MemoryReportSink, Report};
 pub use metrics::HttpMetrics;
 pub use script::{ScriptConfig, render_script};
 pub use server::{HttpServer, ServerConfig, route_label};
-pub use source::{BootEvent, BootSource, DeployInputs, ImageRef, MachineView, ReportSink};
+pub use source::{
+    BootEvent, BootSource, DeployInputs, ImageRef, MachineView, ReportSink, SecretKey,
+};
 pub use token::TokenKey;
 
 /// Everything that can go wrong in the HTTP area: configuration, the image cache, upstream

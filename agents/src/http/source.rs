@@ -50,16 +50,25 @@ pub struct DeployInputs {
     pub user_data: Option<String>,
     /// cloud-init network-config (content of `networkDataSecretRef`).
     pub network_data: Option<String>,
-    /// Secret (in the Machine's namespace) whose key `userData` becomes `user_data` when
+    /// Secret (in the Machine's namespace) and key whose value becomes `user_data` when
     /// the plan is made; a changed Secret takes effect at the next deploy.
-    pub user_data_secret: Option<String>,
-    /// Secret whose key `networkData` becomes `network_data` when the plan is made.
-    pub network_data_secret: Option<String>,
+    pub user_data_secret: Option<SecretKey>,
+    /// Secret and key whose value becomes `network_data` when the plan is made.
+    pub network_data_secret: Option<SecretKey>,
 }
 
-/// Key of the user-data in a `userDataSecretRef` Secret.
+/// A Secret in the Machine's namespace and the key of it to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretKey {
+    /// Name of the Secret.
+    pub name: String,
+    /// Key in it, e.g. `userData`, or `value` for a Cluster API bootstrap Secret.
+    pub key: String,
+}
+
+/// Key of the user-data in a `userDataSecretRef` Secret that names no other.
 pub const USER_DATA_KEY: &str = "userData";
-/// Key of the network-config in a `networkDataSecretRef` Secret.
+/// Key of the network-config in a `networkDataSecretRef` Secret that names no other.
 pub const NETWORK_DATA_KEY: &str = "networkData";
 
 /// An upstream image: where it is, its checksum and its format.

@@ -216,3 +216,30 @@ fn spread_rotates_deterministically() {
     assert!(distinct.len() >= 5, "{distinct:?}");
     assert_eq!(spread(all.clone(), "x").len(), 10);
 }
+
+#[test]
+fn recently_remediated_servers_go_last() {
+    let now: Timestamp = "2026-12-06T10:00:00Z".parse().unwrap();
+    let mut a = machine("a", MachinePhase::Ready, "p", 8, 32, 100);
+    let b = machine("b", MachinePhase::Ready, "p", 8, 32, 100);
+    let mut c = machine("c", MachinePhase::Ready, "p", 8, 32, 100);
+    a.metadata.annotations = Some(BTreeMap::from([(
+        REMEDIATED_ANNOTATION.to_string(),
+        "2026-12-06T09:30:00Z lab/c1-md-0-x: Node NotReady".to_string(),
+    )]));
+    c.metadata.annotations = Some(BTreeMap::from([(
+        REMEDIATED_ANNOTATION.to_string(),
+        "2026-12-06T08:00:00Z lab/c1-md-0-y: Node NotReady".to_string(),
+    )]));
+    let names = |v: Vec<&Machine>| v.iter().map(|m| m.name_any()).collect::<Vec<_>>();
+    assert_eq!(
+        names(recently_remediated_last(vec![&a, &b, &c], now)),
+        ["b", "c", "a"],
+        "a (30 minutes ago) last; c (2 hours ago) is forgiven"
+    );
+    assert_eq!(
+        names(recently_remediated_last(vec![&a], now)),
+        ["a"],
+        "still used when alone"
+    );
+}

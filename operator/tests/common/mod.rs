@@ -46,8 +46,41 @@ impl Operator {
         Self::start_timed(cp, ns, identity, extra, ["4s", "3s", "500ms"])
     }
 
+    /// Like [`Operator::start`], authenticated by `kubeconfig` (e.g. a ServiceAccount's)
+    /// and leading through Lease `lease_ns/ironpool-operator`.
+    pub fn start_as(
+        cp: &ControlPlane,
+        kubeconfig: &std::path::Path,
+        lease_ns: &str,
+        ns: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> Operator {
+        Self::spawn(
+            cp,
+            kubeconfig,
+            lease_ns,
+            ns,
+            identity,
+            extra,
+            ["15s", "10s", "2s"],
+        )
+    }
+
     fn start_timed(
         cp: &ControlPlane,
+        ns: &str,
+        identity: &str,
+        extra: &[&str],
+        timing: [&str; 3],
+    ) -> Operator {
+        Self::spawn(cp, cp.kubeconfig_path(), ns, ns, identity, extra, timing)
+    }
+
+    fn spawn(
+        cp: &ControlPlane,
+        kubeconfig: &std::path::Path,
+        lease_ns: &str,
         ns: &str,
         identity: &str,
         extra: &[&str],
@@ -56,13 +89,13 @@ impl Operator {
         let log = cp.dir().join(format!("operator-{identity}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ironpool-operator"))
-            .env("KUBECONFIG", cp.kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,ironpool_operator=debug,kube=warn")
             .args([
                 "--namespace",
                 ns,
                 "--lease-namespace",
-                ns,
+                lease_ns,
                 "--identity",
                 identity,
                 "--listen",

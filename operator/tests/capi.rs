@@ -1,0 +1,423 @@
+//! Ironpool as a Cluster API infrastructure provider, driven by the real Cluster API: the
+//! core manager and the kubeadm bootstrap provider (CABPK) built from their Go module,
+//! installed with `clusterctl init` from a local provider repository (see
+//! `ironpool_e2e::capi` for what differs from a production install). The workload cluster
+//! is a second real kube-apiserver whose CA is the cluster's `<cluster>-ca` Secret; no
+//! kubelet runs, so the test registers each Node (with the Machine's providerID) as a
+//! kubelet would after kubeadm join. The agent's part is played by the simulated agent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::sim_agent::SimAgent;
+use common::*;
+use ironpool_crds::capi::IronpoolMachine;
+use ironpool_crds::machine::MachinePhase;
+use ironpool_crds::{Deployment, Machine};
+use ironpool_e2e::ControlPlane;
+use ironpool_e2e::capi::Capi;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+const CLUSTER: &str = "c1";
+const LONG: Duration = Duration::from_secs(180);
+
+fn capi_api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    let (group, version) = match kind {
+        "KubeadmConfig" => ("bootstrap.cluster.x-k8s.io", "v1beta2"),
+        _ => ("cluster.x-k8s.io", "v1beta2"),
+    };
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// Renders `examples/capi/<file>` with clusterctl's own variable processing.
+fn render(capi: &Capi, file: &str, vars: &BTreeMap<&str, String>) -> String {
+    let path = ironpool_e2e::repo_dir().join("examples/capi").join(file);
+    let mut cmd = capi.clusterctl();
+    cmd.args(["generate", "yaml", "--from"]).arg(&path);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.stderr(Stdio::inherit()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "clusterctl generate yaml --from {file}"
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn kubectl_apply(cp: &ControlPlane, ns: &str, yaml: &str) {
+    use std::io::Write;
+    let mut child = cp
+        .kubectl()
+        .args(["apply", "--server-side", "-n", ns, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn str_at<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
+/// The CAPI Machines of the cluster: name -> (phase, bootstrap secret, is control plane).
+async fn capi_machines(
+    api: &Api<DynamicObject>,
+) -> BTreeMap<String, (String, Option<String>, bool)> {
+    let list = api.list(&ListParams::default()).await.unwrap();
+    list.items
+        .into_iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .map(|m| {
+            let phase = str_at(&m.data, &["status", "phase"])
+                .unwrap_or("")
+                .to_string();
+            let secret =
+                str_at(&m.data, &["spec", "bootstrap", "dataSecretName"]).map(String::from);
+            let cp = m.labels().contains_key("cluster.x-k8s.io/control-plane");
+            (m.name_any(), (phase, secret, cp))
+        })
+        .collect()
+}
+
+/// Registers (as the kubelet would) a Ready Node for every provisioned IronpoolMachine
+/// that has none yet; returns the server of each IronpoolMachine.
+async fn register_nodes(
+    ims: &Api<IronpoolMachine>,
+    deployments: &Api<Deployment>,
+    nodes: &Api<Node>,
+) -> BTreeMap<String, String> {
+    let mut servers = BTreeMap::new();
+    for im in ims.list(&ListParams::default()).await.unwrap() {
+        let st = im.status.clone().unwrap_or_default();
+        let provisioned = st.initialization.and_then(|i| i.provisioned) == Some(true);
+        let (Some(id), true) = (im.spec.provider_id.clone(), provisioned) else {
+            continue;
+        };
+        if im.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let d = deployments.get(&im.name_any()).await.unwrap();
+        let node_name = d.spec.hostname.clone().unwrap();
+        servers.insert(im.name_any(), st.machine_ref.unwrap().name);
+        if nodes.get_opt(&node_name).await.unwrap().is_some() {
+            continue;
+        }
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": node_name},
+            "spec": {"providerID": id},
+        }))
+        .unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+        set_node_ready(nodes, &node_name, true).await;
+    }
+    servers
+}
+
+async fn set_node_ready(nodes: &Api<Node>, name: &str, ready: bool) {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let (status, reason) = if ready {
+        ("True", "KubeletReady")
+    } else {
+        ("False", "KubeletNotReady")
+    };
+    let body = json!({"status": {"conditions": [{"type": "Ready", "status": status, "reason": reason,
+        "message": "set by the test", "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&body))
+        .await
+        .unwrap();
+}
+
+async fn ready_servers(machines: &Api<Machine>) -> BTreeSet<String> {
+    machines
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|m| phase(m) == Some(MachinePhase::Ready))
+        .map(|m| m.name_any())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_api_scales_remediates_and_deletes_on_ironpool_servers() {
+    let cp = cluster();
+    let capi = tokio::task::spawn_blocking(move || Capi::shared(cp))
+        .await
+        .unwrap()
+        .expect("Cluster API installs");
+    let workload = tokio::task::spawn_blocking(ControlPlane::start)
+        .await
+        .unwrap()
+        .expect("workload control plane");
+    let ns = cp.create_namespace("capi").await.unwrap();
+    let client = client(cp).await;
+    let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
+    let servers = [
+        ("cp-1", "control-plane", "rack1"),
+        ("w-1", "worker", "rack1"),
+        ("w-2", "worker", "rack2"),
+        ("w-3", "worker", "rack2"),
+    ];
+    for (i, (name, pool, zone)) in servers.iter().enumerate() {
+        let mut m = machine(name, 40 + i as u8, pool);
+        m.labels_mut()
+            .insert("ironpool.dev/pool".into(), (*pool).into());
+        m.labels_mut()
+            .insert("topology.kubernetes.io/zone".into(), (*zone).into());
+        create(&machines, &m).await;
+    }
+    let agent = SimAgent::start(machines.clone(), Duration::from_millis(200));
+    // The operator runs as the ServiceAccount clusterctl installed, with the RBAC of
+    // infrastructure-components.yaml and nothing else.
+    let token =
+        ironpool_e2e::chart::service_account_token(&client, "ironpool-system", "ironpool-operator")
+            .await
+            .unwrap();
+    let kubeconfig = cp.dir().join(format!("{ns}-operator.kubeconfig"));
+    ironpool_e2e::chart::write_token_kubeconfig(cp, &kubeconfig, &token).unwrap();
+    let _op = Operator::start_as(
+        cp,
+        &kubeconfig,
+        "ironpool-system",
+        &ns,
+        "capi-operator",
+        &["--capi", "--lease-name", "ironpool-operator"],
+    );
+    for (name, ..) in servers {
+        wait_phase(&machines, name, MachinePhase::Ready, LONG).await;
+    }
+
+    // The workload cluster's CA is the cluster's CA: CAPI signs its kubeconfig with it.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let ca: Secret = serde_json::from_value(json!({
+        "metadata": {"name": format!("{CLUSTER}-ca"), "labels": {"cluster.x-k8s.io/cluster-name": CLUSTER}},
+        "type": "cluster.x-k8s.io/secret",
+        "stringData": {
+            "tls.crt": std::fs::read_to_string(workload.ca_cert_path()).unwrap(),
+            "tls.key": std::fs::read_to_string(workload.ca_key_path()).unwrap(),
+        },
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &ca).await.unwrap();
+
+    let port = workload
+        .server_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let vars = BTreeMap::from([
+        ("CLUSTER_NAME", CLUSTER.to_string()),
+        ("NAMESPACE", ns.clone()),
+        ("CONTROL_PLANE_ENDPOINT_HOST", "127.0.0.1".to_string()),
+        ("CONTROL_PLANE_ENDPOINT_PORT", port),
+        ("KUBERNETES_VERSION", "v1.37.2".to_string()),
+        ("WORKER_MACHINE_COUNT", "2".to_string()),
+        (
+            "IRONPOOL_IMAGE_URL",
+            "http://images.test/os.qcow2".to_string(),
+        ),
+        (
+            "IRONPOOL_IMAGE_CHECKSUM",
+            format!("sha256:{}", "ab".repeat(32)),
+        ),
+        ("IRONPOOL_IMAGE_FORMAT", "qcow2".to_string()),
+    ]);
+    let manifests = format!(
+        "{}\n---\n{}",
+        render(capi, "cluster.yaml", &vars),
+        render(capi, "workers.yaml", &vars)
+    );
+    kubectl_apply(cp, &ns, &manifests);
+
+    let clusters = capi_api(&client, &ns, "Cluster");
+    eventually(LONG, "Cluster infrastructure provisioned", || async {
+        let c = clusters.get(CLUSTER).await.ok()?;
+        (c.data["status"]["initialization"]["infrastructureProvisioned"] == json!(true))
+            .then_some(())
+    })
+    .await;
+
+    let ims: Api<IronpoolMachine> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let wclient = workload.client().await.unwrap();
+    let nodes: Api<Node> = Api::all(wclient.clone());
+    let capi_machine_api = capi_api(&client, &ns, "Machine");
+    let bound = eventually(
+        LONG * 2,
+        "three Machines Running on three servers",
+        || async {
+            let servers = register_nodes(&ims, &deployments, &nodes).await;
+            let ms = capi_machines(&capi_machine_api).await;
+            (ms.len() == 3 && ms.values().all(|(p, ..)| p == "Running") && servers.len() == 3)
+                .then_some(servers)
+        },
+    )
+    .await;
+    let distinct: BTreeSet<&String> = bound.values().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "each Machine on its own server: {bound:?}"
+    );
+
+    // Each Deployment's user data is the bootstrap Secret CABPK generated for its Machine.
+    for (name, (_, secret, is_cp)) in capi_machines(&capi_machine_api).await {
+        let secret = secret.expect("bootstrap data");
+        let im = ims
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|im| im.owner_references().iter().any(|o| o.name == name))
+            .expect("an IronpoolMachine per Machine");
+        let d = deployments.get(&im.name_any()).await.unwrap();
+        let ud = d.spec.user_data_secret_ref.clone().unwrap();
+        assert_eq!(
+            (ud.name.as_str(), ud.key.as_deref()),
+            (secret.as_str(), Some("value"))
+        );
+        let s = secrets.get(&secret).await.unwrap();
+        let value = String::from_utf8(s.data.unwrap()["value"].0.clone()).unwrap();
+        let expected = if is_cp {
+            "kubeadm init"
+        } else {
+            "kubeadm join"
+        };
+        assert!(value.contains(expected), "{secret}: {value}");
+        assert!(
+            value.contains("provider-id"),
+            "{secret} passes the provider ID"
+        );
+        assert_eq!(
+            im.spec.provider_id.as_deref(),
+            Some(format!("ironpool://{ns}/{}", bound[&im.name_any()]).as_str())
+        );
+    }
+
+    // Scale 2 -> 1: exactly one server is released and erased back to Ready.
+    let mds = capi_api(&client, &ns, "MachineDeployment");
+    let md = format!("{CLUSTER}-md-0");
+    let before = ready_servers(&machines).await;
+    assert_eq!(before.len(), 1, "one spare server: {before:?}");
+    mds.patch(
+        &md,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    let after = eventually(LONG, "one worker released", || async {
+        let ms = capi_machines(&capi_machine_api).await;
+        let n = deployments
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .len();
+        let ready = ready_servers(&machines).await;
+        (ms.len() == 2 && n == 2 && ready.len() == 2).then_some(ready)
+    })
+    .await;
+    let released: Vec<_> = after.difference(&before).collect();
+    assert_eq!(released.len(), 1, "{after:?} vs {before:?}");
+    let erases = agent
+        .by_machine()
+        .get(released[0].as_str())
+        .map(|v| v.iter().filter(|(_, p)| p == "Erase").count());
+    assert_eq!(erases, Some(1), "the released server was erased once");
+
+    // Remediation: the remaining worker's Node goes NotReady; the MachineHealthCheck has
+    // its Machine replaced, on another server.
+    let worker = capi_machines(&capi_machine_api)
+        .await
+        .into_iter()
+        .find(|(_, (_, _, cp))| !cp)
+        .unwrap()
+        .0;
+    let worker_im = ims
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|im| im.owner_references().iter().any(|o| o.name == worker))
+        .unwrap();
+    let sick_server = worker_im.status.clone().unwrap().machine_ref.unwrap().name;
+    let sick_node = deployments
+        .get(&worker_im.name_any())
+        .await
+        .unwrap()
+        .spec
+        .hostname
+        .unwrap();
+    set_node_ready(&nodes, &sick_node, false).await;
+    let replaced = eventually(
+        LONG * 2,
+        "the unhealthy worker replaced and Running",
+        || async {
+            let servers = register_nodes(&ims, &deployments, &nodes).await;
+            let ms = capi_machines(&capi_machine_api).await;
+            let running = ms.values().filter(|(p, ..)| p == "Running").count();
+            (!ms.contains_key(&worker) && ms.len() == 2 && running == 2).then_some(servers)
+        },
+    )
+    .await;
+    let new_im = replaced
+        .keys()
+        .find(|k| **k != worker_im.name_any() && !bound.contains_key(*k));
+    let new_server = &replaced[new_im.expect("a new IronpoolMachine")];
+    assert_ne!(new_server, &sick_server, "replaced on a different server");
+    let sick = machines.get(&sick_server).await.unwrap();
+    let note = sick
+        .annotations()
+        .get(ironpool_crds::capi::REMEDIATED_ANNOTATION);
+    assert!(
+        note.is_some_and(|n| n.contains(&format!("{ns}/{worker}"))),
+        "the remediated server is marked: {note:?}"
+    );
+
+    // Deleting the Cluster returns every server to the pool.
+    clusters
+        .delete(CLUSTER, &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually(LONG * 2, "every server Ready and nothing left", || async {
+        let ready = ready_servers(&machines).await;
+        let left = ims.list(&ListParams::default()).await.ok()?.items.len()
+            + deployments
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .len();
+        (ready.len() == 4 && left == 0).then_some(())
+    })
+    .await;
+    agent.stop.cancel();
+}
