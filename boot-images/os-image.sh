@@ -61,12 +61,14 @@ mkdir -p "$work/rd"
 zstd -dc "$ramdisk/initramfs" | (cd "$work/rd" && cpio -id --quiet)
 kver=$(sed -n 's/^kernel-version=//p' "$ramdisk/manifest")
 root="$work/root"
-mkdir -p "$root"/{bin,dev,etc/ironpool,lib/modules,proc,sys,tmp,run,root}
+mkdir -p "$root"/{bin,dev,etc/ironpool,lib/modules,proc,sys,tmp,run,root,usr/bin}
 cp "$work/rd/bin/busybox" "$root/bin/busybox"
 cp "$work/rd/bin/ironpool-machine-agent" "$root/bin/ironpool-machine-agent"
 ln -s /bin/busybox "$root/bin/sh"
 install -m 0755 "$here/os/init" "$root/init"
 install -m 0755 "$here/os/udhcpc.script" "$root/etc/ironpool/udhcpc.script"
+# The `kubeadm join` stand-in for Cluster API labs (see the script: not kubeadm).
+install -m 0755 "$here/os/kubeadm" "$root/usr/bin/kubeadm"
 declare -A ko_of seen
 while IFS= read -r ko; do
   name=$(basename "$ko" .ko); ko_of[${name//-/_}]=$ko

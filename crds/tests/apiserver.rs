@@ -255,6 +255,40 @@ spec:
     format: raw
 "#;
 
+const IRONPOOL_MACHINE: &str = r#"
+apiVersion: infrastructure.cluster.x-k8s.io/v1beta1
+kind: IronpoolMachine
+metadata: {name: m}
+spec:
+  providerID: ironpool://lab/r1-u07
+  hostSelector: {matchLabels: {ironpool.dev/pool: worker}}
+  image:
+    url: http://images.example.internal/os.qcow2
+    checksum: sha256:0000000000000000000000000000000000000000000000000000000000000000
+    format: qcow2
+"#;
+
+const IRONPOOL_MACHINE_TEMPLATE: &str = r#"
+apiVersion: infrastructure.cluster.x-k8s.io/v1beta1
+kind: IronpoolMachineTemplate
+metadata: {name: t}
+spec:
+  template:
+    spec:
+      image:
+        url: http://images.example.internal/os.qcow2
+        checksum: sha256:0000000000000000000000000000000000000000000000000000000000000000
+        format: qcow2
+"#;
+
+const IRONPOOL_CLUSTER: &str = r#"
+apiVersion: infrastructure.cluster.x-k8s.io/v1beta1
+kind: IronpoolCluster
+metadata: {name: c}
+spec:
+  controlPlaneEndpoint: {host: 10.20.0.5, port: 6443}
+"#;
+
 /// An invalid manifest: `base` with `edit` applied (a YAML path -> value replacement done
 /// on the parsed document), and what the apiserver must say.
 struct Case {
@@ -627,6 +661,70 @@ const CASES: &[Case] = &[
         &[("spec.erase", "Shred")],
         "spec.erase",
         "Unsupported value: \"Shred\"",
+    ),
+    case(
+        "user data key not a Secret key",
+        DEPLOYMENT,
+        &[("spec.userDataSecretRef", "{name: ud, key: 'user data'}")],
+        "spec.userDataSecretRef.key",
+        "key must be a Secret key",
+    ),
+    // Cluster API kinds
+    case(
+        "machine template without image",
+        IRONPOOL_MACHINE_TEMPLATE,
+        &[("spec.template.spec.image", "~")],
+        "spec.template.spec.image",
+        "Required value",
+    ),
+    case(
+        "machine template sets providerID",
+        IRONPOOL_MACHINE_TEMPLATE,
+        &[("spec.template.spec.providerID", "ironpool://lab/r1")],
+        "spec.template.spec",
+        "a template must not set providerID",
+    ),
+    case(
+        "providerID of another provider",
+        IRONPOOL_MACHINE,
+        &[("spec.providerID", "metal3://lab/r1")],
+        "spec.providerID",
+        "providerID must be ironpool://<namespace>/<machine>",
+    ),
+    update(
+        "providerID changed",
+        IRONPOOL_MACHINE,
+        &[("spec.providerID", "ironpool://lab/r2-u01")],
+        "spec.providerID",
+        "spec.providerID is set by Ironpool once a server is bound and cannot change",
+    ),
+    case(
+        "machine image checksum",
+        IRONPOOL_MACHINE,
+        &[("spec.image.checksum", "md5:abc")],
+        "spec.image.checksum",
+        "image.checksum must be sha256:",
+    ),
+    case(
+        "host selector memory",
+        IRONPOOL_MACHINE,
+        &[("spec.hostSelector.hardware", "{minMemory: lots}")],
+        "spec.hostSelector.hardware.minMemory",
+        "must be a positive quantity",
+    ),
+    case(
+        "endpoint port out of range",
+        IRONPOOL_CLUSTER,
+        &[("spec.controlPlaneEndpoint.port", "70000")],
+        "spec.controlPlaneEndpoint.port",
+        "less than or equal to 65535",
+    ),
+    case(
+        "failure domain label",
+        IRONPOOL_CLUSTER,
+        &[("spec.failureDomainLabel", "'not a label!'")],
+        "spec.failureDomainLabel",
+        "failureDomainLabel must be a label key",
     ),
 ];
 

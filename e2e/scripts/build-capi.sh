@@ -15,7 +15,7 @@
 # which `go install pkg@version` refuses, so the build goes through a wrapper module that
 # pins it to its published version. Prints NAME=path lines on stdout; progress on stderr.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
 
 CAPI_VERSION="${IRONPOOL_CAPI_VERSION:-v1.14.2}"
 CERT_MANAGER_VERSION="${IRONPOOL_CERT_MANAGER_VERSION:-v1.21.2}"
@@ -72,18 +72,20 @@ GO
   done
 
   local src; src="$(go mod download -json "sigs.k8s.io/cluster-api@$CAPI_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
-  local kubectl; kubectl="$(cd - >/dev/null && e2e/scripts/build-control-plane.sh | sed -n 's/^KUBECTL=//p')"
+  local kubectl; kubectl="$("$repo/e2e/scripts/build-control-plane.sh" | sed -n 's/^KUBECTL=//p')"
+  [[ -x "$kubectl" ]] || { log "build-control-plane.sh gave no kubectl"; exit 1; }
   # kustomize writes nothing, but the module cache is read-only: render from a copy.
   cp -r "$src" "$work/src"; chmod -R u+w "$work/src"
   log "cluster-api: rendering the core and kubeadm bootstrap components (kubectl kustomize)"
   "$kubectl" kustomize "$work/src/core/config/default" > "$out/core-components.yaml.tmp"
   "$kubectl" kustomize "$work/src/bootstrap/kubeadm/config/default" > "$out/bootstrap-components.yaml.tmp"
-  cp "$src/metadata.yaml" "$out/metadata.yaml.tmp"
+  # install, not cp: the module cache's files are read-only (0444) and so would be the copy.
+  install -m 0644 "$src/metadata.yaml" "$out/metadata.yaml.tmp"
   local cm; cm="$(go mod download -json "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
   [[ -d "$cm/deploy/crds" ]] || { log "cert-manager $CERT_MANAGER_VERSION has no deploy/crds"; exit 1; }
   for f in "$cm"/deploy/crds/*.yaml; do echo "---"; cat "$f"; done > "$out/cert-manager-crds.yaml.tmp"
   for f in "${files[@]}"; do mv "$out/$f.tmp" "$out/$f"; done
-  cd - >/dev/null
+  cd "$repo"
   rm -rf "$work"
 }
 

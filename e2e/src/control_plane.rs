@@ -59,11 +59,18 @@ impl ControlPlane {
     /// not. On failure the directory (logs, certificates, kubeconfig) is kept and its path
     /// is in the error.
     pub fn start() -> Result<ControlPlane> {
+        Self::start_with_apiserver_env(&[])
+    }
+
+    /// [`ControlPlane::start`] with extra environment variables for kube-apiserver, e.g.
+    /// `GODEBUG=tlssha1=1` for a lab whose clients (busybox's TLS) send no
+    /// signature_algorithms and so can only be served SHA-1 signatures.
+    pub fn start_with_apiserver_env(env: &[(&str, &str)]) -> Result<ControlPlane> {
         let binaries = Binaries::ensure()?;
         let started = Instant::now();
         let mut attempt = 1;
         loop {
-            match start_once(&binaries) {
+            match start_once(&binaries, env) {
                 Ok(control_plane) => {
                     eprintln!(
                         "ironpool-e2e: control plane ready at {} in {:.1?} (dir {})",
@@ -216,7 +223,7 @@ impl Drop for Processes {
     }
 }
 
-fn start_once(binaries: &Binaries) -> Result<ControlPlane, StartError> {
+fn start_once(binaries: &Binaries, env: &[(&str, &str)]) -> Result<ControlPlane, StartError> {
     let dir = tempfile::Builder::new()
         .prefix("ironpool-cp-")
         .tempdir()
@@ -229,7 +236,7 @@ fn start_once(binaries: &Binaries) -> Result<ControlPlane, StartError> {
         etcd: None,
         apiserver: None,
     };
-    match launch(&mut processes, binaries, &dir) {
+    match launch(&mut processes, binaries, &dir, env) {
         Ok(control_plane) => Ok(control_plane),
         Err(error) => {
             if processes
@@ -259,7 +266,12 @@ fn start_once(binaries: &Binaries) -> Result<ControlPlane, StartError> {
 
 /// Writes certificates, starts etcd and the apiserver, and waits until they are ready.
 /// On success the processes move into the returned [`ControlPlane`].
-fn launch(processes: &mut Processes, binaries: &Binaries, dir: &Path) -> Result<ControlPlane> {
+fn launch(
+    processes: &mut Processes,
+    binaries: &Binaries,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> Result<ControlPlane> {
     let watchdog = processes.watchdog.insert(Watchdog::spawn(dir)?);
     let pki = pki::write_pki(&dir.join("pki"))?;
     let [etcd_port, peer_port, apiserver_port] = free_ports::<3>()?;
@@ -278,10 +290,11 @@ fn launch(processes: &mut Processes, binaries: &Binaries, dir: &Path) -> Result<
     let kubeconfig = dir.join("kubeconfig");
     client::write_admin_kubeconfig(&kubeconfig, &server_url, &pki)?;
     let apiserver_args = apiserver_args(dir, &pki, etcd_port, apiserver_port);
-    processes.apiserver = Some(Server::spawn(
+    processes.apiserver = Some(Server::spawn_with_env(
         "kube-apiserver",
         &binaries.kube_apiserver,
         &apiserver_args,
+        env,
         dir,
         watchdog,
     )?);
@@ -380,6 +393,9 @@ fn apiserver_args(dir: &Path, pki: &PkiFiles, etcd_port: u16, port: u16) -> Vec<
         ),
         "--allow-privileged=true".to_owned(),
         "--authorization-mode=RBAC".to_owned(),
+        // Bootstrap tokens (kube-system/bootstrap-token-*) authenticate, as in every
+        // kubeadm cluster: Cluster API's kubeadm bootstrap provider makes them for joins.
+        "--enable-bootstrap-token-auth=true".to_owned(),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
         path_arg("service-account-key-file", &pki.service_account_pub),
         path_arg("service-account-signing-key-file", &pki.service_account_key),

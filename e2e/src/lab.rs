@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+pub mod capi;
 pub mod timeline;
 
 use crate::bmc::{BmcEmulator, BmcOptions, EmulatedSystem};
@@ -222,6 +223,8 @@ pub struct Lab {
     bmc_password: String,
     /// The agent's token secret, made for this run, in a 0600 file (not on a command line).
     token_secret_file: PathBuf,
+    /// Whether the operator runs the Cluster API provider ([`Lab::start_capi`]).
+    capi: bool,
 }
 
 /// `n` random alphanumeric characters.
@@ -296,6 +299,7 @@ impl Lab {
             sampler,
             bmc_password: random_secret(16),
             token_secret_file,
+            capi: false,
         };
         lab.apply_example("subnet.yaml", &[])?;
         lab.start_operator()?;
@@ -317,7 +321,16 @@ impl Lab {
     /// each `${KEY}` replaced by its value; the filled-in copy is kept under `dir`. A
     /// placeholder left unfilled is an error, not a manifest with `${...}` in it.
     pub fn apply_example(&self, file: &str, vars: &[(&str, &str)]) -> Result<()> {
-        let path = crate::repo_dir().join("examples/lab").join(file);
+        self.apply_template(&crate::repo_dir().join("examples/lab").join(file), vars)
+    }
+
+    /// [`Lab::apply_example`] for any template file (e.g. one of `examples/capi/`).
+    pub fn apply_template(&self, path: &Path, vars: &[(&str, &str)]) -> Result<()> {
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = file.as_str();
         let template =
             std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
         let text = fill(&template, vars);
@@ -377,11 +390,14 @@ impl Lab {
 
     /// The live table: machine, phase, power, progress, last boot step, reason.
     pub fn table(&self) -> Result<String> {
-        let out = cluster::kubectl_ok(
-            self.cp
-                .kubectl()
-                .args(["get", "machines", "-n", NAMESPACE, "-o", "json"]),
-        )?;
+        let out = cluster::kubectl_ok(self.cp.kubectl().args([
+            "get",
+            "machines.metal.ironpool.dev",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "json",
+        ]))?;
         let list: Value = serde_json::from_str(&out)?;
         let mut rows = vec![[
             "MACHINE".to_string(),
@@ -522,6 +538,9 @@ impl Lab {
             .args(["--commission-timeout", "10m", "--deploy-timeout", "15m"])
             .args(["--boot-timeout", "10m", "--erase-timeout", "15m"])
             .args(["--power-timeout", "5m"]);
+        if self.capi {
+            cmd.arg("--capi");
+        }
         self.operator = Some(NsChild::spawn(
             "ironpool-operator",
             cmd,
@@ -693,7 +712,7 @@ impl Lab {
         self.wait_for("every VM is enlisted", timeout, |l| {
             Ok(l.machines
                 .iter()
-                .all(|m| l.exists("machine", &m.machine_name())))
+                .all(|m| l.exists("machine.metal.ironpool.dev", &m.machine_name())))
         })?;
         for (i, m) in self.machines.iter().enumerate() {
             self.apply_example(
@@ -730,7 +749,10 @@ impl Lab {
 
     /// The phase of the Machine of lab machine `i`.
     pub fn phase(&self, i: usize) -> Result<Option<String>> {
-        let m = self.get_json("machine", &self.machines[i].machine_name())?;
+        let m = self.get_json(
+            "machine.metal.ironpool.dev",
+            &self.machines[i].machine_name(),
+        )?;
         Ok(m.pointer("/status/phase")
             .and_then(Value::as_str)
             .map(str::to_string))
@@ -748,7 +770,7 @@ impl Lab {
                         "machine {} is {}: {}",
                         l.machines[i].machine_name(),
                         p.unwrap_or_default(),
-                        l.get_json("machine", &l.machines[i].machine_name())?
+                        l.get_json("machine.metal.ironpool.dev", &l.machines[i].machine_name())?
                             .pointer("/status/conditions")
                             .cloned()
                             .unwrap_or_default()
@@ -806,7 +828,10 @@ impl Lab {
 
     /// The detail of the last `step` in the Machine's flight recorder.
     pub fn boot_step(&self, i: usize, step: &str) -> Result<Option<String>> {
-        let m = self.get_json("machine", &self.machines[i].machine_name())?;
+        let m = self.get_json(
+            "machine.metal.ironpool.dev",
+            &self.machines[i].machine_name(),
+        )?;
         Ok(m.pointer("/status/boot")
             .and_then(Value::as_array)
             .and_then(|b| b.iter().rev().find(|r| r["step"] == step))
@@ -850,6 +875,9 @@ mod tests {
             ("IMAGE_URL", "http://127.0.0.1:8081/os.qcow2"),
             ("CHECKSUM", "sha256:00"),
             ("FORMAT", "qcow2"),
+            ("CLUSTER_NAME", "lab"),
+            ("ENDPOINT_HOST", "10.77.0.1"),
+            ("ENDPOINT_PORT", "6443"),
         ];
         let mut files = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
@@ -865,7 +893,7 @@ mod tests {
             }
             files += 1;
         }
-        assert_eq!(files, 3);
+        assert_eq!(files, 4);
         assert_eq!(fill("a ${X} ${Y} $(z)", &[("X", "1")]), "a 1 ${Y} $(z)");
     }
 }

@@ -93,11 +93,24 @@ impl Server {
         dir: &Path,
         watchdog: &mut Watchdog,
     ) -> Result<Server> {
+        Self::spawn_with_env(name, program, args, &[], dir, watchdog)
+    }
+
+    /// [`Server::spawn`] with extra environment variables.
+    pub(crate) fn spawn_with_env(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        dir: &Path,
+        watchdog: &mut Watchdog,
+    ) -> Result<Server> {
         let log = dir.join(format!("{name}.log"));
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out)

@@ -13,7 +13,12 @@
 //!    readable reason, never Deployed; released, it is erased and Ready again; a correct
 //!    Deployment (raw image) then deploys it;
 //! 4. the UEFI machine is released with Quick erase and returns to Ready with its disk's
-//!    partition table and signatures wiped.
+//!    partition table and signatures wiped;
+//! 5. Cluster API (the real core manager and CABPK, installed by clusterctl) scales a
+//!    MachineDeployment 1 -> 2 -> 1 over the two machines: each guest prints the join
+//!    configuration its bootstrap data wrote and registers its Node with the bootstrap
+//!    token (the test OS's `kubeadm` stand-in: no kubelet runs under TCG), so its Machine
+//!    is Running; scaling down releases and erases one server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,8 +32,11 @@ use serde_json::Value;
 const MIN: Duration = Duration::from_secs(60);
 
 fn machine(lab: &Lab, i: usize) -> Value {
-    lab.get_json("machine", &lab.machines[i].machine_name())
-        .unwrap()
+    lab.get_json(
+        "machine.metal.ironpool.dev",
+        &lab.machines[i].machine_name(),
+    )
+    .unwrap()
 }
 
 fn intent_attempt(lab: &Lab, i: usize) -> i64 {
@@ -208,5 +216,143 @@ fn machines_are_enlisted_commissioned_deployed_and_released() {
         head.iter().all(|b| *b == 0),
         "the first MiB (partition table, boot sector) is wiped"
     );
+    eprintln!("{}", lab.table().unwrap());
+
+    cluster_api(&mut lab);
+}
+
+/// The lab's Cluster API Machines: name -> (phase, creation time, nodeRef).
+fn capi_machines(lab: &Lab) -> Vec<(String, String, Option<String>)> {
+    let out = ironpool_e2e::cluster::kubectl_ok(lab.cp.kubectl().args([
+        "get",
+        "machines.cluster.x-k8s.io",
+        "-n",
+        "lab",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m.pointer("/metadata/deletionTimestamp").is_none())
+        .map(|m| {
+            (
+                m["metadata"]["name"].as_str().unwrap().to_string(),
+                m.pointer("/status/phase")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                m.pointer("/status/nodeRef/name")
+                    .and_then(Value::as_str)
+                    .map(String::from),
+            )
+        })
+        .collect()
+}
+
+/// 5. Cluster API on the lab: a MachineDeployment scaled 1 -> 2 -> 1 over the two VMs,
+/// with the real core manager and CABPK; each guest prints the join configuration its
+/// bootstrap data wrote and registers its Node (the test OS's kubeadm stand-in).
+fn cluster_api(lab: &mut Lab) {
+    lab.delete_deployment("bios-1").unwrap();
+    let capi = lab.start_capi().unwrap();
+    lab.wait_for("both machines Ready for Cluster API", 20 * MIN, |l| {
+        Ok(
+            (0..2).all(|i| l.phase(i).ok().flatten().as_deref() == Some("Ready"))
+                && !l.exists("deployment.metal.ironpool.dev", "bios-1"),
+        )
+    })
+    .unwrap();
+    for m in &lab.machines {
+        ironpool_e2e::cluster::kubectl_ok(lab.cp.kubectl().args([
+            "label",
+            "machine.metal.ironpool.dev",
+            &m.machine_name(),
+            "-n",
+            "lab",
+            "ironpool.dev/pool=worker",
+        ]))
+        .unwrap();
+    }
+    let running = |l: &Lab, n: usize| {
+        let ms = capi_machines(l);
+        ms.len() == n
+            && ms
+                .iter()
+                .all(|(_, p, node)| p == "Running" && node.is_some())
+    };
+    let started = std::time::Instant::now();
+    lab.apply_workers(1, "os.qcow2").unwrap();
+    lab.wait_for("one worker Running", 25 * MIN, |l| Ok(running(l, 1)))
+        .unwrap();
+    let first = started.elapsed();
+
+    // Scale 1 -> 2, timed from the new CAPI Machine's creation to Running.
+    lab.apply_workers(2, "os.qcow2").unwrap();
+    let old: Vec<String> = capi_machines(lab).into_iter().map(|m| m.0).collect();
+    let scale = std::time::Instant::now();
+    lab.wait_for("a second CAPI Machine", 5 * MIN, |l| {
+        Ok(capi_machines(l).len() == 2)
+    })
+    .unwrap();
+    let created = scale.elapsed();
+    lab.wait_for("two workers Running", 25 * MIN, |l| Ok(running(l, 2)))
+        .unwrap();
+    let to_running = scale.elapsed() - created;
+    let new = capi_machines(lab)
+        .into_iter()
+        .find(|m| !old.contains(&m.0))
+        .unwrap();
+    let im = lab
+        .get_json(
+            "ironpoolmachine",
+            &lab.get_json("machine.cluster.x-k8s.io", &new.0)
+                .unwrap()
+                .pointer("/spec/infrastructureRef/name")
+                .and_then(Value::as_str)
+                .unwrap()
+                .to_string(),
+        )
+        .unwrap();
+    let d = lab
+        .get_json(
+            "deployment.metal.ironpool.dev",
+            im["metadata"]["name"].as_str().unwrap(),
+        )
+        .unwrap();
+    eprintln!(
+        "[lab] Cluster API scale 1 -> 2: Machine {} created {:.1}s after the scale, Running {:.1}s after its creation; its Deployment's timings {}; first worker Running {:.1}s after apply",
+        new.0,
+        created.as_secs_f64(),
+        to_running.as_secs_f64(),
+        d["status"]["timings"],
+        first.as_secs_f64()
+    );
+
+    // Every guest got its bootstrap data: the stand-in printed the join configuration.
+    for (i, vm) in lab.vms.iter().enumerate() {
+        let serial = vm.serial();
+        assert!(
+            serial.contains(
+                "kubeadm (test OS stand-in): bootstrap data: /run/kubeadm/kubeadm-join-config.yaml"
+            ) && serial.contains(&format!("apiServerEndpoint: 10.77.0.1:{}", capi.port))
+                && serial.contains("kubeadm (test OS stand-in): registered Node"),
+            "VM {i} printed its join configuration and registered its Node:\n{}",
+            serial.lines().rev().take(60).collect::<Vec<_>>().join("\n")
+        );
+    }
+
+    // Scale 2 -> 1: one server is released, erased and Ready again.
+    lab.apply_workers(1, "os.qcow2").unwrap();
+    lab.wait_for("one worker left and one server Ready", 25 * MIN, |l| {
+        let ready = (0..2)
+            .filter(|i| l.phase(*i).ok().flatten().as_deref() == Some("Ready"))
+            .count();
+        Ok(running(l, 1) && ready == 1)
+    })
+    .unwrap();
     eprintln!("{}", lab.table().unwrap());
 }

@@ -402,6 +402,62 @@ async fn cluster_api_scales_remediates_and_deletes_on_ironpool_servers() {
         "the remediated server is marked: {note:?}"
     );
 
+    // Paused: the annotation on an IronpoolMachine, then the whole Cluster; each shows
+    // in its Paused condition and lifts again.
+    let paused = |im: &IronpoolMachine| {
+        im.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Paused"))
+            .map(|c| (c.status.clone(), c.message.clone()))
+    };
+    let target = replaced.keys().next().unwrap().clone();
+    let annotate =
+        |v: serde_json::Value| json!({"metadata": {"annotations": {"cluster.x-k8s.io/paused": v}}});
+    ims.patch(
+        &target,
+        &PatchParams::default(),
+        &Patch::Merge(&annotate(json!(""))),
+    )
+    .await
+    .unwrap();
+    eventually(LONG, "Paused by the annotation", || async {
+        let (s, m) = paused(&ims.get(&target).await.ok()?)?;
+        (s == "True" && m.contains("annotation")).then_some(())
+    })
+    .await;
+    ims.patch(
+        &target,
+        &PatchParams::default(),
+        &Patch::Merge(&annotate(serde_json::Value::Null)),
+    )
+    .await
+    .unwrap();
+    clusters
+        .patch(
+            CLUSTER,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"paused": true}})),
+        )
+        .await
+        .unwrap();
+    eventually(LONG, "Paused by the Cluster", || async {
+        let (s, m) = paused(&ims.get(&target).await.ok()?)?;
+        (s == "True" && m.contains(&format!("Cluster {CLUSTER} is paused"))).then_some(())
+    })
+    .await;
+    clusters
+        .patch(
+            CLUSTER,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"paused": false}})),
+        )
+        .await
+        .unwrap();
+    eventually(LONG, "unpaused", || async {
+        (paused(&ims.get(&target).await.ok()?)?.0 == "False").then_some(())
+    })
+    .await;
+
     // Deleting the Cluster returns every server to the pool.
     clusters
         .delete(CLUSTER, &DeleteParams::background())
@@ -420,4 +476,91 @@ async fn cluster_api_scales_remediates_and_deletes_on_ironpool_servers() {
     })
     .await;
     agent.stop.cancel();
+}
+
+/// `clusterctl generate cluster` renders the provider repository's default template (a
+/// KubeadmControlPlane cluster) with every variable filled, and all but the
+/// KubeadmControlPlane (its provider is not installed here) pass the apiserver's and
+/// Cluster API's webhooks in a server-side dry run.
+#[tokio::test(flavor = "multi_thread")]
+async fn clusterctl_generates_the_default_cluster() {
+    let cp = cluster();
+    let capi = tokio::task::spawn_blocking(move || Capi::shared(cp))
+        .await
+        .unwrap()
+        .expect("Cluster API installs");
+    let ns = cp.create_namespace("capi-template").await.unwrap();
+    let out = capi
+        .clusterctl()
+        .args([
+            "generate",
+            "cluster",
+            "web",
+            "--infrastructure",
+            "ironpool:v0.1.0",
+        ])
+        .args(["--target-namespace", &ns, "--kubernetes-version", "v1.37.2"])
+        .args([
+            "--control-plane-machine-count",
+            "3",
+            "--worker-machine-count",
+            "2",
+        ])
+        .arg(capi.kubeconfig_arg())
+        .env("CONTROL_PLANE_ENDPOINT_HOST", "10.20.0.5")
+        .env("IRONPOOL_IMAGE_URL", "http://images.example/ubuntu.qcow2")
+        .env(
+            "IRONPOOL_IMAGE_CHECKSUM",
+            format!("sha256:{}", "ab".repeat(32)),
+        )
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "clusterctl generate cluster");
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(!yaml.contains("${"), "every variable filled:\n{yaml}");
+    let docs: Vec<&str> = yaml.split("\n---\n").collect();
+    let kinds: Vec<String> = docs
+        .iter()
+        .filter_map(|d| {
+            d.lines()
+                .find_map(|l| l.strip_prefix("kind: "))
+                .map(String::from)
+        })
+        .collect();
+    for kind in [
+        "Cluster",
+        "IronpoolCluster",
+        "KubeadmControlPlane",
+        "IronpoolMachineTemplate",
+        "MachineDeployment",
+        "KubeadmConfigTemplate",
+    ] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
+    let without_kcp: Vec<&str> = docs
+        .into_iter()
+        .filter(|d| !d.contains("kind: KubeadmControlPlane\n"))
+        .collect();
+    use std::io::Write;
+    let mut child = cp
+        .kubectl()
+        .args(["apply", "--server-side", "--dry-run=server", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(without_kcp.join("\n---\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the generated objects are valid: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,7 +1,8 @@
 //! The deployed OS's first-boot step (`ironpool-machine-agent first-boot --seed DIR`): reads
 //! the cloud-init NoCloud seed the machine agent wrote ([`super::seed`]), sets the host
 //! name, runs the user-data (a `#!` script, or the `hostname`, `write_files` and `runcmd`
-//! keys of a `#cloud-config`, in cloud-init's order) and checks in with the network agent
+//! keys of a `#cloud-config`, in cloud-init's order, rendered first when it is a
+//! `## template: jinja` as Cluster API bootstrap data is) and checks in with the network agent
 //! (`POST <ironpool-checkin-url>` with the bearer token from the meta-data), retrying while
 //! the agent cannot be reached or answers 5xx.
 //!
@@ -33,6 +34,8 @@ pub struct MetaData {
     pub checkin_url: String,
     /// `ironpool-checkin-token`.
     pub checkin_token: String,
+    /// Every scalar key, for `## template: jinja` user-data ([`template::render`]).
+    pub values: BTreeMap<String, String>,
 }
 
 fn seed_error(what: &str, message: impl std::fmt::Display) -> MachineError {
@@ -71,6 +74,10 @@ pub fn parse_meta_data(text: &str) -> Result<MetaData, MachineError> {
         local_hostname: get("local-hostname"),
         checkin_url: need("ironpool-checkin-url")?,
         checkin_token: need("ironpool-checkin-token")?,
+        values: map
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), scalar(v)?)))
+            .collect(),
     })
 }
 
@@ -341,6 +348,7 @@ impl Default for Host {
 }
 
 mod exec;
+pub mod template;
 pub use exec::run_user_data;
 
 /// The whole step: read the seed in `seed_dir`, set the host name, run the user-data,
@@ -356,7 +364,7 @@ pub fn first_boot(
     };
     let meta = parse_meta_data(&read("meta-data")?)?;
     let user_data = match read("user-data") {
-        Ok(text) => parse_user_data(&text)?,
+        Ok(text) => parse_user_data(&template::render(&text, &meta.values)?)?,
         Err(_) if !seed_dir.join("user-data").exists() => UserData::None,
         Err(e) => return Err(e),
     };

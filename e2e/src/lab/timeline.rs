@@ -250,7 +250,14 @@ impl Sampler {
             while !st.load(Ordering::Relaxed) {
                 let out = Command::new(&kubectl)
                     .arg(format!("--kubeconfig={}", kubeconfig.display()))
-                    .args(["get", "machines", "-n", &ns, "-o", "json"])
+                    .args([
+                        "get",
+                        "machines.metal.ironpool.dev",
+                        "-n",
+                        &ns,
+                        "-o",
+                        "json",
+                    ])
                     .output();
                 let at = start.elapsed().as_secs_f64();
                 if let Ok(o) = out
