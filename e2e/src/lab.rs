@@ -332,7 +332,7 @@ impl Lab {
             .unwrap_or_default();
         let file = file.as_str();
         let template =
-            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
         let text = fill(&template, vars);
         if let Some(at) = text.find("${") {
             let rest = &text[at..];

@@ -253,8 +253,8 @@ fn capi_machines(lab: &Lab) -> Vec<(String, String, Option<String>)> {
         .collect()
 }
 
-/// 5. Cluster API on the lab: a MachineDeployment scaled 1 -> 2 -> 1 over the two VMs,
-/// with the real core manager and CABPK; each guest prints the join configuration its
+/// Step 5, Cluster API on the lab: a MachineDeployment scaled 1 -> 2 -> 1 over the two
+/// VMs, with the real core manager and CABPK; each guest prints the join configuration its
 /// bootstrap data wrote and registers its Node (the test OS's kubeadm stand-in).
 fn cluster_api(lab: &mut Lab) {
     lab.delete_deployment("bios-1").unwrap();
@@ -306,17 +306,12 @@ fn cluster_api(lab: &mut Lab) {
         .into_iter()
         .find(|m| !old.contains(&m.0))
         .unwrap();
-    let im = lab
-        .get_json(
-            "ironpoolmachine",
-            &lab.get_json("machine.cluster.x-k8s.io", &new.0)
-                .unwrap()
-                .pointer("/spec/infrastructureRef/name")
-                .and_then(Value::as_str)
-                .unwrap()
-                .to_string(),
-        )
+    let capi_machine = lab.get_json("machine.cluster.x-k8s.io", &new.0).unwrap();
+    let im_name = capi_machine
+        .pointer("/spec/infrastructureRef/name")
+        .and_then(Value::as_str)
         .unwrap();
+    let im = lab.get_json("ironpoolmachine", im_name).unwrap();
     let d = lab
         .get_json(
             "deployment.metal.ironpool.dev",

@@ -347,6 +347,9 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
     }
     let ns = d.namespace().unwrap_or_default();
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    if crate::restore::restore(&api, &*d).await? {
+        return Ok(Action::await_change());
+    }
     let ours = d.finalizers().iter().any(|f| f == FINALIZER);
     let result = match (d.metadata.deletion_timestamp.is_some(), ours) {
         (true, false) => Ok(Action::await_change()),

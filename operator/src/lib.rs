@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod machine_controller;
 pub mod machine_status;
 pub mod metrics;
+pub mod restore;
 pub mod selection;
 pub mod streams;
 pub mod subnet_controller;

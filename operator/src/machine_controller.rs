@@ -104,6 +104,9 @@ async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> 
     let ns = m
         .namespace()
         .ok_or_else(|| Error::Malformed(format!("Machine {} has no namespace", m.name_any())))?;
+    if crate::restore::restore(&Api::<Machine>::namespaced(ctx.client.clone(), &ns), &*m).await? {
+        return Ok(Action::await_change());
+    }
     let deployment = deployment_view(&ctx, &ns, &m).await?;
     let now = Timestamp::now();
     let obs = observation(&m, deployment, now);

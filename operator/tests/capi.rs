@@ -564,3 +564,195 @@ async fn clusterctl_generates_the_default_cluster() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `clusterctl move` to a second management cluster keeps the deployed servers deployed:
+/// the move pauses the Cluster, Ironpool backs up the status of each Deployment and its
+/// server (clusterctl copies objects, never status) before it lets the move go on
+/// (`block-move`), the servers travel with the Cluster (`move-hierarchy` on the Machine
+/// CRD), and the operator on the target restores their status instead of commissioning
+/// them: no boot intent is issued there, and every CAPI Machine is Running again.
+#[tokio::test(flavor = "multi_thread")]
+async fn clusterctl_move_keeps_deployed_servers_deployed() {
+    let cp = cluster();
+    let capi = tokio::task::spawn_blocking(move || Capi::shared(cp))
+        .await
+        .unwrap()
+        .expect("Cluster API installs");
+    let (workload, target) = tokio::task::spawn_blocking(|| {
+        let w = ControlPlane::start().expect("workload control plane");
+        let t = ControlPlane::start().expect("target management cluster");
+        (w, t)
+    })
+    .await
+    .unwrap();
+    let target = Box::leak(Box::new(target));
+    let target_capi = tokio::task::spawn_blocking(|| Capi::install(target))
+        .await
+        .unwrap()
+        .expect("Cluster API on the target");
+    let ns = cp.create_namespace("capi-move").await.unwrap();
+    let client = client(cp).await;
+    let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
+    for (i, (name, pool)) in [("m-cp", "control-plane"), ("m-w", "worker")]
+        .iter()
+        .enumerate()
+    {
+        let mut m = machine(name, 60 + i as u8, pool);
+        m.labels_mut()
+            .insert("ironpool.dev/pool".into(), (*pool).into());
+        create(&machines, &m).await;
+    }
+    let agent = SimAgent::start(machines.clone(), Duration::from_millis(200));
+    let mut source_op = Operator::start(cp, &ns, "move-source", &["--capi"]);
+    for name in ["m-cp", "m-w"] {
+        wait_phase(&machines, name, MachinePhase::Ready, LONG).await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let ca: Secret = serde_json::from_value(json!({
+        "metadata": {"name": format!("{CLUSTER}-ca"), "labels": {"cluster.x-k8s.io/cluster-name": CLUSTER}},
+        "type": "cluster.x-k8s.io/secret",
+        "stringData": {
+            "tls.crt": std::fs::read_to_string(workload.ca_cert_path()).unwrap(),
+            "tls.key": std::fs::read_to_string(workload.ca_key_path()).unwrap(),
+        },
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &ca).await.unwrap();
+    let port = workload
+        .server_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let vars = BTreeMap::from([
+        ("CLUSTER_NAME", CLUSTER.to_string()),
+        ("NAMESPACE", ns.clone()),
+        ("CONTROL_PLANE_ENDPOINT_HOST", "127.0.0.1".to_string()),
+        ("CONTROL_PLANE_ENDPOINT_PORT", port),
+        ("KUBERNETES_VERSION", "v1.37.2".to_string()),
+        ("WORKER_MACHINE_COUNT", "1".to_string()),
+        (
+            "IRONPOOL_IMAGE_URL",
+            "http://images.test/os.qcow2".to_string(),
+        ),
+        (
+            "IRONPOOL_IMAGE_CHECKSUM",
+            format!("sha256:{}", "ab".repeat(32)),
+        ),
+        ("IRONPOOL_IMAGE_FORMAT", "qcow2".to_string()),
+    ]);
+    let manifests = format!(
+        "{}\n---\n{}",
+        render(capi, "cluster.yaml", &vars),
+        render(capi, "workers.yaml", &vars)
+    );
+    kubectl_apply(cp, &ns, &manifests);
+    let ims: Api<IronpoolMachine> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let nodes: Api<Node> = Api::all(workload.client().await.unwrap());
+    let capi_machine_api = capi_api(&client, &ns, "Machine");
+    let bound = eventually(LONG * 2, "both Machines Running", || async {
+        let servers = register_nodes(&ims, &deployments, &nodes).await;
+        let ms = capi_machines(&capi_machine_api).await;
+        (ms.len() == 2 && ms.values().all(|(p, ..)| p == "Running") && servers.len() == 2)
+            .then_some(servers)
+    })
+    .await;
+    eventually(LONG, "every IronpoolMachine armed for a move", || async {
+        let list = ims.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .all(|im| {
+                im.annotations()
+                    .contains_key(ironpool_crds::capi::BLOCK_MOVE_ANNOTATION)
+            })
+            .then_some(())
+    })
+    .await;
+    let attempts = |list: &[Machine]| -> BTreeMap<String, i64> {
+        list.iter()
+            .map(|m| {
+                let a = m
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.boot_intent.as_ref())
+                    .map_or(0, |i| i.attempt);
+                (m.name_any(), a)
+            })
+            .collect()
+    };
+    let before = attempts(&machines.list(&ListParams::default()).await.unwrap().items);
+
+    target
+        .kubectl()
+        .args(["create", "namespace", &ns])
+        .output()
+        .unwrap();
+    let out = capi
+        .clusterctl()
+        .args(["move", "-n", &ns])
+        .arg(capi.kubeconfig_arg())
+        .arg(format!(
+            "--to-kubeconfig={}",
+            target.kubeconfig_path().display()
+        ))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "clusterctl move");
+    agent.stop.cancel();
+    source_op.terminate();
+    let _ = &target_capi;
+
+    // The target: its own operator and agent, and the moved objects.
+    let tclient = target.client().await.unwrap();
+    let tmachines: Api<Machine> = Api::namespaced(tclient.clone(), &ns);
+    let tagent = SimAgent::start(tmachines.clone(), Duration::from_millis(200));
+    let _target_op = Operator::start(target, &ns, "move-target", &["--capi"]);
+    let tims: Api<IronpoolMachine> = Api::namespaced(tclient.clone(), &ns);
+    let tdeployments: Api<Deployment> = Api::namespaced(tclient.clone(), &ns);
+    let tcapi = capi_api(&tclient, &ns, "Machine");
+    eventually(
+        LONG * 2,
+        "the moved cluster Running on the same servers",
+        || async {
+            let ms = capi_machines(&tcapi).await;
+            let running = ms.len() == 2 && ms.values().all(|(p, ..)| p == "Running");
+            let servers: BTreeMap<String, String> = tims
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter_map(|im| Some((im.name_any(), im.status?.machine_ref?.name)))
+                .collect();
+            let deployed = tmachines
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .all(|m| phase(m) == Some(MachinePhase::Deployed));
+            (running && deployed && servers == bound).then_some(())
+        },
+    )
+    .await;
+    for d in tdeployments.list(&ListParams::default()).await.unwrap() {
+        let st = d.status.clone().unwrap();
+        assert_eq!(
+            st.phase,
+            Some(ironpool_crds::deployment::DeploymentPhase::Deployed),
+            "{}",
+            d.name_any()
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = attempts(&tmachines.list(&ListParams::default()).await.unwrap().items);
+    assert_eq!(after, before, "no boot intent issued on the target");
+    assert!(
+        tagent.applied.lock().unwrap().is_empty(),
+        "no power action on the target: {:?}",
+        tagent.applied.lock().unwrap()
+    );
+    tagent.stop.cancel();
+}

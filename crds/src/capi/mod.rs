@@ -40,6 +40,17 @@ pub const MANAGED_BY_LABEL: &str = "cluster.x-k8s.io/managed-by";
 /// not land on the hardware that just failed. Delete the annotation to lift it.
 pub const REMEDIATED_ANNOTATION: &str = "infrastructure.cluster.x-k8s.io/ironpool-remediated";
 
+/// Annotation clusterctl move waits on (`clusterctl.cluster.x-k8s.io/block-move`): Ironpool
+/// keeps it on each IronpoolMachine with a server until, once the Cluster is paused, it has
+/// written the status backups below.
+pub const BLOCK_MOVE_ANNOTATION: &str = "clusterctl.cluster.x-k8s.io/block-move";
+
+/// Annotation holding an object's status as JSON, written on a Deployment and its server
+/// (Ironpool Machine) before clusterctl move, which never copies status: the operator on the
+/// target cluster restores a status-less object from it, so a deployed server stays
+/// deployed instead of being commissioned again.
+pub const STATUS_BACKUP_ANNOTATION: &str = "metal.ironpool.dev/status-backup";
+
 /// Prefix of every provider ID Ironpool sets: `ironpool://<namespace>/<machine>`.
 pub const PROVIDER_ID_PREFIX: &str = "ironpool://";
 

@@ -27,6 +27,7 @@ use crate::common::{RootDeviceHints, SecretRef};
     status = "MachineStatus",
     shortname = "bmm",
     category = "ironpool",
+    label("clusterctl.cluster.x-k8s.io/move-hierarchy", ""),
     doc = "A physical server that Ironpool can power, boot, commission, deploy and erase. \
            Create one per server (or let Ironpool enlist unknown servers that PXE-boot); \
            its status shows the lifecycle phase, power, hardware inventory and the boot \

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use ironpool_crds::Deployment;
-use ironpool_crds::capi::{CLUSTER_NAME_LABEL, IronpoolMachine, IronpoolMachineStatus};
+use ironpool_crds::capi::{
+    BLOCK_MOVE_ANNOTATION, CLUSTER_NAME_LABEL, IronpoolMachine, IronpoolMachineStatus,
+    STATUS_BACKUP_ANNOTATION,
+};
+use ironpool_crds::{Deployment, Machine};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -197,7 +200,52 @@ async fn act(ctx: &CapiContext, im: &IronpoolMachine, ns: &str, act: Act) -> Res
             );
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
+        Act::ArmMove => {
+            for target in backup_targets(ctx, im, ns) {
+                if has_backup(ctx, ns, &target) {
+                    set_annotation(ctx, ns, &target, STATUS_BACKUP_ANNOTATION, None).await?;
+                }
+            }
+            let patch =
+                serde_json::json!({"metadata": {"annotations": {BLOCK_MOVE_ANNOTATION: ""}}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        Act::PrepareMove => {
+            for target in backup_targets(ctx, im, ns) {
+                let value = match &target {
+                    Target::Deployment(n) => deployments
+                        .get_opt(n)
+                        .await?
+                        .and_then(|d| crate::restore::backup_value(&d)),
+                    Target::Server(n) => Api::<Machine>::namespaced(ctx.base.client.clone(), ns)
+                        .get_opt(n)
+                        .await?
+                        .and_then(|m| crate::restore::backup_value(&m)),
+                };
+                set_annotation(ctx, ns, &target, STATUS_BACKUP_ANNOTATION, value).await?;
+            }
+            let patch =
+                serde_json::json!({"metadata": {"annotations": {BLOCK_MOVE_ANNOTATION: null}}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            ctx.base.event(
+                im,
+                false,
+                "ReadyForMove",
+                "Move",
+                "paused: the status of the Deployment and its server is backed up for \
+                 clusterctl move"
+                    .into(),
+            );
+        }
         Act::DeleteDeployment => {
+            // A released server must not keep a backup that would restore it as deployed.
+            for target in backup_targets(ctx, im, ns) {
+                if matches!(target, Target::Server(_)) && has_backup(ctx, ns, &target) {
+                    set_annotation(ctx, ns, &target, STATUS_BACKUP_ANNOTATION, None).await?;
+                }
+            }
             match deployments.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => ctx.base.event(
                     im,
@@ -221,6 +269,71 @@ async fn act(ctx: &CapiContext, im: &IronpoolMachine, ns: &str, act: Act) -> Res
     } else {
         Action::await_change()
     })
+}
+
+/// An object a move backup goes on.
+enum Target {
+    Deployment(String),
+    Server(String),
+}
+
+/// The Deployment (same name as `im`) and the server its status names.
+fn backup_targets(ctx: &CapiContext, im: &IronpoolMachine, ns: &str) -> Vec<Target> {
+    let name = im.name_any();
+    let server = ctx
+        .base
+        .deployments
+        .get(&ObjectRef::<Deployment>::new(&name).within(ns))
+        .and_then(|d| d.status.as_ref()?.machine_ref.clone())
+        .or_else(|| im.status.as_ref()?.machine_ref.clone());
+    std::iter::once(Target::Deployment(name))
+        .chain(server.map(|s| Target::Server(s.name)))
+        .collect()
+}
+
+/// Whether the stores show a status backup on `target`.
+fn has_backup(ctx: &CapiContext, ns: &str, target: &Target) -> bool {
+    let annotated =
+        |a: &std::collections::BTreeMap<String, String>| a.contains_key(STATUS_BACKUP_ANNOTATION);
+    match target {
+        Target::Deployment(n) => ctx
+            .base
+            .deployments
+            .get(&ObjectRef::new(n).within(ns))
+            .is_some_and(|d| annotated(d.annotations())),
+        Target::Server(n) => ctx
+            .base
+            .machines
+            .get(&ObjectRef::new(n).within(ns))
+            .is_some_and(|m| annotated(m.annotations())),
+    }
+}
+
+/// Sets (or, with `None`, removes) annotation `key` on `target`; a missing object is fine.
+async fn set_annotation(
+    ctx: &CapiContext,
+    ns: &str,
+    target: &Target,
+    key: &str,
+    value: Option<String>,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+    let pp = PatchParams::default();
+    let result = match target {
+        Target::Deployment(n) => Api::<Deployment>::namespaced(ctx.base.client.clone(), ns)
+            .patch(n, &pp, &Patch::Merge(&patch))
+            .await
+            .map(|_| ()),
+        Target::Server(n) => Api::<Machine>::namespaced(ctx.base.client.clone(), ns)
+            .patch(n, &pp, &Patch::Merge(&patch))
+            .await
+            .map(|_| ()),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Removes [`FINALIZER`] with a JSON patch that first tests it is where we saw it.

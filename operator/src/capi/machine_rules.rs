@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 
 use ironpool_crds::capi::{
-    CLUSTER_NAME_LABEL, Initialization, IronpoolMachine, IronpoolMachineStatus, MachineAddress,
-    MachineAddressType, PAUSED_ANNOTATION, REMEDIATED_ANNOTATION, condition::PAUSED, provider_id,
+    BLOCK_MOVE_ANNOTATION, CLUSTER_NAME_LABEL, Initialization, IronpoolMachine,
+    IronpoolMachineStatus, MachineAddress, MachineAddressType, PAUSED_ANNOTATION,
+    REMEDIATED_ANNOTATION, condition::PAUSED, provider_id,
 };
 use ironpool_crds::conditions::{self, READY, Status};
 use ironpool_crds::deployment::{DeploymentPhase, DeploymentSpec, MachineSelector};
@@ -91,6 +92,13 @@ pub enum Act {
     },
     /// Delete the Deployment (the server is released and erased).
     DeleteDeployment,
+    /// Clear old status backups from the Deployment and the server, and put
+    /// [`BLOCK_MOVE_ANNOTATION`] on the IronpoolMachine: a clusterctl move waits until the
+    /// backups it needs are written.
+    ArmMove,
+    /// Paused for a move: write the Deployment's and the server's status backups, then
+    /// lift [`BLOCK_MOVE_ANNOTATION`].
+    PrepareMove,
     /// Remove [`FINALIZER`]: the server is released.
     RemoveFinalizer,
 }
@@ -147,10 +155,12 @@ pub fn decide(o: &Observed<'_>) -> Decision {
             gen_,
             o.now.clone(),
         );
-        return Decision {
-            act: Act::Nothing,
-            status,
+        let blocked = im.annotations().contains_key(BLOCK_MOVE_ANNOTATION);
+        let act = match o.deployment {
+            Carrier::Ours(_) if blocked => Act::PrepareMove,
+            _ => Act::Nothing,
         };
+        return Decision { act, status };
     }
     conditions::set(
         &mut status.conditions,
@@ -230,10 +240,12 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         Carrier::Absent => before_deployment(o, owner, &mut status),
         Carrier::Ours(d) => {
             mirror(o, d, &mut status);
+            let armed = im.annotations().contains_key(BLOCK_MOVE_ANNOTATION);
             match (&status.machine_ref, &im.spec.provider_id) {
                 (Some(m), None) => {
                     Act::SetProviderId(provider_id(&im.namespace().unwrap_or_default(), &m.name))
                 }
+                (Some(_), Some(_)) if !armed => Act::ArmMove,
                 _ => Act::Nothing,
             }
         }

@@ -1,7 +1,7 @@
 //! The IronpoolMachine decision, case by case.
 
 use super::*;
-use ironpool_crds::capi::{IronpoolMachineSpec, ZONE_LABEL};
+use ironpool_crds::capi::{BLOCK_MOVE_ANNOTATION, IronpoolMachineSpec, ZONE_LABEL};
 use ironpool_crds::deployment::{DeploymentStatus, Image, ImageFormat};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -267,6 +267,13 @@ fn a_bound_server_becomes_the_provider_id_then_provisioned() {
     let deployed = ours(Some(DeploymentPhase::Deployed), Some("r1-u07"), None);
     c.im.spec.provider_id = Some("ironpool://lab/r1-u07".into());
     c.deployment = Some(&deployed);
+    assert_eq!(
+        c.decide().act,
+        Act::ArmMove,
+        "bound: clusterctl move must wait for backups"
+    );
+    c.im.annotations_mut()
+        .insert(BLOCK_MOVE_ANNOTATION.into(), String::new());
     c.server = Some(crate::capi::test_server("r1-u07", Some("rack1")));
     let d = c.decide();
     assert_eq!(d.act, Act::Nothing);
@@ -437,4 +444,27 @@ fn a_remediated_machine_marks_its_server_before_releasing_it() {
         .annotations_mut()
         .insert(REMEDIATED_ANNOTATION.into(), note);
     assert_eq!(c.decide().act, Act::DeleteDeployment);
+}
+
+#[test]
+fn a_paused_cluster_gets_its_status_backed_up_once_for_clusterctl_move() {
+    let deployed = ours(Some(DeploymentPhase::Deployed), Some("r1-u07"), None);
+    let mut c = Case::new();
+    c.im.spec.provider_id = Some("ironpool://lab/r1-u07".into());
+    c.deployment = Some(&deployed);
+    c.cluster.as_mut().unwrap().spec.paused = Some(true);
+    assert_eq!(
+        c.decide().act,
+        Act::Nothing,
+        "not armed: nothing waits on it"
+    );
+    c.im.annotations_mut()
+        .insert(BLOCK_MOVE_ANNOTATION.into(), String::new());
+    assert_eq!(c.decide().act, Act::PrepareMove);
+    c.cluster.as_mut().unwrap().spec.paused = Some(false);
+    assert_eq!(
+        c.decide().act,
+        Act::Nothing,
+        "armed and running: nothing to do"
+    );
 }
