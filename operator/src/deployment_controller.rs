@@ -398,18 +398,28 @@ async fn add_finalizer(
 /// Removes the release finalizer with a JSON patch that first tests it is still at the
 /// index we saw (whoever added it, and however).
 async fn remove_finalizer(api: &Api<Deployment>, d: &Deployment) -> Result<(), Error> {
-    let Some(i) = d.finalizers().iter().position(|f| f == FINALIZER) else {
+    remove_finalizer_of(api, d, FINALIZER).await
+}
+
+/// Removes `finalizer` from `obj` with a JSON patch that first tests it is still at the
+/// index we saw; gone already is fine, a changed list is a [`Error::Conflict`].
+pub async fn remove_finalizer_of<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(i) = obj.finalizers().iter().position(|f| f == finalizer) else {
         return Ok(());
     };
     let path = format!("/metadata/finalizers/{i}");
     let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-        { "op": "test", "path": path, "value": FINALIZER },
+        { "op": "test", "path": path, "value": finalizer },
         { "op": "remove", "path": path },
     ]))
     .map_err(|e| Error::Finalizer(e.to_string()))?;
+    let what = format!("{} {}", K::kind(&()), obj.name_any());
     match api
         .patch(
-            &d.name_any(),
+            &obj.name_any(),
             &PatchParams::default(),
             &Patch::Json::<()>(patch),
         )
@@ -419,12 +429,11 @@ async fn remove_finalizer(api: &Api<Deployment>, d: &Deployment) -> Result<(), E
         // Gone already: the finalizer was the last thing holding it.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         // The list changed under us: read it again.
-        Err(kube::Error::Api(s)) if s.code == 422 => Err(Error::Conflict(format!(
-            "finalizers of Deployment {}",
-            d.name_any()
-        ))),
+        Err(kube::Error::Api(s)) if s.code == 422 => {
+            Err(Error::Conflict(format!("finalizers of {what}")))
+        }
         Err(e) => Err(Error::Finalizer(format!(
-            "could not remove {FINALIZER}: {e}"
+            "could not remove {finalizer} from {what}: {e}"
         ))),
     }
 }

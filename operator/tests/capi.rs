@@ -56,10 +56,17 @@ fn render(capi: &Capi, file: &str, vars: &BTreeMap<&str, String>) -> String {
 }
 
 fn kubectl_apply(cp: &ControlPlane, ns: &str, yaml: &str) {
+    kubectl_apply_with(cp, &["-n", ns], yaml);
+}
+
+/// `kubectl apply --server-side <args> -f -` of `yaml`, asserting success.
+fn kubectl_apply_with(cp: &ControlPlane, args: &[&str], yaml: &str) {
     use std::io::Write;
     let mut child = cp
         .kubectl()
-        .args(["apply", "--server-side", "-n", ns, "-f", "-"])
+        .args(["apply", "--server-side"])
+        .args(args)
+        .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -164,6 +171,59 @@ async fn ready_servers(machines: &Api<Machine>) -> BTreeSet<String> {
         .collect()
 }
 
+/// Creates the cluster of `examples/capi/` (`cluster.yaml` and `workers.yaml` with
+/// `workers` workers) in `ns`, with the workload control plane's CA as the cluster's CA
+/// (Cluster API signs its kubeconfig with it).
+async fn create_cluster(
+    capi: &Capi,
+    cp: &ControlPlane,
+    client: &Client,
+    ns: &str,
+    workload: &ControlPlane,
+    workers: u32,
+) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let ca: Secret = serde_json::from_value(json!({
+        "metadata": {"name": format!("{CLUSTER}-ca"), "labels": {"cluster.x-k8s.io/cluster-name": CLUSTER}},
+        "type": "cluster.x-k8s.io/secret",
+        "stringData": {
+            "tls.crt": std::fs::read_to_string(workload.ca_cert_path()).unwrap(),
+            "tls.key": std::fs::read_to_string(workload.ca_key_path()).unwrap(),
+        },
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &ca).await.unwrap();
+    let port = workload
+        .server_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let vars = BTreeMap::from([
+        ("CLUSTER_NAME", CLUSTER.to_string()),
+        ("NAMESPACE", ns.to_string()),
+        ("CONTROL_PLANE_ENDPOINT_HOST", "127.0.0.1".to_string()),
+        ("CONTROL_PLANE_ENDPOINT_PORT", port),
+        ("KUBERNETES_VERSION", "v1.37.2".to_string()),
+        ("WORKER_MACHINE_COUNT", workers.to_string()),
+        (
+            "IRONPOOL_IMAGE_URL",
+            "http://images.test/os.qcow2".to_string(),
+        ),
+        (
+            "IRONPOOL_IMAGE_CHECKSUM",
+            format!("sha256:{}", "ab".repeat(32)),
+        ),
+        ("IRONPOOL_IMAGE_FORMAT", "qcow2".to_string()),
+    ]);
+    let manifests = format!(
+        "{}\n---\n{}",
+        render(capi, "cluster.yaml", &vars),
+        render(capi, "workers.yaml", &vars)
+    );
+    kubectl_apply(cp, ns, &manifests);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_api_scales_remediates_and_deletes_on_ironpool_servers() {
     let cp = cluster();
@@ -213,48 +273,8 @@ async fn cluster_api_scales_remediates_and_deletes_on_ironpool_servers() {
         wait_phase(&machines, name, MachinePhase::Ready, LONG).await;
     }
 
-    // The workload cluster's CA is the cluster's CA: CAPI signs its kubeconfig with it.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let ca: Secret = serde_json::from_value(json!({
-        "metadata": {"name": format!("{CLUSTER}-ca"), "labels": {"cluster.x-k8s.io/cluster-name": CLUSTER}},
-        "type": "cluster.x-k8s.io/secret",
-        "stringData": {
-            "tls.crt": std::fs::read_to_string(workload.ca_cert_path()).unwrap(),
-            "tls.key": std::fs::read_to_string(workload.ca_key_path()).unwrap(),
-        },
-    }))
-    .unwrap();
-    secrets.create(&PostParams::default(), &ca).await.unwrap();
-
-    let port = workload
-        .server_url()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
-    let vars = BTreeMap::from([
-        ("CLUSTER_NAME", CLUSTER.to_string()),
-        ("NAMESPACE", ns.clone()),
-        ("CONTROL_PLANE_ENDPOINT_HOST", "127.0.0.1".to_string()),
-        ("CONTROL_PLANE_ENDPOINT_PORT", port),
-        ("KUBERNETES_VERSION", "v1.37.2".to_string()),
-        ("WORKER_MACHINE_COUNT", "2".to_string()),
-        (
-            "IRONPOOL_IMAGE_URL",
-            "http://images.test/os.qcow2".to_string(),
-        ),
-        (
-            "IRONPOOL_IMAGE_CHECKSUM",
-            format!("sha256:{}", "ab".repeat(32)),
-        ),
-        ("IRONPOOL_IMAGE_FORMAT", "qcow2".to_string()),
-    ]);
-    let manifests = format!(
-        "{}\n---\n{}",
-        render(capi, "cluster.yaml", &vars),
-        render(capi, "workers.yaml", &vars)
-    );
-    kubectl_apply(cp, &ns, &manifests);
+    create_cluster(capi, cp, &client, &ns, &workload, 2).await;
 
     let clusters = capi_api(&client, &ns, "Cluster");
     eventually(LONG, "Cluster infrastructure provisioned", || async {
@@ -542,27 +562,7 @@ async fn clusterctl_generates_the_default_cluster() {
         .into_iter()
         .filter(|d| !d.contains("kind: KubeadmControlPlane\n"))
         .collect();
-    use std::io::Write;
-    let mut child = cp
-        .kubectl()
-        .args(["apply", "--server-side", "--dry-run=server", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(without_kcp.join("\n---\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the generated objects are valid: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kubectl_apply_with(cp, &["--dry-run=server"], &without_kcp.join("\n---\n"));
 }
 
 /// `clusterctl move` to a second management cluster keeps the deployed servers deployed:
@@ -607,46 +607,7 @@ async fn clusterctl_move_keeps_deployed_servers_deployed() {
     for name in ["m-cp", "m-w"] {
         wait_phase(&machines, name, MachinePhase::Ready, LONG).await;
     }
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let ca: Secret = serde_json::from_value(json!({
-        "metadata": {"name": format!("{CLUSTER}-ca"), "labels": {"cluster.x-k8s.io/cluster-name": CLUSTER}},
-        "type": "cluster.x-k8s.io/secret",
-        "stringData": {
-            "tls.crt": std::fs::read_to_string(workload.ca_cert_path()).unwrap(),
-            "tls.key": std::fs::read_to_string(workload.ca_key_path()).unwrap(),
-        },
-    }))
-    .unwrap();
-    secrets.create(&PostParams::default(), &ca).await.unwrap();
-    let port = workload
-        .server_url()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
-    let vars = BTreeMap::from([
-        ("CLUSTER_NAME", CLUSTER.to_string()),
-        ("NAMESPACE", ns.clone()),
-        ("CONTROL_PLANE_ENDPOINT_HOST", "127.0.0.1".to_string()),
-        ("CONTROL_PLANE_ENDPOINT_PORT", port),
-        ("KUBERNETES_VERSION", "v1.37.2".to_string()),
-        ("WORKER_MACHINE_COUNT", "1".to_string()),
-        (
-            "IRONPOOL_IMAGE_URL",
-            "http://images.test/os.qcow2".to_string(),
-        ),
-        (
-            "IRONPOOL_IMAGE_CHECKSUM",
-            format!("sha256:{}", "ab".repeat(32)),
-        ),
-        ("IRONPOOL_IMAGE_FORMAT", "qcow2".to_string()),
-    ]);
-    let manifests = format!(
-        "{}\n---\n{}",
-        render(capi, "cluster.yaml", &vars),
-        render(capi, "workers.yaml", &vars)
-    );
-    kubectl_apply(cp, &ns, &manifests);
+    create_cluster(capi, cp, &client, &ns, &workload, 1).await;
     let ims: Api<IronpoolMachine> = Api::namespaced(client.clone(), &ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let nodes: Api<Node> = Api::all(workload.client().await.unwrap());

@@ -260,7 +260,7 @@ async fn act(ctx: &CapiContext, im: &IronpoolMachine, ns: &str, act: Act) -> Res
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
         Act::RemoveFinalizer => {
-            remove_finalizer(&api, im).await?;
+            crate::deployment_controller::remove_finalizer_of(&api, im, FINALIZER).await?;
         }
     }
     Ok(if im.meta().deletion_timestamp.is_some() {
@@ -332,35 +332,6 @@ async fn set_annotation(
     match result {
         Ok(()) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Removes [`FINALIZER`] with a JSON patch that first tests it is where we saw it.
-async fn remove_finalizer(api: &Api<IronpoolMachine>, im: &IronpoolMachine) -> Result<(), Error> {
-    let Some(i) = im.finalizers().iter().position(|f| f == FINALIZER) else {
-        return Ok(());
-    };
-    let path = format!("/metadata/finalizers/{i}");
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-        { "op": "test", "path": path, "value": FINALIZER },
-        { "op": "remove", "path": path },
-    ]))
-    .map_err(|e| Error::Finalizer(e.to_string()))?;
-    match api
-        .patch(
-            &im.name_any(),
-            &PatchParams::default(),
-            &Patch::Json::<()>(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 422 => Err(Error::Conflict(format!(
-            "finalizers of IronpoolMachine {}",
-            im.name_any()
-        ))),
         Err(e) => Err(e.into()),
     }
 }
