@@ -2,6 +2,7 @@
 # Builds Ironpool's three container images with buildah, without a daemon or a registry:
 #   ironpool-operator, ironpool-agent    static musl binaries FROM scratch, non-root
 #   ironpool-boot-assets                 iPXE binaries (Debian's ipxe), the ramdisk later
+#   ironpool-pause                       the pod sandbox of the e2e test node (no registry)
 # from containers/*.Containerfile, named localhost/ironpool/<name>:<tag> (the chart's
 # default image.registry is localhost/ironpool), and writes each as an OCI archive:
 #   ${IRONPOOL_CACHE:-~/.cache/ironpool}/images/<name>-<tag>.oci.tar
@@ -12,7 +13,9 @@
 # daemon) and --timestamp 0, so the same binaries give the same image digests.
 # Environment: IRONPOOL_IMAGE_TAG (default: the chart's appVersion),
 # IRONPOOL_IMAGE_PROFILE (cargo profile, default release), IRONPOOL_IMAGE_BINARIES (a
-# directory with prebuilt static ironpool-operator and ironpool-agent; skips cargo).
+# directory with prebuilt static ironpool-operator and ironpool-agent; skips cargo),
+# IRONPOOL_IMAGE_REBUILD (non-empty: run buildah even for an archive whose inputs are
+# unchanged; by default such an archive is reused).
 # Prints IMAGE_<NAME>=<archive> lines on stdout; progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -55,22 +58,33 @@ fi
 
 out="$CACHE/images"
 ctx="$out/context"
-rm -rf "$ctx"; mkdir -p "$ctx/operator" "$ctx/agent" "$ctx/boot-assets/ipxe" "$ctx/boot-assets/assets"
+rm -rf "$ctx"; mkdir -p "$ctx/operator" "$ctx/agent" "$ctx/pause" "$ctx/boot-assets/ipxe" "$ctx/boot-assets/assets"
 # Symbols and debug info stay out of the images (a stripped binary strips to itself).
 install -m 0755 "$bin_dir/ironpool-operator" "$ctx/operator/"
 install -m 0755 "$bin_dir/ironpool-agent" "$ctx/agent/"
 strip --strip-all "$ctx/operator/ironpool-operator" "$ctx/agent/ironpool-agent"
 install -m 0644 /etc/ssl/certs/ca-certificates.crt "$ctx/agent/"
 for f in undionly.kpxe ipxe.efi snponly.efi; do install -m 0644 "/usr/lib/ipxe/$f" "$ctx/boot-assets/ipxe/"; done
+# The pod sandbox of the e2e node (containers/pause/pause.c), static like the others.
+musl-gcc -static -Os -Wall -Werror -o "$ctx/pause/pause" containers/pause/pause.c
+strip --strip-all "$ctx/pause/pause"
 # The ramdisk (boot-images/) is not built yet; /assets stays empty until it is.
 
 buildah_() {
   buildah --root "$CACHE/buildah/storage" --runroot "$CACHE/buildah/run" --storage-driver vfs "$@"
 }
 
-for name in operator agent boot-assets; do
+for name in operator agent boot-assets pause; do
   image="localhost/ironpool/ironpool-$name:$TAG"
   archive="$out/ironpool-$name-$TAG.oci.tar"
+  # An archive built from the same files is current: skip buildah (the tests call this
+  # script once per test binary).
+  inputs="$( (cd "$ctx/$name" && find . -type f | LC_ALL=C sort | xargs -r sha256sum; sha256sum "$OLDPWD/containers/$name.Containerfile" | cut -d' ' -f1) | sha256sum | cut -d' ' -f1)"
+  if [[ -z "${IRONPOOL_IMAGE_REBUILD:-}" && -f "$archive" && "$(cat "$archive.inputs" 2>/dev/null)" == "$inputs" ]]; then
+    log "$image: current ($archive)"
+    echo "IMAGE_$(echo "$name" | tr a-z- A-Z_)=$archive"
+    continue
+  fi
   log "building $image"
   buildah_ bud -q --isolation chroot --timestamp 0 --layers=false \
     -f "containers/$name.Containerfile" -t "$image" "$ctx/$name" >/dev/null
@@ -78,6 +92,7 @@ for name in operator agent boot-assets; do
   buildah_ push -q "$image" "oci-archive:$archive:$image" >&2
   # The archive is the product; vfs keeps full copies, so the store is emptied each time.
   buildah_ rmi "$image" >/dev/null
+  echo "$inputs" > "$archive.inputs"
   log "$image -> $archive ($(du -h "$archive" | cut -f1))"
   echo "IMAGE_$(echo "$name" | tr a-z- A-Z_)=$archive"
 done

@@ -19,6 +19,17 @@ pub fn chart_dir() -> PathBuf {
     crate::repo_dir().join("charts/ironpool")
 }
 
+/// The chart's `appVersion`: the tag of the images `e2e/scripts/build-images.sh` builds.
+pub fn app_version() -> Result<String> {
+    let path = chart_dir().join("Chart.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("appVersion:"))
+        .map(|value| value.trim().trim_matches('"').to_owned())
+        .with_context(|| format!("no appVersion in {}", path.display()))
+}
+
 /// `helm` with `--kubeconfig` set to the admin kubeconfig and its cache, config and data
 /// directories inside the control plane's directory (nothing under `$HOME` is touched).
 pub fn helm(cp: &ControlPlane) -> Result<Command> {

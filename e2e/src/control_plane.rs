@@ -32,9 +32,10 @@ const LOG_TAIL: usize = 40;
 /// apiserver, then etcd, and removes the directory; if the test process dies instead, a
 /// watchdog process does the same.
 ///
-/// There is no controller-manager or scheduler: no garbage collection of owned objects, no
-/// namespace finalization, no pods scheduled. [`ControlPlane::create_namespace`] creates the
-/// namespace's `default` ServiceAccount itself.
+/// By default there is no controller-manager or scheduler: no garbage collection of owned
+/// objects, no namespace finalization, no pods scheduled. [`ControlPlane::create_namespace`]
+/// creates the namespace's `default` ServiceAccount itself. [`Options::controllers`] adds
+/// both, for tests that run pods on a [`crate::node::Node`].
 pub struct ControlPlane {
     processes: Processes,
     kubeconfig: PathBuf,
@@ -42,6 +43,24 @@ pub struct ControlPlane {
     ca_cert: PathBuf,
     ca_key: PathBuf,
     kubectl: PathBuf,
+    nodes: Vec<pki::NodeCredentials>,
+}
+
+/// How to start a [`ControlPlane`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Extra environment variables for kube-apiserver (see
+    /// [`ControlPlane::start_with_apiserver_env`]).
+    pub apiserver_env: Vec<(String, String)>,
+    /// The address kube-apiserver binds and advertises instead of 127.0.0.1: a local
+    /// address that a node's network namespace can reach (the host end of its veth). It
+    /// is added to the serving certificate, and the admin kubeconfig uses it.
+    pub bind_address: Option<Ipv4Addr>,
+    /// Also run kube-controller-manager and kube-scheduler (built next to kube-apiserver),
+    /// so Deployments, DaemonSets and garbage collection work and pods get scheduled.
+    pub controllers: bool,
+    /// Node names to issue kubelet client certificates for.
+    pub nodes: Vec<String>,
 }
 
 impl fmt::Debug for ControlPlane {
@@ -66,11 +85,22 @@ impl ControlPlane {
     /// `GODEBUG=tlssha1=1` for a lab whose clients (busybox's TLS) send no
     /// signature_algorithms and so can only be served SHA-1 signatures.
     pub fn start_with_apiserver_env(env: &[(&str, &str)]) -> Result<ControlPlane> {
+        Self::start_with(&Options {
+            apiserver_env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Options::default()
+        })
+    }
+
+    /// A control plane started as `options` say.
+    pub fn start_with(options: &Options) -> Result<ControlPlane> {
         let binaries = Binaries::ensure()?;
         let started = Instant::now();
         let mut attempt = 1;
         loop {
-            match start_once(&binaries, env) {
+            match start_once(&binaries, options) {
                 Ok(control_plane) => {
                     eprintln!(
                         "ironpool-e2e: control plane ready at {} in {:.1?} (dir {})",
@@ -105,7 +135,7 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
-    /// The apiserver's URL, `https://127.0.0.1:<port>`.
+    /// The apiserver's URL, `https://127.0.0.1:<port>` (or the bind address asked for).
     pub fn server_url(&self) -> &str {
         &self.server_url
     }
@@ -138,6 +168,15 @@ impl ControlPlane {
             .chain(processes.etcd.iter())
             .map(Server::pid)
             .collect()
+    }
+
+    /// The kubelet client certificate and key issued for node `name` (see
+    /// [`Options::nodes`]).
+    pub(crate) fn node_credentials(&self, name: &str) -> Result<&pki::NodeCredentials> {
+        self.nodes
+            .iter()
+            .find(|node| node.name == name)
+            .with_context(|| format!("no kubelet certificate for node {name}: start the control plane with it in Options::nodes"))
     }
 
     /// A new admin client for the caller's tokio runtime.
@@ -190,16 +229,24 @@ struct Processes {
     watchdog: Option<Watchdog>,
     etcd: Option<Server>,
     apiserver: Option<Server>,
+    /// kube-controller-manager and kube-scheduler, when asked for.
+    controllers: Vec<Server>,
 }
 
 impl Processes {
     fn servers(&self) -> impl Iterator<Item = &Server> {
-        self.etcd.iter().chain(self.apiserver.iter())
+        self.etcd
+            .iter()
+            .chain(self.apiserver.iter())
+            .chain(self.controllers.iter())
     }
 
-    /// Kills the apiserver, then etcd, disarms the watchdog, and removes the directory
-    /// unless `keep_dir`. Idempotent.
+    /// Kills the controllers, the apiserver, then etcd, disarms the watchdog, and removes
+    /// the directory unless `keep_dir`. Idempotent.
     fn shutdown(&mut self, keep_dir: bool) {
+        for mut controller in self.controllers.drain(..) {
+            controller.kill();
+        }
         if let Some(mut apiserver) = self.apiserver.take() {
             apiserver.kill();
         }
@@ -223,7 +270,7 @@ impl Drop for Processes {
     }
 }
 
-fn start_once(binaries: &Binaries, env: &[(&str, &str)]) -> Result<ControlPlane, StartError> {
+fn start_once(binaries: &Binaries, options: &Options) -> Result<ControlPlane, StartError> {
     let dir = tempfile::Builder::new()
         .prefix("ironpool-cp-")
         .tempdir()
@@ -235,8 +282,9 @@ fn start_once(binaries: &Binaries, env: &[(&str, &str)]) -> Result<ControlPlane,
         watchdog: None,
         etcd: None,
         apiserver: None,
+        controllers: Vec::new(),
     };
-    match launch(&mut processes, binaries, &dir, env) {
+    match launch(&mut processes, binaries, &dir, options) {
         Ok(control_plane) => Ok(control_plane),
         Err(error) => {
             if processes
@@ -270,10 +318,15 @@ fn launch(
     processes: &mut Processes,
     binaries: &Binaries,
     dir: &Path,
-    env: &[(&str, &str)],
+    options: &Options,
 ) -> Result<ControlPlane> {
     let watchdog = processes.watchdog.insert(Watchdog::spawn(dir)?);
-    let pki = pki::write_pki(&dir.join("pki"))?;
+    let extra_sans: Vec<String> = options
+        .bind_address
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let pki = pki::write_pki(&dir.join("pki"), &extra_sans, &options.nodes)?;
     let [etcd_port, peer_port, apiserver_port] = free_ports::<3>()?;
 
     let etcd_args = etcd_args(dir, &pki, etcd_port, peer_port);
@@ -286,15 +339,21 @@ fn launch(
     )?);
     wait_for_port(etcd, etcd_port, ETCD_TIMEOUT)?;
 
-    let server_url = format!("https://127.0.0.1:{apiserver_port}");
+    let address = options.bind_address.unwrap_or(Ipv4Addr::LOCALHOST);
+    let server_url = format!("https://{address}:{apiserver_port}");
     let kubeconfig = dir.join("kubeconfig");
     client::write_admin_kubeconfig(&kubeconfig, &server_url, &pki)?;
-    let apiserver_args = apiserver_args(dir, &pki, etcd_port, apiserver_port);
+    let apiserver_args = apiserver_args(dir, &pki, etcd_port, address, apiserver_port);
+    let env: Vec<(&str, &str)> = options
+        .apiserver_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     processes.apiserver = Some(Server::spawn_with_env(
         "kube-apiserver",
         &binaries.kube_apiserver,
         &apiserver_args,
-        env,
+        &env,
         dir,
         watchdog,
     )?);
@@ -304,6 +363,42 @@ fn launch(
         }
         _ => bail!("internal error: a server handle went missing during start"),
     }
+    if options.controllers {
+        let kubeconfig_arg = path_arg("kubeconfig", &kubeconfig);
+        // Both use the admin kubeconfig and serve nothing (--secure-port=0): the tests
+        // need their controllers, not their endpoints or per-controller identities.
+        let controller_manager = vec![
+            kubeconfig_arg.clone(),
+            "--secure-port=0".to_owned(),
+            "--leader-elect=false".to_owned(),
+            // The CA every pod's kube-root-ca.crt ConfigMap carries.
+            path_arg("root-ca-file", &pki.ca_cert),
+            path_arg("service-account-private-key-file", &pki.service_account_key),
+            "--controllers=*".to_owned(),
+        ];
+        let scheduler = vec![
+            kubeconfig_arg,
+            "--secure-port=0".to_owned(),
+            "--leader-elect=false".to_owned(),
+        ];
+        for (name, program, args) in [
+            (
+                "kube-controller-manager",
+                binaries
+                    .kube_apiserver
+                    .with_file_name("kube-controller-manager"),
+                controller_manager,
+            ),
+            (
+                "kube-scheduler",
+                binaries.kube_apiserver.with_file_name("kube-scheduler"),
+                scheduler,
+            ),
+        ] {
+            let server = Server::spawn(name, &program, &args, dir, watchdog)?;
+            processes.controllers.push(server);
+        }
+    }
 
     Ok(ControlPlane {
         processes: Processes {
@@ -311,12 +406,14 @@ fn launch(
             watchdog: processes.watchdog.take(),
             etcd: processes.etcd.take(),
             apiserver: processes.apiserver.take(),
+            controllers: std::mem::take(&mut processes.controllers),
         },
         kubeconfig,
         server_url,
         ca_cert: pki.ca_cert,
         ca_key: pki.ca_key,
         kubectl: binaries.kubectl.clone(),
+        nodes: pki.nodes,
     })
 }
 
@@ -371,7 +468,13 @@ fn etcd_args(dir: &Path, pki: &PkiFiles, client_port: u16, peer_port: u16) -> Ve
     ]
 }
 
-fn apiserver_args(dir: &Path, pki: &PkiFiles, etcd_port: u16, port: u16) -> Vec<String> {
+fn apiserver_args(
+    dir: &Path,
+    pki: &PkiFiles,
+    etcd_port: u16,
+    address: Ipv4Addr,
+    port: u16,
+) -> Vec<String> {
     vec![
         format!("--etcd-servers=https://127.0.0.1:{etcd_port}"),
         path_arg("etcd-cafile", &pki.ca_cert),
@@ -382,17 +485,23 @@ fn apiserver_args(dir: &Path, pki: &PkiFiles, etcd_port: u16, port: u16) -> Vec<
         path_arg("tls-private-key-file", &pki.apiserver_key),
         path_arg("client-ca-file", &pki.ca_cert),
         format!("--secure-port={port}"),
-        "--bind-address=127.0.0.1".to_owned(),
-        "--advertise-address=127.0.0.1".to_owned(),
-        // No `kubernetes` Service endpoints: they may not point at loopback, and nothing
-        // in-cluster needs them here.
+        format!("--bind-address={address}"),
+        format!("--advertise-address={address}"),
+        // No `kubernetes` Service endpoints: they may not point at loopback, and pods on a
+        // test node reach the Service's address through a DNAT rule of the node's own
+        // (see node.rs), not through kube-proxy and Endpoints.
         "--endpoint-reconciler-type=none".to_owned(),
         format!(
             "--service-cluster-ip-range={}",
             pki::SERVICE_CLUSTER_IP_RANGE
         ),
         "--allow-privileged=true".to_owned(),
-        "--authorization-mode=RBAC".to_owned(),
+        // Node before RBAC, with NodeRestriction, as kubeadm sets it up: a kubelet may
+        // read what its own pods use and write only its own Node and pods.
+        "--authorization-mode=Node,RBAC".to_owned(),
+        "--enable-admission-plugins=NodeRestriction".to_owned(),
+        path_arg("kubelet-client-certificate", &pki.kubelet_client_cert),
+        path_arg("kubelet-client-key", &pki.kubelet_client_key),
         // Bootstrap tokens (kube-system/bootstrap-token-*) authenticate, as in every
         // kubeadm cluster: Cluster API's kubeadm bootstrap provider makes them for joins.
         "--enable-bootstrap-token-auth=true".to_owned(),

@@ -24,6 +24,7 @@ pub mod clusterctl;
 mod control_plane;
 pub mod lab;
 pub mod netlab;
+pub mod node;
 pub mod pki;
 mod process;
 pub mod qemu;

@@ -32,6 +32,21 @@ pub(crate) struct PkiFiles {
     pub etcd_client_key: PathBuf,
     pub service_account_key: PathBuf,
     pub service_account_pub: PathBuf,
+    /// The apiserver's client certificate towards kubelets (`system:masters`), for logs
+    /// and exec.
+    pub kubelet_client_cert: PathBuf,
+    pub kubelet_client_key: PathBuf,
+    /// One client certificate per node name asked for: `system:node:<name>` in
+    /// `system:nodes`, what the Node authorizer and NodeRestriction expect of a kubelet.
+    pub nodes: Vec<NodeCredentials>,
+}
+
+/// A kubelet's client certificate and key.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeCredentials {
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A certificate and its private key, both PEM.
@@ -49,8 +64,10 @@ struct LeafSpec<'a> {
 }
 
 /// Generates a CA and every certificate the control plane needs, and writes them into `dir`
-/// (created if missing; private keys are mode 0600).
-pub(crate) fn write_pki(dir: &Path) -> Result<PkiFiles> {
+/// (created if missing; private keys are mode 0600). `extra_sans` are added to the
+/// apiserver's serving certificate (an address it is reached at besides loopback); `nodes`
+/// get kubelet client certificates.
+pub(crate) fn write_pki(dir: &Path, extra_sans: &[String], nodes: &[String]) -> Result<PkiFiles> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (ca_cert, ca_key, ca) = new_ca()?;
     let server = [ExtendedKeyUsagePurpose::ServerAuth];
@@ -72,7 +89,10 @@ pub(crate) fn write_pki(dir: &Path) -> Result<PkiFiles> {
                 "kubernetes.default",
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
-            ],
+            ]
+            .into_iter()
+            .chain(extra_sans.iter().map(String::as_str))
+            .collect::<Vec<_>>(),
             usages: &server,
         },
     )?;
@@ -104,6 +124,29 @@ pub(crate) fn write_pki(dir: &Path) -> Result<PkiFiles> {
             usages: &client,
         },
     )?;
+    let kubelet_client = leaf(
+        &ca,
+        &LeafSpec {
+            common_name: "kube-apiserver-kubelet-client",
+            organization: Some("system:masters"),
+            sans: &[],
+            usages: &client,
+        },
+    )?;
+    let mut node_leaves = Vec::new();
+    for name in nodes {
+        let common_name = format!("system:node:{name}");
+        let node = leaf(
+            &ca,
+            &LeafSpec {
+                common_name: &common_name,
+                organization: Some("system:nodes"),
+                sans: &[],
+                usages: &client,
+            },
+        )?;
+        node_leaves.push((name.clone(), node));
+    }
     let sa = KeyPair::generate().context("generating the service-account signing key")?;
 
     let files = PkiFiles {
@@ -119,6 +162,16 @@ pub(crate) fn write_pki(dir: &Path) -> Result<PkiFiles> {
         etcd_client_key: dir.join("apiserver-etcd-client.key"),
         service_account_key: dir.join("sa.key"),
         service_account_pub: dir.join("sa.pub"),
+        kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
+        kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
+        nodes: node_leaves
+            .iter()
+            .map(|(name, _)| NodeCredentials {
+                name: name.clone(),
+                cert: dir.join(format!("node-{name}.crt")),
+                key: dir.join(format!("node-{name}.key")),
+            })
+            .collect(),
     };
     write(&files.ca_cert, &ca_cert, false)?;
     write(&files.ca_key, &ca_key, true)?;
@@ -131,7 +184,19 @@ pub(crate) fn write_pki(dir: &Path) -> Result<PkiFiles> {
             &files.etcd_client_cert,
             &files.etcd_client_key,
         ),
-    ] {
+        (
+            &kubelet_client,
+            &files.kubelet_client_cert,
+            &files.kubelet_client_key,
+        ),
+    ]
+    .into_iter()
+    .chain(
+        node_leaves
+            .iter()
+            .zip(&files.nodes)
+            .map(|((_, leaf), node)| (leaf, &node.cert, &node.key)),
+    ) {
         write(cert, &leaf.cert, false)?;
         write(key, &leaf.key, true)?;
     }
@@ -225,7 +290,7 @@ mod tests {
     #[test]
     fn writes_every_file() {
         let dir = tempfile::tempdir().unwrap();
-        let files = write_pki(&dir.path().join("pki")).unwrap();
+        let files = write_pki(&dir.path().join("pki"), &[], &["n1".to_owned()]).unwrap();
         let ca = fs::read_to_string(&files.ca_cert).unwrap();
         assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
         let key = fs::read_to_string(&files.admin_key).unwrap();

@@ -105,11 +105,25 @@ impl Server {
         dir: &Path,
         watchdog: &mut Watchdog,
     ) -> Result<Server> {
+        let mut command = Command::new(program);
+        command.args(args);
+        Self::spawn_command(name, command, env, dir, watchdog)
+    }
+
+    /// [`Server::spawn_with_env`] for a prepared command (e.g. one that `nsenter`s into a
+    /// network namespace first).
+    pub(crate) fn spawn_command(
+        name: &'static str,
+        mut command: Command,
+        env: &[(&str, &str)],
+        dir: &Path,
+        watchdog: &mut Watchdog,
+    ) -> Result<Server> {
         let log = dir.join(format!("{name}.log"));
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = Command::new(program)
-            .args(args)
+        let program = command.get_program().to_owned();
+        let child = command
             .envs(env.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::null())

@@ -18,7 +18,10 @@ fn build_images(binaries: Option<&Path>) -> BTreeMap<String, PathBuf> {
     let script = ironpool_e2e::repo_dir().join("e2e/scripts/build-images.sh");
     let mut command = Command::new("bash");
     if let Some(dir) = binaries {
-        command.env("IRONPOOL_IMAGE_BINARIES", dir);
+        // A rebuild for real: the script skips buildah when its inputs are unchanged.
+        command
+            .env("IRONPOOL_IMAGE_BINARIES", dir)
+            .env("IRONPOOL_IMAGE_REBUILD", "1");
     }
     let out = command
         .arg(&script)
@@ -110,12 +113,17 @@ fn images_are_small_non_root_static_and_reproducible() {
     let archives = build_images(None);
     let binaries = tempfile::tempdir().unwrap();
     let names: Vec<&str> = archives.keys().map(String::as_str).collect();
-    assert_eq!(names, ["AGENT", "BOOT_ASSETS", "OPERATOR"]);
+    assert_eq!(names, ["AGENT", "BOOT_ASSETS", "OPERATOR", "PAUSE"]);
     let mut digests = BTreeMap::new();
     for (name, archive) in &archives {
         let image = unpack(archive);
         let config = &image.config["config"];
-        assert_eq!(config["User"], "65532:65532", "{name} must not run as root");
+        let user = if name == "PAUSE" {
+            "65535:65535"
+        } else {
+            "65532:65532"
+        };
+        assert_eq!(config["User"], user, "{name} must not run as root");
         digests.insert(name.clone(), image.manifest_digest.clone());
         let files: Vec<String> = std::fs::read_dir(&image.rootfs)
             .unwrap()
@@ -131,6 +139,20 @@ fn images_are_small_non_root_static_and_reproducible() {
             }
             assert!(image.rootfs.join("assets").is_dir());
             assert!(config["Entrypoint"].is_null(), "boot-assets runs nothing");
+            continue;
+        }
+        if name == "PAUSE" {
+            assert_eq!(files, ["pause"], "pause image content");
+            assert!(is_static_elf(&image.rootfs.join("pause")));
+            assert_eq!(config["Entrypoint"], serde_json::json!(["/pause"]));
+            let out = Command::new(image.rootfs.join("pause"))
+                .arg("-v")
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "ironpool-pause"
+            );
             continue;
         }
         // One static binary as the entrypoint, and nothing else but the agent's CA bundle.

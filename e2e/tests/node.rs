@@ -1,0 +1,286 @@
+//! Ironpool as users install it: `helm install` of the chart onto a real node (containerd
+//! and kubelet built from their Go modules, see `ironpool_e2e::node`), the images imported
+//! from `e2e/scripts/build-images.sh` with no registry, and only the chart's RBAC.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ironpool_e2e::{
+    ControlPlane, chart,
+    cluster::kubectl_ok,
+    node::{Cluster, Images},
+};
+
+const NAMESPACE: &str = "ironpool-system";
+const RELEASE: &str = "ironpool";
+const OPERATOR: &str = "ironpool-operator";
+const AGENT: &str = "ironpool-agent";
+
+fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
+    kubectl_ok(cp.kubectl().args(args))
+        .unwrap_or_else(|error| panic!("kubectl {args:?}: {error:#}"))
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout` with `what`.
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits for a rollout; on a timeout, panics with what the pods, events and kubelet say.
+fn rollout(cluster: &Cluster, what: &str) {
+    let cp = &cluster.control_plane;
+    let status = kubectl_ok(cp.kubectl().args([
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        what,
+        "--timeout=240s",
+    ]));
+    if let Err(error) = status {
+        let pods = kubectl_ok(cp.kubectl().args(["-n", NAMESPACE, "describe", "pods"]))
+            .unwrap_or_default();
+        let events =
+            kubectl_ok(
+                cp.kubectl()
+                    .args(["get", "events", "-A", "--sort-by=.lastTimestamp"]),
+            )
+            .unwrap_or_default();
+        let kubelet = std::fs::read_to_string(cluster.node.kubelet_log()).unwrap_or_default();
+        let tail: Vec<&str> = kubelet.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{what}: {error:#}\n--- pods ---\n{pods}\n--- events ---\n{events}\n--- kubelet ---\n{}",
+            tail.join("\n")
+        );
+    }
+}
+
+fn operator_pods(cp: &ControlPlane) -> Vec<(String, String)> {
+    kubectl(
+        cp,
+        &[
+            "-n",
+            NAMESPACE,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+        ],
+    )
+    .lines()
+    .filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        Some((fields.next()?.to_owned(), fields.next()?.to_owned()))
+    })
+    .collect()
+}
+
+fn leader(cp: &ControlPlane) -> String {
+    kubectl(
+        cp,
+        &[
+            "-n",
+            NAMESPACE,
+            "get",
+            "lease",
+            OPERATOR,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    )
+}
+
+/// Sockets listening in the node's network namespace: `(protocol, port, process)`.
+fn listening(cluster: &Cluster) -> Vec<(String, u16, String)> {
+    let out = cluster
+        .node
+        .netns()
+        .exec(&["ss", "-H", "-l", "-n", "-u", "-t", "-p"])
+        .unwrap();
+    out.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = fields.get(4)?.rsplit(':').next()?.parse().ok()?;
+            let process = line.split("((\"").nth(1)?.split('"').next()?.to_owned();
+            Some((fields[0].to_owned(), port, process))
+        })
+        .collect()
+}
+
+fn curl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn helm_install_runs_the_operator_and_the_agent_on_a_real_node() {
+    let images = Images::ensure().unwrap();
+    let cluster = Cluster::start("node-a", &[("ironpool.dev/provisioning", "true")]).unwrap();
+    let node = &cluster.node;
+    let cp = &cluster.control_plane;
+    node.import_images(&images).unwrap();
+    // The agent's hostPath volumes stay inside the node's directory.
+    let journal = format!(
+        "agent.journalHostPath={}",
+        node.host_path("journal").unwrap().display()
+    );
+    let cache = format!(
+        "agent.imageCache.hostPath={}",
+        node.host_path("image-cache").unwrap().display()
+    );
+    let started = Instant::now();
+    chart::install(cp, RELEASE, NAMESPACE, &[&journal, &cache]).unwrap();
+    rollout(&cluster, &format!("deployment/{OPERATOR}"));
+    rollout(&cluster, &format!("daemonset/{AGENT}"));
+    eprintln!(
+        "helm install -> every pod Ready in {:.1?}",
+        started.elapsed()
+    );
+
+    // Two operator replicas Ready (their /readyz), exactly one holding the Lease.
+    let pods = operator_pods(cp);
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    assert!(pods.iter().all(|(_, ready)| ready == "True"), "{pods:?}");
+    let first = wait_for("a leader", Duration::from_secs(60), || {
+        let holder = leader(cp);
+        pods.iter()
+            .any(|(name, _)| *name == holder)
+            .then_some(holder)
+    });
+
+    // The agent (hostNetwork) binds DHCP and TFTP, HTTP boot and metrics on the node, and
+    // serves iPXE from the boot-assets image volume.
+    let sockets = listening(&cluster);
+    for (protocol, port) in [("udp", 67), ("udp", 69), ("tcp", 8080), ("tcp", 9090)] {
+        assert!(
+            sockets
+                .iter()
+                .any(|(p, n, process)| p == protocol && *n == port && process == AGENT),
+            "the agent does not listen on {port}/{protocol}: {sockets:?}"
+        );
+    }
+    let ip = node.ip().to_string();
+    let ipxe = curl(&[&format!("tftp://{ip}/undionly.kpxe")]);
+    assert_eq!(
+        ipxe,
+        std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap(),
+        "TFTP undionly.kpxe"
+    );
+    let metrics = String::from_utf8(curl(&[&format!("http://{ip}:9090/metrics")])).unwrap();
+    assert!(metrics.contains("ironpool_"), "agent /metrics: {metrics}");
+
+    // Delete the leader: the other replica takes the Lease.
+    let other = pods
+        .iter()
+        .map(|(name, _)| name.clone())
+        .find(|name| *name != first)
+        .unwrap();
+    let deleted = Instant::now();
+    kubectl(
+        cp,
+        &["-n", NAMESPACE, "delete", "pod", &first, "--wait=false"],
+    );
+    wait_for(
+        "the standby to take the Lease",
+        Duration::from_secs(90),
+        || (leader(cp) == other).then_some(()),
+    );
+    eprintln!(
+        "operator failover (delete the leader pod -> the standby holds the Lease): {:.1?}",
+        deleted.elapsed()
+    );
+    rollout(&cluster, &format!("deployment/{OPERATOR}"));
+
+    // helm upgrade with a changed value rolls the operator pods.
+    let before: Vec<String> = operator_pods(cp)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let mut upgrade = chart::helm(cp).unwrap();
+    upgrade
+        .args(["upgrade", RELEASE])
+        .arg(chart::chart_dir())
+        .args([
+            "-n",
+            NAMESPACE,
+            "--reuse-values",
+            "--set",
+            "operator.concurrency=8",
+        ]);
+    kubectl_ok(&mut upgrade).unwrap();
+    rollout(&cluster, &format!("deployment/{OPERATOR}"));
+    let after = wait_for(
+        "the old operator pods to go",
+        Duration::from_secs(60),
+        || {
+            let pods = operator_pods(cp);
+            (pods.len() == 2).then_some(pods)
+        },
+    );
+    assert!(
+        after.iter().all(|(name, _)| !before.contains(name)),
+        "{before:?} -> {after:?}"
+    );
+    let args = kubectl(
+        cp,
+        &[
+            "-n",
+            NAMESPACE,
+            "get",
+            "deployment",
+            OPERATOR,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].args}",
+        ],
+    );
+    assert!(args.contains("--concurrency=8"), "{args}");
+
+    // helm uninstall removes every Ironpool pod; the CRDs stay, as Helm does with crds/.
+    let mut uninstall = chart::helm(cp).unwrap();
+    uninstall.args([
+        "uninstall",
+        RELEASE,
+        "-n",
+        NAMESPACE,
+        "--wait",
+        "--timeout=120s",
+    ]);
+    kubectl_ok(&mut uninstall).unwrap();
+    wait_for("no Ironpool pods", Duration::from_secs(120), || {
+        kubectl(cp, &["-n", NAMESPACE, "get", "pods", "-o", "name"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+    let crds = kubectl(cp, &["get", "crd", "-o", "name"]);
+    for crd in ["machines", "subnets", "deployments"] {
+        assert!(
+            crds.contains(&format!("{crd}.metal.ironpool.dev")),
+            "{crds}"
+        );
+    }
+}
