@@ -276,6 +276,14 @@ pub struct SubnetStatus {
     /// The agent that holds this Subnet's lease and serves it, written by that agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_by: Option<ServedBy>,
+    /// The Nodes whose labels match `spec.agentSelector`, sorted; the agents on them contend
+    /// for the Subnet's Lease. Written by the operator, which watches Node labels, so that an
+    /// agent needs no access to Nodes (RBAC cannot grant "the Node I run on"). Empty when
+    /// no Node matches (then no agent serves the Subnet, and Ready says so) and unused
+    /// when there is no agentSelector (every agent may serve).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub candidate_nodes: Vec<String>,
     /// Standard conditions; `Ready` is false when the Subnet overlaps another or no agent
     /// serves it, with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

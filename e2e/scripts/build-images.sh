@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Ironpool's three container images with buildah, without a daemon or a registry:
 #   ironpool-operator, ironpool-agent    static musl binaries FROM scratch, non-root
-#   ironpool-boot-assets                 iPXE binaries (Debian's ipxe), the ramdisk later
+#   ironpool-boot-assets                 iPXE binaries (Debian's ipxe) and the machine-agent
+#                                        ramdisk (boot-images/build.sh, same cargo profile)
 #   ironpool-pause                       the pod sandbox of the e2e test node (no registry)
 # from containers/*.Containerfile, named localhost/ironpool/<name>:<tag> (the chart's
 # default image.registry is localhost/ironpool), and writes each as an OCI archive:
@@ -38,7 +39,7 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
-apt_install buildah ipxe ca-certificates musl-tools binutils
+apt_install buildah ipxe ca-certificates musl-tools binutils ipmitool
 rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET" >&2
 
 started=$(date +%s)
@@ -64,11 +65,24 @@ install -m 0755 "$bin_dir/ironpool-operator" "$ctx/operator/"
 install -m 0755 "$bin_dir/ironpool-agent" "$ctx/agent/"
 strip --strip-all "$ctx/operator/ironpool-operator" "$ctx/agent/ironpool-agent"
 install -m 0644 /etc/ssl/certs/ca-certificates.crt "$ctx/agent/"
+# The IPMI power driver runs ipmitool (agents/src/bmc/ipmi.rs): Debian's, with the shared
+# libraries ldd names and the dynamic loader, at their own paths under agent/root/.
+mkdir -p "$ctx/agent/root/usr/bin"
+install -m 0755 /usr/bin/ipmitool "$ctx/agent/root/usr/bin/"
+for lib in $(ldd /usr/bin/ipmitool | grep -o '/[^ ]*'); do
+  real="$(readlink -f "$lib")"
+  mkdir -p "$ctx/agent/root$(dirname "$lib")"
+  install -m 0644 "$real" "$ctx/agent/root$lib"
+done
 for f in undionly.kpxe ipxe.efi snponly.efi; do install -m 0644 "/usr/lib/ipxe/$f" "$ctx/boot-assets/ipxe/"; done
 # The pod sandbox of the e2e node (containers/pause/pause.c), static like the others.
 musl-gcc -static -Os -Wall -Werror -o "$ctx/pause/pause" containers/pause/pause.c
 strip --strip-all "$ctx/pause/pause"
-# The ramdisk (boot-images/) is not built yet; /assets stays empty until it is.
+# The machine-agent ramdisk, cached by its inputs (boot-images/build.sh prints progress on
+# stderr and "ramdisk: <dir>" last on stdout).
+ramdisk="$(IRONPOOL_RAMDISK_PROFILE="$PROFILE" boot-images/build.sh | sed -n 's/^ramdisk: //p' | tail -n 1)"
+[[ -s "$ramdisk/vmlinuz" && -s "$ramdisk/initramfs" ]] || { log "boot-images/build.sh gave no ramdisk"; exit 1; }
+install -m 0644 "$ramdisk/vmlinuz" "$ramdisk/initramfs" "$ctx/boot-assets/assets/"
 
 buildah_() {
   buildah --root "$CACHE/buildah/storage" --runroot "$CACHE/buildah/run" --storage-driver vfs "$@"

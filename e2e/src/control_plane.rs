@@ -502,6 +502,8 @@ fn apiserver_args(
         "--enable-admission-plugins=NodeRestriction".to_owned(),
         path_arg("kubelet-client-certificate", &pki.kubelet_client_cert),
         path_arg("kubelet-client-key", &pki.kubelet_client_key),
+        // Test nodes have no DNS names: logs, exec and port-forward go to their address.
+        "--kubelet-preferred-address-types=InternalIP".to_owned(),
         // Bootstrap tokens (kube-system/bootstrap-token-*) authenticate, as in every
         // kubeadm cluster: Cluster API's kubeadm bootstrap provider makes them for joins.
         "--enable-bootstrap-token-auth=true".to_owned(),

@@ -216,7 +216,7 @@ pub struct Lab {
     agent: Option<NsChild>,
     operator: Option<NsChild>,
     _images: NsChild,
-    _forward: NsChild,
+    _forward: Option<NsChild>,
     agent_starts: u32,
     sampler: timeline::Sampler,
     /// The BMC emulators' password, made for this run (in Secret `lab-bmc` for users).
@@ -225,7 +225,29 @@ pub struct Lab {
     token_secret_file: PathBuf,
     /// Whether the operator runs the Cluster API provider ([`Lab::start_capi`]).
     capi: bool,
+    /// With [`Runtime::Helm`]: the node that runs the chart's pods. Its network namespace
+    /// is `net`; declared last so that it goes after the VMs and BMCs that use it.
+    node: Option<crate::node::Node>,
 }
+
+/// How the lab runs Ironpool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// The operator and the agent as processes of the lab (logs in its directory).
+    Host,
+    /// As users install it: `helm install` of `charts/ironpool` onto a real node (kubelet
+    /// and containerd, images from `e2e/scripts/build-images.sh`) whose network namespace
+    /// is the provisioning network, so the agent pod (hostNetwork) serves the VMs and
+    /// drives their BMCs, and two operator replicas elect a leader.
+    Helm,
+}
+
+/// The Helm release, its namespace and the label of provisioning nodes in
+/// [`Runtime::Helm`].
+pub const HELM_RELEASE: &str = "ironpool";
+/// The namespace of the Helm release.
+pub const HELM_NAMESPACE: &str = "ironpool-system";
+const PROVISIONING_LABEL: &str = "ironpool.dev/provisioning";
 
 /// `n` random alphanumeric characters.
 fn random_secret(n: usize) -> String {
@@ -236,12 +258,38 @@ impl Lab {
     /// Starts the control plane, the provisioning network, the agent, the operator, the
     /// BMC emulators and the VMs (powered on, so they PXE-boot and enlist).
     pub fn start(dir: &Path, artifacts: Artifacts, machines: Vec<LabMachine>) -> Result<Lab> {
+        Self::start_as(dir, artifacts, machines, Runtime::Host)
+    }
+
+    /// [`Lab::start`] with Ironpool run as `runtime` says.
+    pub fn start_as(
+        dir: &Path,
+        artifacts: Artifacts,
+        machines: Vec<LabMachine>,
+        runtime: Runtime,
+    ) -> Result<Lab> {
         require_tools(&["ip", "busybox", "nsenter", "python3", crate::qemu::QEMU])?;
         std::fs::create_dir_all(dir)?;
         let started = Instant::now();
-        eprintln!("[lab] starting etcd and kube-apiserver");
-        let cp = ControlPlane::start()?;
-        cluster::install_crds(&cp)?;
+        let (cp, node, net) = match runtime {
+            Runtime::Host => {
+                eprintln!("[lab] starting etcd and kube-apiserver");
+                let cp = ControlPlane::start()?;
+                cluster::install_crds(&cp)?;
+                (cp, None, Netns::new("lab")?)
+            }
+            Runtime::Helm => {
+                eprintln!("[lab] building the images, starting a control plane and a node");
+                let images = crate::node::Images::ensure()?;
+                let crate::node::Cluster {
+                    node,
+                    control_plane,
+                } = crate::node::Cluster::start("lab-node", &[(PROVISIONING_LABEL, "true")])?;
+                node.import_images(&images)?;
+                let net = node.netns().handle();
+                (control_plane, Some(node), net)
+            }
+        };
         cluster::kubectl_ok(cp.kubectl().args(["create", "namespace", NAMESPACE]))?;
         eprintln!(
             "[lab] control plane ready in {:.1}s",
@@ -253,10 +301,13 @@ impl Lab {
             cp.kubeconfig_path().to_path_buf(),
             NAMESPACE,
         );
-        let net = Netns::new("lab")?;
         net.bridge("br0", Some(&format!("{AGENT_IP}/24")))?;
-        let port = apiserver_port(&cp)?;
-        let forward = net.forward_loopback(port, dir)?;
+        // A host agent reaches the apiserver on the namespace's loopback; pods reach it
+        // through the node's `kubernetes` Service address.
+        let forward = match runtime {
+            Runtime::Host => Some(net.forward_loopback(apiserver_port(&cp)?, dir)?),
+            Runtime::Helm => None,
+        };
         // The OS images, served from the namespace's loopback as the "upstream" the
         // agent's image cache fetches from.
         let mut http = net.cmd("python3");
@@ -300,10 +351,19 @@ impl Lab {
             bmc_password: random_secret(16),
             token_secret_file,
             capi: false,
+            node,
         };
-        lab.apply_example("subnet.yaml", &[])?;
-        lab.start_operator()?;
-        lab.start_agent()?;
+        match runtime {
+            Runtime::Host => {
+                lab.apply_example("subnet.yaml", &[])?;
+                lab.start_operator()?;
+                lab.start_agent()?;
+            }
+            Runtime::Helm => {
+                lab.helm_install()?;
+                lab.apply_example("subnet.yaml", &[])?;
+            }
+        }
         lab.wait_for(
             "the agent serves Subnet lab",
             Duration::from_secs(60),
@@ -514,6 +574,14 @@ impl Lab {
         if let Some(o) = &self.operator {
             s += &format!("--- operator log (tail)\n{}\n", o.tail(40));
         }
+        if self.node.is_some() {
+            for component in ["agent", "operator"] {
+                s += &format!(
+                    "--- {component} pod logs (tail)\n{}\n",
+                    self.pod_logs(component, 40)
+                );
+            }
+        }
         for b in &self.bmcs {
             s += &format!("--- BMC :{} (tail)\n{}\n", b.port(), b.tail(10));
         }
@@ -526,8 +594,159 @@ impl Lab {
         s
     }
 
-    /// Starts (or restarts) the operator on the host.
+    /// How Ironpool runs in this lab.
+    pub fn runtime(&self) -> Runtime {
+        if self.node.is_some() {
+            Runtime::Helm
+        } else {
+            Runtime::Host
+        }
+    }
+
+    /// With [`Runtime::Helm`], the node the chart's pods run on.
+    pub fn node(&self) -> Option<&crate::node::Node> {
+        self.node.as_ref()
+    }
+
+    /// The `helm install` (or `helm upgrade`, with `extra` values) arguments of the lab's
+    /// release: the agent on the provisioning bridge, the lab's timeouts, its hostPaths
+    /// inside the node's directory.
+    fn helm_values(&self) -> Result<Vec<String>> {
+        let node = self.node.as_ref().context("the lab does not run on Helm")?;
+        let list = |items: &[&str]| serde_json::to_string(items).unwrap_or_default();
+        Ok(vec![
+            "--set".into(),
+            format!(
+                "agent.journalHostPath={}",
+                node.host_path("journal")?.display()
+            ),
+            "--set".into(),
+            format!(
+                "agent.imageCache.hostPath={}",
+                node.host_path("image-cache")?.display()
+            ),
+            "--set".into(),
+            "agent.dhcpInterface=br0".into(),
+            "--set".into(),
+            format!("agent.serverIP={AGENT_IP}"),
+            "--set".into(),
+            format!("agent.http.baseURL=http://{AGENT_IP}:8080"),
+            "--set-json".into(),
+            format!(
+                "agent.extraArgs={}",
+                list(&[
+                    "--kernel-args=console=ttyS0 ironpool.done=poweroff",
+                    "--lease-duration=6s",
+                    "--renew-deadline=4s",
+                    "--retry-period=1s",
+                ])
+            ),
+            "--set-json".into(),
+            format!(
+                "operator.extraArgs={}",
+                list(&[
+                    "--commission-timeout=10m",
+                    "--deploy-timeout=15m",
+                    "--boot-timeout=10m",
+                    "--erase-timeout=15m",
+                    "--power-timeout=5m",
+                ])
+            ),
+            "--set".into(),
+            "operator.leaderElection.leaseDuration=6s".into(),
+            "--set".into(),
+            "operator.leaderElection.renewDeadline=4s".into(),
+            "--set".into(),
+            "operator.leaderElection.retryPeriod=1s".into(),
+            "--set".into(),
+            "logFormat=text".into(),
+        ])
+    }
+
+    /// `helm install` of the chart with the lab's values; waits until every pod is Ready.
+    fn helm_install(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let mut install = crate::chart::helm(&self.cp)?;
+        install
+            .args(["install", HELM_RELEASE])
+            .arg(crate::chart::chart_dir())
+            .args(["-n", HELM_NAMESPACE, "--create-namespace"])
+            .args(self.helm_values()?);
+        cluster::kubectl_ok(&mut install).context("helm install of the lab's release")?;
+        self.wait_rollout()?;
+        eprintln!(
+            "[lab] helm install: the operator and agent pods are Ready in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// `helm upgrade --reuse-values` of the lab's release with `set` (`key=value` pairs);
+    /// waits until the rolled pods are Ready.
+    pub fn helm_upgrade(&mut self, set: &[&str]) -> Result<()> {
+        let mut upgrade = crate::chart::helm(&self.cp)?;
+        upgrade
+            .args(["upgrade", HELM_RELEASE])
+            .arg(crate::chart::chart_dir())
+            .args(["-n", HELM_NAMESPACE, "--reuse-values"]);
+        for value in set {
+            upgrade.args(["--set", value]);
+        }
+        cluster::kubectl_ok(&mut upgrade).context("helm upgrade of the lab's release")?;
+        self.wait_rollout()
+    }
+
+    fn wait_rollout(&self) -> Result<()> {
+        for workload in ["deployment/ironpool-operator", "daemonset/ironpool-agent"] {
+            cluster::kubectl_ok(self.cp.kubectl().args([
+                "-n",
+                HELM_NAMESPACE,
+                "rollout",
+                "status",
+                workload,
+                "--timeout=300s",
+            ]))
+            .with_context(|| format!("{workload} did not become Ready\n{}", self.diagnostics()))?;
+        }
+        Ok(())
+    }
+
+    /// The last `lines` log lines of the chart's `component` pods (operator or agent).
+    fn pod_logs(&self, component: &str, lines: usize) -> String {
+        let out = self
+            .cp
+            .kubectl()
+            .args(["-n", HELM_NAMESPACE, "logs", "--prefix", "--tail"])
+            .arg(lines.to_string())
+            .arg(format!("-lapp.kubernetes.io/component={component}"))
+            .output();
+        match out {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Err(e) => format!("(kubectl logs: {e})"),
+        }
+    }
+
+    /// Force-deletes the chart's `component` pods (as a crash would end them) and does not
+    /// wait for their replacements.
+    fn kill_pods(&self, component: &str) -> Result<()> {
+        cluster::kubectl_ok(self.cp.kubectl().args([
+            "-n",
+            HELM_NAMESPACE,
+            "delete",
+            "pod",
+            &format!("-lapp.kubernetes.io/component={component}"),
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ]))?;
+        Ok(())
+    }
+
+    /// Starts (or restarts) the operator on the host; on Helm, waits for its pods.
     pub fn start_operator(&mut self) -> Result<()> {
+        if self.node.is_some() {
+            return self.wait_rollout();
+        }
         let mut cmd = Command::new(&self.artifacts.operator);
         cmd.env("KUBECONFIG", self.cp.kubeconfig_path())
             .env("RUST_LOG", "info,kube=warn")
@@ -549,8 +768,12 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts (or restarts) the agent in the provisioning namespace.
+    /// Starts (or restarts) the agent in the provisioning namespace; on Helm, waits for
+    /// its pod.
     pub fn start_agent(&mut self) -> Result<()> {
+        if self.node.is_some() {
+            return self.wait_rollout();
+        }
         let assets = self.dir.join("assets");
         let tftp = self.dir.join("tftp");
         for d in [&assets, &tftp] {
@@ -593,8 +816,11 @@ impl Lab {
         Ok(())
     }
 
-    /// SIGKILLs the agent.
+    /// SIGKILLs the agent (on Helm: force-deletes its pod).
     pub fn kill_agent(&mut self) -> Result<()> {
+        if self.node.is_some() {
+            return self.kill_pods("agent");
+        }
         if let Some(a) = self.agent.as_mut() {
             a.signal("KILL")?;
             a.wait_exit(Duration::from_secs(10))?;
@@ -603,8 +829,11 @@ impl Lab {
         Ok(())
     }
 
-    /// SIGKILLs the operator.
+    /// SIGKILLs the operator (on Helm: force-deletes both replicas).
     pub fn kill_operator(&mut self) -> Result<()> {
+        if self.node.is_some() {
+            return self.kill_pods("operator");
+        }
         if let Some(o) = self.operator.as_mut() {
             o.signal("KILL")?;
             o.wait_exit(Duration::from_secs(10))?;

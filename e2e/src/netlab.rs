@@ -75,10 +75,12 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// A network namespace with loopback up, deleted on drop (its devices go with it).
+/// A network namespace with loopback up, deleted on drop (its devices go with it) unless
+/// this is a [`Netns::handle`].
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    owned: bool,
 }
 
 impl Netns {
@@ -88,9 +90,18 @@ impl Netns {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("ipt-{tag}-{}-{n}", std::process::id());
         run(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Netns { name };
+        let ns = Netns { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Another handle to the same namespace that leaves it in place on drop (e.g. the lab's
+    /// provisioning network when it is a test node's namespace, which the node removes).
+    pub fn handle(&self) -> Netns {
+        Netns {
+            name: self.name.clone(),
+            owned: false,
+        }
     }
 
     /// Its name.
@@ -205,6 +216,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .stdin(Stdio::null())

@@ -137,7 +137,19 @@ fn images_are_small_non_root_static_and_reproducible() {
                     "boot-assets /ipxe/{f}"
                 );
             }
-            assert!(image.rootfs.join("assets").is_dir());
+            // The machine-agent ramdisk: a bzImage kernel and a zstd cpio.
+            let kernel = std::fs::read(image.rootfs.join("assets/vmlinuz")).unwrap();
+            assert_eq!(
+                &kernel[0x202..0x206],
+                b"HdrS",
+                "boot-assets /assets/vmlinuz"
+            );
+            let initramfs = std::fs::read(image.rootfs.join("assets/initramfs")).unwrap();
+            assert_eq!(
+                &initramfs[..4],
+                &[0x28, 0xb5, 0x2f, 0xfd],
+                "boot-assets /assets/initramfs is zstd"
+            );
             assert!(config["Entrypoint"].is_null(), "boot-assets runs nothing");
             continue;
         }
@@ -155,7 +167,8 @@ fn images_are_small_non_root_static_and_reproducible() {
             );
             continue;
         }
-        // One static binary as the entrypoint, and nothing else but the agent's CA bundle.
+        // One static binary as the entrypoint, and nothing else but the agent's CA bundle
+        // and ipmitool (with its libraries and loader).
         let binary = format!("ironpool-{}", name.to_lowercase());
         assert_eq!(
             config["Entrypoint"],
@@ -163,12 +176,23 @@ fn images_are_small_non_root_static_and_reproducible() {
         );
         let mut expected = vec![binary.clone()];
         if name == "AGENT" {
-            expected.push("etc".into());
+            expected.extend(["etc", "lib", "lib64", "usr"].map(String::from));
             assert!(
                 image
                     .rootfs
                     .join("etc/ssl/certs/ca-certificates.crt")
                     .is_file()
+            );
+            // ipmitool runs from the image's own root (its loader and libraries).
+            let root = image.rootfs.display().to_string();
+            let out = Command::new("chroot")
+                .args([&root, "/usr/bin/ipmitool", "-V"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ipmitool"),
+                "ipmitool in the agent image: {}",
+                String::from_utf8_lossy(&out.stderr)
             );
         }
         let mut files = files;

@@ -193,24 +193,75 @@ fn helm_install_runs_the_operator_and_the_agent_on_a_real_node() {
     let metrics = String::from_utf8(curl(&[&format!("http://{ip}:9090/metrics")])).unwrap();
     assert!(metrics.contains("ironpool_"), "agent /metrics: {metrics}");
 
-    // Delete the leader: the other replica takes the Lease.
-    let other = pods
-        .iter()
-        .map(|(name, _)| name.clone())
-        .find(|name| *name != first)
-        .unwrap();
+    // A Subnet for agents on provisioning nodes: the operator pod names this node a
+    // candidate from its labels, and the agent pod (which may read no Node at all) serves it.
+    let subnet = serde_json::json!({
+        "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Subnet",
+        "metadata": {"name": "prov", "namespace": "default"},
+        "spec": {"cidr": "10.99.0.0/24", "leaseTime": "1h",
+                 "dynamicRange": {"start": "10.99.0.100", "end": "10.99.0.200"},
+                 "agentSelector": {"matchLabels": {"ironpool.dev/provisioning": "true"}}},
+    });
+    let subnet_file = node.dir().join("subnet.json");
+    std::fs::write(&subnet_file, subnet.to_string()).unwrap();
+    kubectl_ok(cp.kubectl().args(["apply", "-f"]).arg(&subnet_file)).unwrap();
+    wait_for(
+        "the agent pod to serve the Subnet",
+        Duration::from_secs(60),
+        || {
+            let out = kubectl(
+                cp,
+                &["get", "subnet", "prov", "-n", "default", "-o", "json"],
+            );
+            let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+            (s["status"]["candidateNodes"] == serde_json::json!([node.name()])
+                && s["status"]["servedBy"]["agent"] == node.name())
+            .then_some(())
+        },
+    );
+    let agent_sa = format!("system:serviceaccount:{NAMESPACE}:{AGENT}");
+    for verb in ["get", "list", "watch"] {
+        let target = if verb == "get" {
+            format!("nodes/{}", node.name())
+        } else {
+            "nodes".to_owned()
+        };
+        let out = cp
+            .kubectl()
+            .args(["auth", "can-i", verb, &target, "--as", &agent_sa])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "no",
+            "the agent may not {verb} {target}"
+        );
+    }
+    kubectl(cp, &["delete", "subnet", "prov", "-n", "default"]);
+
+    // Delete the leader: it releases the Lease on SIGTERM, and another replica takes it
+    // (usually the standby; the Deployment's replacement pod may win the race).
     let deleted = Instant::now();
     kubectl(
         cp,
         &["-n", NAMESPACE, "delete", "pod", &first, "--wait=false"],
     );
-    wait_for(
-        "the standby to take the Lease",
+    let next = wait_for(
+        "another replica to take the Lease",
         Duration::from_secs(90),
-        || (leader(cp) == other).then_some(()),
+        || {
+            let holder = leader(cp);
+            (!holder.is_empty() && holder != first).then_some(holder)
+        },
     );
+    let standby = pods.iter().any(|(name, _)| *name == next);
     eprintln!(
-        "operator failover (delete the leader pod -> the standby holds the Lease): {:.1?}",
+        "operator failover (delete the leader pod -> {} holds the Lease): {:.1?}",
+        if standby {
+            "the standby"
+        } else {
+            "the replacement pod"
+        },
         deleted.elapsed()
     );
     rollout(&cluster, &format!("deployment/{OPERATOR}"));

@@ -131,7 +131,10 @@ fn operator_can_do_what_it_needs_and_no_more() {
         // No Secrets at all: the operator never reads BMC credentials or cloud-init.
         ("no", "get secrets -n dc-a".into()),
         ("no", "list secrets -A".into()),
-        ("no", "get nodes".into()),
+        // Node labels for the Subnets' candidateNodes, never a change to a Node.
+        ("yes", "list nodes".into()),
+        ("yes", "watch nodes".into()),
+        ("no", "patch nodes/worker-1".into()),
         ("no", "create pods -n dc-a".into()),
         ("no", "create events -n dc-a".into()),
         ("no", "get configmaps -n dc-a".into()),
@@ -162,7 +165,6 @@ fn agent_can_do_what_it_needs_and_no_more() {
             "update leases.coordination.k8s.io/ironpool-subnet-prov -n dc-a".into(),
         ),
         ("yes", "create events.events.k8s.io -n dc-a".into()),
-        ("yes", "get nodes/worker-1".into()),
         // Never delete Machines, never write Deployments or a Subnet's spec, never
         // change Secrets.
         ("no", format!("delete {M} -n dc-a")),
@@ -177,6 +179,10 @@ fn agent_can_do_what_it_needs_and_no_more() {
         ("no", "update secrets -n dc-a".into()),
         ("no", "delete secrets -n dc-a".into()),
         ("no", "delete leases.coordination.k8s.io -n dc-a".into()),
+        // No Node at all, not even its own: the operator names the candidate Nodes
+        // in each Subnet's status.
+        ("no", "get nodes/worker-1".into()),
+        ("no", "get nodes/prov-node-1".into()),
         ("no", "list nodes".into()),
         ("no", "patch nodes/worker-1".into()),
         ("no", "create pods -n dc-a".into()),
@@ -205,6 +211,7 @@ fn a_namespaced_install_grants_nothing_elsewhere() {
             "yes",
             "update leases.coordination.k8s.io/ironpool-operator -n ironpool-nsd",
         ),
+        ("yes", "watch nodes"),
         ("no", "list machines.metal.ironpool.dev -n dc-other"),
         ("no", "list machines.metal.ironpool.dev -A"),
         ("no", "create events.events.k8s.io -n dc-other"),
@@ -212,7 +219,7 @@ fn a_namespaced_install_grants_nothing_elsewhere() {
     let agent_rows = [
         ("yes", "get secrets -n dc-scoped"),
         ("yes", "create leases.coordination.k8s.io -n dc-scoped"),
-        ("yes", "get nodes/worker-1"),
+        ("no", "get nodes/worker-1"),
         ("no", "get secrets -n dc-other"),
         ("no", "list secrets -A"),
         ("no", "create machines.metal.ironpool.dev -n dc-other"),
@@ -427,6 +434,15 @@ fn the_real_binaries_reconcile_examples_as_their_service_accounts() {
         || {
             let d = kubectl_json(cp, &["get", D, "web-1", "-n", &ns]);
             d["status"]["phase"].is_string() && d["metadata"]["finalizers"].as_array().is_some()
+        },
+    );
+    wait_for(
+        "the operator to name the labelled Node a candidate",
+        timeout,
+        &procs,
+        || {
+            let s = kubectl_json(cp, &["get", S, "prov", "-n", &ns]);
+            s["status"]["candidateNodes"] == serde_json::json!(["prov-node-1"])
         },
     );
     wait_for("the Subnet served by the agent", timeout, &procs, || {

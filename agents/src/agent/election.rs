@@ -3,7 +3,7 @@
 //! holder serves the Subnet over DHCP and names itself in `status.servedBy`. Losing the
 //! Lease stops DHCP for the Subnet at once; a standby takes over within the lease duration.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +17,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::MANAGER;
-use super::selector::{admits, node_labels};
+use super::selector::admits;
 use super::serving::{Serving, SubnetKey, subnet_config};
 use super::stores::Stores;
-
-/// How often the Node's labels are read again.
-const RELABEL: Duration = Duration::from_secs(60);
 
 /// What every contender shares.
 pub struct Election {
@@ -43,27 +40,26 @@ pub fn lease_name(subnet: &str) -> String {
     format!("ironpool-subnet-{subnet}")
 }
 
-/// The Subnets this agent should contend for, given the Node's labels.
-pub fn wanted(subnets: &[Arc<Subnet>], labels: &BTreeMap<String, String>) -> BTreeSet<SubnetKey> {
+/// The Subnets the agent on Node `node` should contend for.
+pub fn wanted(subnets: &[Arc<Subnet>], node: &str) -> BTreeSet<SubnetKey> {
     subnets
         .iter()
-        .filter(|s| s.metadata.deletion_timestamp.is_none() && admits(s, labels))
+        .filter(|s| s.metadata.deletion_timestamp.is_none() && admits(s, node))
         .filter(|s| subnet_config(s).is_some())
         .map(|s| (s.namespace().unwrap_or_default(), s.name_any()))
         .collect()
 }
 
 impl Election {
-    /// Starts and stops contenders as Subnets and Node labels change, until `cancel` fires;
-    /// then waits for every contender to stop serving, clear servedBy and release.
+    /// Starts and stops contenders as Subnets (and the operator's candidateNodes) change,
+    /// until `cancel` fires; then waits for every contender to stop serving, clear
+    /// servedBy and release.
     pub async fn supervise(self: Arc<Self>, cancel: CancellationToken) {
-        let mut labels = node_labels(&self.client, &self.node).await;
         let mut changes = self.stores.changes();
         let mut running: HashMap<SubnetKey, CancellationToken> = HashMap::new();
         let mut tasks = JoinSet::new();
-        let mut relabel = tokio::time::interval(RELABEL);
         loop {
-            let want = wanted(&self.stores.subnets.state(), &labels);
+            let want = wanted(&self.stores.subnets.state(), &self.node);
             running.retain(|key, stop| {
                 let keep = want.contains(key) && !stop.is_cancelled();
                 if !keep {
@@ -82,7 +78,6 @@ impl Election {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 r = changes.changed() => if r.is_err() { break },
-                _ = relabel.tick() => labels = node_labels(&self.client, &self.node).await,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }

@@ -1,44 +1,27 @@
-//! Which Subnets this agent may serve: a Subnet's `spec.agentSelector` matched against the
-//! labels of this agent's Node. A Node that cannot be read counts as having no labels.
-
-use std::collections::BTreeMap;
+//! Which Subnets this agent may serve. A Subnet with no `spec.agentSelector` (or an empty
+//! one) admits every agent; otherwise the operator, which watches Node labels, names the
+//! matching Nodes in `status.candidateNodes`, and an agent serves only where its own Node
+//! is named. So the agent never reads a Node: RBAC cannot grant "the Node I run on", and
+//! get on every Node is more than an agent on a provisioning network should have.
 
 use ironpool_crds::Subnet;
-use k8s_openapi::api::core::v1::Node;
-use kube::core::{Selector, SelectorExt};
-use kube::{Api, Client};
+use kube::core::Selector;
 
-/// Whether an agent on a node with `labels` may serve `subnet`: no selector (or an empty
-/// one) admits every agent; a selector that does not parse admits none.
-pub fn admits(subnet: &Subnet, labels: &BTreeMap<String, String>) -> bool {
-    let Some(sel) = subnet.spec.agent_selector.clone() else {
+/// Whether the agent on Node `node` may serve `subnet`.
+pub fn admits(subnet: &Subnet, node: &str) -> bool {
+    let Some(selector) = subnet.spec.agent_selector.clone() else {
         return true;
     };
-    match Selector::try_from(sel) {
-        Ok(s) => s.matches(labels),
+    match Selector::try_from(selector) {
+        Ok(s) if s.selects_all() => true,
+        Ok(_) => subnet
+            .status
+            .as_ref()
+            .is_some_and(|status| status.candidate_nodes.iter().any(|n| n == node)),
         Err(e) => {
             tracing::warn!(subnet = %subnet.metadata.name.as_deref().unwrap_or(""), error = %e,
                 "agentSelector does not parse; no agent serves this Subnet");
             false
-        }
-    }
-}
-
-/// The labels of Node `name`; empty (and logged) when it is missing or unreadable.
-pub async fn node_labels(client: &Client, name: &str) -> BTreeMap<String, String> {
-    match Api::<Node>::all(client.clone()).get_opt(name).await {
-        Ok(Some(node)) => node.metadata.labels.unwrap_or_default(),
-        Ok(None) => {
-            tracing::warn!(
-                node = name,
-                "no Node of this name; matching agentSelectors against no labels"
-            );
-            BTreeMap::new()
-        }
-        Err(e) => {
-            tracing::warn!(node = name, error = %e,
-                "cannot read this Node (grant get on nodes); matching agentSelectors against no labels");
-            BTreeMap::new()
         }
     }
 }
@@ -48,26 +31,29 @@ pub async fn node_labels(client: &Client, name: &str) -> BTreeMap<String, String
 mod tests {
     use super::*;
 
-    fn subnet(selector: serde_json::Value) -> Subnet {
+    fn subnet(selector: serde_json::Value, candidates: &[&str]) -> Subnet {
         let mut spec = serde_json::json!({"cidr": "10.0.0.0/24", "leaseTime": "1h"});
         if !selector.is_null() {
             spec["agentSelector"] = selector;
         }
-        Subnet::new("s", serde_json::from_value(spec).unwrap())
+        let mut s = Subnet::new("s", serde_json::from_value(spec).unwrap());
+        s.status = serde_json::from_value(serde_json::json!({"candidateNodes": candidates})).ok();
+        s
     }
 
     #[test]
     fn selectors() {
-        let labels: BTreeMap<String, String> =
-            [("ironpool.dev/provisioning".to_string(), "true".to_string())].into();
-        let none = BTreeMap::new();
-        assert!(admits(&subnet(serde_json::Value::Null), &none));
-        let want =
-            subnet(serde_json::json!({"matchLabels": {"ironpool.dev/provisioning": "true"}}));
-        assert!(admits(&want, &labels));
-        assert!(!admits(&want, &none));
-        let expr = subnet(serde_json::json!({"matchExpressions": [
-            {"key": "rack", "operator": "NotIn", "values": ["r9"]}]}));
-        assert!(admits(&expr, &labels));
+        let labelled = serde_json::json!({"matchLabels": {"ironpool.dev/provisioning": "true"}});
+        // No selector, or an empty one: every agent, whatever the operator wrote.
+        assert!(admits(&subnet(serde_json::Value::Null, &[]), "n1"));
+        assert!(admits(&subnet(serde_json::json!({}), &[]), "n1"));
+        // A selector: only the Nodes the operator named.
+        assert!(admits(&subnet(labelled.clone(), &["n1", "n2"]), "n1"));
+        assert!(!admits(&subnet(labelled.clone(), &["n2"]), "n1"));
+        assert!(!admits(&subnet(labelled, &[]), "n1"));
+        // A selector that does not parse: nobody.
+        let bad = serde_json::json!({"matchExpressions": [
+            {"key": "rack", "operator": "Sometimes", "values": ["r1"]}]});
+        assert!(!admits(&subnet(bad, &["n1"]), "n1"));
     }
 }

@@ -7,21 +7,37 @@
 //! are commissioned, deployed with the lab OS image and boot it from disk. It prints the
 //! machine table while it waits, then keeps everything running until Ctrl-C or `down`.
 //! `status` tells whether a lab runs and how to reach it.
+//!
+//! `up --helm` runs Ironpool as users install it: a real node (kubelet and containerd)
+//! joins the control plane, `helm install` of `charts/ironpool` runs the operator's two
+//! replicas and the agent DaemonSet from the images `e2e/scripts/build-images.sh` builds,
+//! and the agent pod, on the node's provisioning bridge, serves and powers the VMs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use ironpool_e2e::lab::{Artifacts, Lab, LabMachine, NAMESPACE};
+use ironpool_e2e::lab::{Artifacts, HELM_NAMESPACE, Lab, LabMachine, NAMESPACE, Runtime};
 
 fn state_dir() -> PathBuf {
     ironpool_e2e::cache_dir().join("lab")
 }
 
 fn main() -> ExitCode {
-    let cmd = std::env::args().nth(1).unwrap_or_else(|| "up".into());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = args.first().cloned().unwrap_or_else(|| "up".into());
+    let runtime = match args.get(1).map(String::as_str) {
+        None => Runtime::Host,
+        Some("--helm") if cmd == "up" => Runtime::Helm,
+        Some(other) => {
+            eprintln!(
+                "ironpool-lab: unknown argument {other:?}; use `up`, `up --helm`, `down` or `status`"
+            );
+            return ExitCode::from(2);
+        }
+    };
     let result = match cmd.as_str() {
-        "up" => up(),
+        "up" => up(runtime),
         "down" => down(),
         "status" => status(),
         other => {
@@ -49,7 +65,7 @@ fn running_pid() -> Option<u32> {
         .then_some(pid)
 }
 
-fn up() -> Result<()> {
+fn up(runtime: Runtime) -> Result<()> {
     if let Some(pid) = running_pid() {
         bail!("a lab is already running (pid {pid}); stop it with `e2e/run lab down`");
     }
@@ -60,16 +76,16 @@ fn up() -> Result<()> {
     }
     std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
     std::fs::write(state.join("pid"), std::process::id().to_string())?;
-    let result = run_lab(&state);
+    let result = run_lab(&state, runtime);
     let _ = std::fs::remove_file(state.join("pid"));
     result
 }
 
-fn run_lab(state: &std::path::Path) -> Result<()> {
+fn run_lab(state: &std::path::Path, runtime: Runtime) -> Result<()> {
     let started = std::time::Instant::now();
     let stop = ironpool_e2e::lab::stop_on_signal()?;
     let artifacts = Artifacts::build()?;
-    let lab = Lab::start(state, artifacts, LabMachine::default_pair())?;
+    let lab = Lab::start_as(state, artifacts, LabMachine::default_pair(), runtime)?;
     let kubeconfig = state.join("kubeconfig");
     std::fs::copy(lab.cp.kubeconfig_path(), &kubeconfig).context("copying the kubeconfig")?;
     let kubectl = ironpool_e2e::Binaries::ensure()?.kubectl;
@@ -77,6 +93,9 @@ fn run_lab(state: &std::path::Path) -> Result<()> {
     println!("  export KUBECONFIG={}", kubeconfig.display());
     println!("  alias kubectl={}", kubectl.display());
     println!("  kubectl get machines,deployments -n {NAMESPACE} -w");
+    if runtime == Runtime::Helm {
+        println!("  kubectl get pods -n {HELM_NAMESPACE} -o wide   # the Helm release's pods");
+    }
     let minutes = |m: u64| std::time::Duration::from_secs(60 * m);
     lab.adopt_enlisted(minutes(10))?;
     lab.wait_all("Ready", minutes(20))?;
