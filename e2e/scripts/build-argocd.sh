@@ -6,6 +6,12 @@
 #               name it is run as (filepath.Base(argv[0]), or $ARGOCD_BINARY_NAME; see
 #               cmd/main.go), so the tests run this file with ARGOCD_BINARY_NAME set.
 #   crds/       the module's manifests/crds/*.yaml (Application, AppProject, ApplicationSet).
+#   git-verify-wrapper.sh, gpg-wrapper.sh
+#               the module's hack/ scripts that upstream's Dockerfile copies next to the
+#               binary (/usr/local/bin): the repo server runs git-verify-wrapper.sh for every
+#               manifest generation (a deprecated signature check kept for API
+#               compatibility, run even with GPG disabled) and answers "permission denied"
+#               when it is not on its PATH. Put this directory on the repo server's PATH.
 # Three things differ from `go install pkg@version`:
 #   - The module's go.mod replaces github.com/argoproj/argo-cd/gitops-engine/v3 with
 #     ./gitops-engine (and pins k8s.io/* and a few others with replaces), and `go install`
@@ -58,21 +64,45 @@ module_json() {
   { go mod download -json "$MODULE@$ARGOCD_VERSION" 2>/dev/null || true; } | sed -n "s/.*\"$1\": \"\(.*\)\".*/\1/p"
 }
 
+SUPPORT_FILES=(crds/application-crd.yaml git-verify-wrapper.sh gpg-wrapper.sh)
+
+# The module's go.mod and extracted source directory, downloaded when missing.
+module_paths() {
+  GOMOD="$(module_json GoMod)"; DIR="$(module_json Dir)"
+  if [[ -z "$DIR" ]]; then
+    # `go mod download` leaves Dir empty when the module needs a newer go than the local one,
+    # though it has fetched the zip: extract it through the newer toolchain.
+    DIR="$(GOTOOLCHAIN="$ARGOCD_GO" go mod download -json "$MODULE@$ARGOCD_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  fi
+  [[ -f "$GOMOD" && -d "$DIR" ]] || { log "could not download $MODULE@$ARGOCD_VERSION (GoMod=$GOMOD Dir=$DIR)"; exit 1; }
+}
+
+# The CRDs and the hack/ scripts the repo server runs, copied from the module source.
+install_support() {
+  local f missing=0
+  for f in "${SUPPORT_FILES[@]}"; do [[ -f "$OUT/$f" ]] || missing=1; done
+  ((missing)) || return 0
+  need_go "Argo CD"
+  module_paths
+  log "argocd: copying manifests/crds and hack/{git-verify,gpg}-wrapper.sh from $DIR"
+  rm -rf "$OUT/crds.tmp"; mkdir -p "$OUT/crds.tmp"
+  cp "$DIR"/manifests/crds/*-crd.yaml "$OUT/crds.tmp/"
+  chmod -R u+w "$OUT/crds.tmp"
+  rm -rf "$OUT/crds"; mv "$OUT/crds.tmp" "$OUT/crds"
+  for f in git-verify-wrapper.sh gpg-wrapper.sh; do
+    install -m 0755 "$DIR/hack/$f" "$OUT/$f"
+  done
+}
+
 build_argocd() {
-  if [[ -x "$OUT/argocd" && -f "$OUT/crds/application-crd.yaml" ]]; then
+  if [[ -x "$OUT/argocd" ]]; then
     log "argocd $ARGOCD_VERSION: cached in $OUT"; return
   fi
   need_go "Argo CD"
   local t0=$SECONDS
   log "argocd $ARGOCD_VERSION: downloading $MODULE"
-  local gomod dir
-  gomod="$(module_json GoMod)"; dir="$(module_json Dir)"
-  if [[ -z "$dir" ]]; then
-    # `go mod download` leaves Dir empty when the module needs a newer go than the local one,
-    # though it has fetched the zip: extract it through the newer toolchain.
-    dir="$(GOTOOLCHAIN="$ARGOCD_GO" go mod download -json "$MODULE@$ARGOCD_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
-  fi
-  [[ -f "$gomod" && -d "$dir" ]] || { log "could not download $MODULE@$ARGOCD_VERSION (GoMod=$gomod Dir=$dir)"; exit 1; }
+  module_paths
+  local gomod="$GOMOD"
   local want have
   want="$(sed -n 's/^go \([0-9.]*\).*/\1/p' "$gomod")"; have="$(go env GOVERSION | sed 's/^go//')"
   if version_lt "$have" "$want"; then
@@ -121,16 +151,13 @@ build_argocd() {
       go build -trimpath -ldflags "$ld" -o "$OUT/.tmp/argocd" "$MODULE/cmd"
     log "argocd: built in $((SECONDS - t))s, $(du -h "$OUT/.tmp/argocd" | cut -f1)"
   )
-  mkdir -p "$OUT/.tmp/crds"
-  cp "$dir"/manifests/crds/*-crd.yaml "$OUT/.tmp/crds/"
-  chmod -R u+w "$OUT/.tmp"
-  rm -rf "$OUT/crds"; mv "$OUT/.tmp/crds" "$OUT/crds"
   mv "$OUT/.tmp/argocd" "$OUT/argocd"; rmdir "$OUT/.tmp"
   rm -rf "$work"
   log "argocd $ARGOCD_VERSION: built into $OUT in $((SECONDS - t0))s"
 }
 
 build_argocd
+install_support
 apt_install redis-server
 echo "ARGOCD=$OUT/argocd"
 echo "ARGOCD_CRDS=$OUT/crds"

@@ -72,7 +72,7 @@ install -m 0755 /usr/bin/ipmitool "$ctx/agent/root/usr/bin/"
 for lib in $(ldd /usr/bin/ipmitool | grep -o '/[^ ]*'); do
   real="$(readlink -f "$lib")"
   mkdir -p "$ctx/agent/root$(dirname "$lib")"
-  install -m 0644 "$real" "$ctx/agent/root$lib"
+  install -m 0755 "$real" "$ctx/agent/root$lib"  # the loader must be executable
 done
 for f in undionly.kpxe ipxe.efi snponly.efi; do install -m 0644 "/usr/lib/ipxe/$f" "$ctx/boot-assets/ipxe/"; done
 # The pod sandbox of the e2e node (containers/pause/pause.c), static like the others.
@@ -93,7 +93,8 @@ for name in operator agent boot-assets pause; do
   archive="$out/ironpool-$name-$TAG.oci.tar"
   # An archive built from the same files is current: skip buildah (the tests call this
   # script once per test binary).
-  inputs="$( (cd "$ctx/$name" && find . -type f | LC_ALL=C sort | xargs -r sha256sum; sha256sum "$OLDPWD/containers/$name.Containerfile" | cut -d' ' -f1) | sha256sum | cut -d' ' -f1)"
+  # Contents, modes and paths of every file, and the Containerfile.
+  inputs="$( (cd "$ctx/$name" && find . -type f | LC_ALL=C sort | xargs -r sha256sum; find . -printf '%m %p\n' | LC_ALL=C sort; sha256sum "$OLDPWD/containers/$name.Containerfile" | cut -d' ' -f1) | sha256sum | cut -d' ' -f1)"
   if [[ -z "${IRONPOOL_IMAGE_REBUILD:-}" && -f "$archive" && "$(cat "$archive.inputs" 2>/dev/null)" == "$inputs" ]]; then
     log "$image: current ($archive)"
     echo "IMAGE_$(echo "$name" | tr a-z- A-Z_)=$archive"

@@ -167,6 +167,9 @@ build_crictl() {
   log "crictl $CRICTL_VERSION: built into $out"
 }
 
+# What the node runs beside these: iptables (the kubernetes Service DNAT, the bridge
+# plugin's masquerading), nsenter and mount tools (util-linux), pkill (procps), ss (iproute2).
+apt_install iptables util-linux procps iproute2
 build_crictl
 build_cni_plugins
 build_runc

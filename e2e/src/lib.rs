@@ -27,6 +27,7 @@ pub mod netlab;
 pub mod node;
 pub mod pki;
 mod process;
+pub mod prometheus;
 pub mod qemu;
 
 pub use binaries::{Binaries, helm};

@@ -343,14 +343,16 @@ impl Node {
             .tempdir()
             .context("creating the node's temporary directory")?
             .keep();
+        let cgroup = format!("ironpool-{name}-{}", std::process::id());
+        let cleanup = watchdog_cleanup(&dir, &cgroup, network.netns().name());
         let mut node = Node {
             name: name.to_owned(),
-            cgroup: format!("ironpool-{name}-{}", std::process::id()),
+            cgroup,
             dir: dir.clone(),
             binaries,
             kubelet: None,
             containerd: None,
-            watchdog: Some(Watchdog::spawn(&dir)?),
+            watchdog: Some(Watchdog::spawn_with_cleanup(&dir, &cleanup)?),
             network,
         };
         let started = Instant::now();
@@ -825,6 +827,28 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
 }
 
 /// The mounted cgroup v1 hierarchies and the cgroup2 one (`unified` on a hybrid host).
+/// What [`Node::stop`] does, as a shell script for the watchdog, for a test process that
+/// dies without dropping its node: the shims (which left the kubelet's process group), every
+/// process in the node's cgroups, its mounts, cgroups and network namespace.
+fn watchdog_cleanup(dir: &Path, cgroup: &str, netns: &str) -> String {
+    let dir = dir.display();
+    let socket = format!("{dir}/containerd.sock");
+    [
+        format!("pkill -KILL -f '[-]address {socket}'"),
+        "for h in $(awk '$3==\"cgroup\"||$3==\"cgroup2\"{print $2}' /proc/self/mounts); do".into(),
+        format!("  d=\"$h/{cgroup}\"; [ -d \"$d\" ] || continue"),
+        "  for i in 1 2 3 4 5 6 7 8 9 10; do".into(),
+        "    pids=$(find \"$d\" -name cgroup.procs -exec cat {} + 2>/dev/null)".into(),
+        "    [ -n \"$pids\" ] || break; kill -KILL $pids 2>/dev/null; sleep 0.1".into(),
+        "  done".into(),
+        "  find \"$d\" -depth -type d -exec rmdir {} + 2>/dev/null".into(),
+        "done".into(),
+        format!("awk -v p='{dir}' 'index($2, p) == 1 {{print $2}}' /proc/self/mounts | sort -r | xargs -r -n 1 umount -l"),
+        format!("ip netns del {netns} 2>/dev/null"),
+    ]
+    .join("\n")
+}
+
 fn cgroup_hierarchies() -> Result<Vec<PathBuf>> {
     let mounts = fs::read_to_string("/proc/self/mounts")?;
     Ok(mounts
@@ -890,6 +914,32 @@ fn unmount_under(dir: &Path) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_cleanup_is_valid_shell_naming_the_nodes_parts() {
+        let script = watchdog_cleanup(
+            Path::new("/tmp/ironpool-node-x"),
+            "ironpool-n-1",
+            "ipt-node-1-0",
+        );
+        let out = Command::new("sh")
+            .args(["-n", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for part in [
+            "[-]address /tmp/ironpool-node-x/containerd.sock",
+            "$h/ironpool-n-1",
+            "p='/tmp/ironpool-node-x'",
+            "ip netns del ipt-node-1-0",
+        ] {
+            assert!(script.contains(part), "{part} in\n{script}");
+        }
+    }
 
     #[test]
     fn parses_the_build_script_output_and_checks_paths() {

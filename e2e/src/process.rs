@@ -15,11 +15,13 @@ use anyhow::{Context, Result};
 /// The watchdog reads process-group ids from stdin, one a line. Its stdin is a pipe whose
 /// only write end lives in the test process (Rust opens pipes close-on-exec), so EOF means
 /// the test process dropped the watchdog or died, even by SIGKILL. Then it kills every
-/// group, waits (bounded) for them to go, and removes the directory. It sits in its own
-/// process group, so a Ctrl-C aimed at the test's group does not reach it.
+/// group, waits (bounded) for them to go, runs its cleanup script (if any) and removes the
+/// directory. It sits in its own process group, so a Ctrl-C aimed at the test's group does
+/// not reach it.
 const WATCHDOG_SCRIPT: &str = r#"
 trap '' HUP INT PIPE
 dir=$1
+cleanup=$2
 groups=
 while read -r group; do groups="$groups $group"; done
 for group in $groups; do kill -KILL -"$group" 2>/dev/null; done
@@ -29,6 +31,7 @@ for group in $groups; do
     sleep 0.1; tries=$((tries + 1))
   done
 done
+[ -n "$cleanup" ] && sh -c "$cleanup"
 rm -rf "$dir"
 "#;
 
@@ -42,11 +45,19 @@ pub(crate) struct Watchdog {
 impl Watchdog {
     /// Starts a watchdog that will remove `dir` (and kill whatever it is told to watch).
     pub(crate) fn spawn(dir: &Path) -> Result<Watchdog> {
+        Self::spawn_with_cleanup(dir, "")
+    }
+
+    /// [`Watchdog::spawn`] that also runs the shell script `cleanup` after the kills and
+    /// before removing `dir` (for what process groups do not cover: a node's containers,
+    /// mounts, cgroups and network namespace).
+    pub(crate) fn spawn_with_cleanup(dir: &Path, cleanup: &str) -> Result<Watchdog> {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(WATCHDOG_SCRIPT)
             .arg("ironpool-watchdog")
             .arg(dir)
+            .arg(cleanup)
             .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

@@ -28,18 +28,22 @@ fn power_events(lab: &Lab, vm: &str) -> Vec<String> {
         .collect()
 }
 
-/// Names of the release's pods of `component`.
+/// Names of the release's pods of `component` that are not terminating.
 fn pods(lab: &Lab, component: &str) -> Vec<String> {
     let out = lab
         .cp
         .kubectl()
-        .args(["-n", HELM_NAMESPACE, "get", "pods", "-o", "name"])
+        .args(["-n", HELM_NAMESPACE, "get", "pods", "-o", "json"])
         .arg(format!("-lapp.kubernetes.io/component={component}"))
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
+        .map(|pod| pod["metadata"]["name"].as_str().unwrap().to_owned())
         .collect()
 }
 

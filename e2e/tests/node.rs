@@ -11,6 +11,7 @@ use ironpool_e2e::{
     ControlPlane, chart,
     cluster::kubectl_ok,
     node::{Cluster, Images},
+    prometheus::{Prometheus, ScrapeJob},
 };
 
 const NAMESPACE: &str = "ironpool-system";
@@ -171,6 +172,60 @@ fn helm_install_runs_the_operator_and_the_agent_on_a_real_node() {
             .any(|(name, _)| *name == holder)
             .then_some(holder)
     });
+
+    // A real Prometheus scrapes every pod's /metrics at its pod address (the agent's is
+    // the node's: hostNetwork), and Ironpool's series arrive from each of them.
+    let operator_targets: Vec<String> = kubectl(
+        cp,
+        &[
+            "-n",
+            NAMESPACE,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "-o",
+            "jsonpath={range .items[*]}{.status.podIP}{\"\\n\"}{end}",
+        ],
+    )
+    .lines()
+    .map(|ip| format!("{ip}:8080"))
+    .collect();
+    assert_eq!(operator_targets.len(), 2, "{operator_targets:?}");
+    let agent_target = format!("{}:9090", node.ip());
+    let targets: Vec<&str> = operator_targets.iter().map(String::as_str).collect();
+    let prometheus = Prometheus::start(
+        node.dir(),
+        &[
+            ScrapeJob::new("ironpool-operator", &targets),
+            ScrapeJob::new("ironpool-agent", &[&agent_target]),
+        ],
+    )
+    .unwrap();
+    prometheus
+        .wait_for_targets(Duration::from_secs(60))
+        .unwrap();
+    let per_instance = wait_for(
+        "ironpool_* series from every pod",
+        Duration::from_secs(60),
+        || {
+            let data = prometheus
+                .query("count by (job, instance) ({__name__=~\"ironpool_.+\"})")
+                .ok()?;
+            let rows = data["result"].as_array()?.clone();
+            (rows.len() == 3).then_some(rows)
+        },
+    );
+    let names = prometheus.series_names("ironpool_").unwrap();
+    for expected in ["ironpool_leader", "ironpool_machines"] {
+        assert!(names.contains(expected), "{expected} in {names:?}");
+    }
+    eprintln!(
+        "Prometheus scraped {} ironpool_* metric names from {} pods",
+        names.len(),
+        per_instance.len()
+    );
+    drop(prometheus);
 
     // The agent (hostNetwork) binds DHCP and TFTP, HTTP boot and metrics on the node, and
     // serves iPXE from the boot-assets image volume.
