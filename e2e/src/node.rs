@@ -609,6 +609,10 @@ impl Node {
             "cgroupDriver": "cgroupfs",
             "cgroupRoot": format!("/{}", self.cgroup),
             "failSwapOn": false,
+            // No kube-proxy, so no route_localnet for KUBE-FIREWALL to guard; its drop of
+            // every non-loopback -> 127.0.0.0/8 packet would also break processes on the
+            // node that wake themselves that way (pyghmi's IPMI BMC emulator in the lab).
+            "makeIPTablesUtilChains": false,
             "containerRuntimeEndpoint": format!("unix://{}", self.socket().display()),
             "address": self.network.node_ip().to_string(),
             "readOnlyPort": 0,
