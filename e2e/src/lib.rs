@@ -14,6 +14,7 @@
 //! The binaries come from `e2e/scripts/build-control-plane.sh` (built once and cached) or
 //! from `IRONPOOL_ETCD`, `IRONPOOL_KUBE_APISERVER` and `IRONPOOL_KUBECTL`; see [`Binaries`].
 
+pub mod argocd;
 mod binaries;
 pub mod bmc;
 pub mod capi;

@@ -7,12 +7,17 @@
 //!
 //! Mid-deployment, `helm upgrade` changes a value that rolls both the operator's replicas
 //! and the agent's pod; the deployment still ends Deployed, with no repeated power action.
+//!
+//! Real Argo CD (`ironpool_e2e::argocd`) manages the Deployment from a git repository: its
+//! health, by the chart README's Lua check, is Healthy once the machine is Deployed, and
+//! the Application stays Synced while the operator writes status.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
-use ironpool_e2e::lab::{Artifacts, BmcKind, HELM_NAMESPACE, Lab, LabMachine, Runtime};
+use ironpool_e2e::argocd::ArgoCd;
+use ironpool_e2e::lab::{Artifacts, BmcKind, HELM_NAMESPACE, Lab, LabMachine, NAMESPACE, Runtime};
 use ironpool_e2e::qemu::Firmware;
 
 const MIN: Duration = Duration::from_secs(60);
@@ -71,8 +76,18 @@ fn the_agent_pod_enlists_commissions_and_deploys_a_vm() {
         ready
     );
 
+    let argocd = ArgoCd::start(&lab.cp, dir.path()).unwrap();
     let deploy_started = Instant::now();
     lab.deploy(0, "os.raw", None).unwrap();
+    // The same manifest (Secret and Deployment), from git, as an Argo CD Application.
+    let manifest =
+        std::fs::read_to_string(dir.path().join("manifests/deployment-bios-1.yaml")).unwrap();
+    argocd
+        .commit_file("lab/deployment-bios-1.yaml", &manifest)
+        .unwrap();
+    argocd
+        .apply_application("lab-bios-1", "lab", NAMESPACE, None)
+        .unwrap();
     lab.wait_for("the machine is Deploying", 5 * MIN, |l| {
         Ok(l.phase(0)?.as_deref() == Some("Deploying"))
     })
@@ -99,6 +114,36 @@ fn the_agent_pod_enlists_commissions_and_deploys_a_vm() {
     })
     .unwrap();
     let deployed = deploy_started.elapsed();
+    // Argo CD reads the Deployment as Healthy, and nothing the operator wrote is drift.
+    let health = (0..240)
+        .find_map(|_| {
+            let _ = argocd.refresh("lab-bios-1");
+            let h = argocd
+                .resource_health(
+                    "lab-bios-1",
+                    "metal.ironpool.dev",
+                    "Deployment",
+                    NAMESPACE,
+                    "bios-1",
+                )
+                .ok()
+                .flatten();
+            if h.as_ref().is_some_and(|(status, _)| status == "Healthy") {
+                return h;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            None
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "Argo CD never read Deployment bios-1 as Healthy\n{}",
+                argocd.log_tails()
+            )
+        });
+    eprintln!("Argo CD: Deployment bios-1 {} ({})", health.0, health.1);
+    argocd
+        .wait_app("lab-bios-1", "Synced", "Healthy", 2 * MIN)
+        .unwrap();
     let booted = lab.boot_step(0, "OSBooted").unwrap().unwrap();
     assert!(booted.contains("proof-of-user-data bios-1"), "{booted}");
     let during = power_events(&lab, "bios-1")[before..].to_vec();

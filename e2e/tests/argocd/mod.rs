@@ -42,17 +42,5 @@ pub fn health(kind: &str, obj: &serde_json::Value) -> (String, String) {
 /// The Lua of `resource.customizations.health.metal.ironpool.dev_<kind>` from the README's
 /// `argocd-cm` block.
 fn script(kind: &str) -> String {
-    let readme =
-        std::fs::read_to_string(ironpool_e2e::repo_dir().join("charts/ironpool/README.md"))
-            .unwrap();
-    let start = readme
-        .find("```yaml\ndata:\n")
-        .expect("the README has the argocd-cm block")
-        + "```yaml\n".len();
-    let end = start + readme[start..].find("```").unwrap();
-    let doc: serde_json::Value = serde_saphyr::from_str(&readme[start..end]).unwrap();
-    doc["data"][format!("resource.customizations.health.metal.ironpool.dev_{kind}")]
-        .as_str()
-        .unwrap_or_else(|| panic!("no health check for {kind} in the README"))
-        .to_string()
+    ironpool_e2e::argocd::health_check(kind).unwrap_or_else(|error| panic!("{error:#}"))
 }
