@@ -53,7 +53,7 @@ else
   # ring and everything above it each time the other script runs.
   CC_x86_64_unknown_linux_musl=musl-gcc cargo build -q --profile "$PROFILE" --target "$TARGET" \
     -p ironpool-operator --bin ironpool-operator -p ironpool-agents --bin ironpool-agent >&2
-  bin_dir="target/$TARGET/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")"
+  bin_dir="${CARGO_TARGET_DIR:-target}/$TARGET/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")"
   log "binaries built in $(( $(date +%s) - started ))s"
 fi
 

@@ -147,7 +147,7 @@ fn renders_what_the_values_ask_for() {
         "ServiceAccount/t-ironpool-agent",
         "ClusterRole/t-ironpool-operator",
         "ClusterRole/t-ironpool-agent",
-        "ClusterRole/t-ironpool-agent-nodes",
+        "ClusterRole/t-ironpool-operator-nodes",
         "Role/t-ironpool-operator-leader-election",
         "PodDisruptionBudget/t-ironpool-operator",
         "Service/t-ironpool-operator-metrics",
@@ -158,6 +158,11 @@ fn renders_what_the_values_ask_for() {
             "{want} missing from {all:?}"
         );
     }
+    // The agent has no access to Nodes at all (the operator names the candidates).
+    assert!(
+        !all.contains(&"ClusterRole/t-ironpool-agent-nodes".to_string()),
+        "{all:?}"
+    );
     assert!(!all.iter().any(|k| k.starts_with("ServiceMonitor/")));
     // Image references: registry/name:appVersion, all three.
     for image in [
