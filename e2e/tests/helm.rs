@@ -208,7 +208,19 @@ fn renders_what_the_values_ask_for() {
         all.contains(&"Role/t-ironpool-operator".to_string()),
         "{all:?}"
     );
-    assert!(!all.iter().any(|k| k.starts_with("ClusterRole")), "{all:?}");
+    // Cluster-scoped RBAC only for Node labels (Nodes are cluster-scoped).
+    let cluster_scoped: Vec<&String> = all
+        .iter()
+        .filter(|k| k.starts_with("ClusterRole"))
+        .collect();
+    assert_eq!(
+        cluster_scoped,
+        [
+            "ClusterRole/t-ironpool-operator-nodes",
+            "ClusterRoleBinding/t-ironpool-operator-nodes"
+        ],
+        "{all:?}"
+    );
     assert!(!all.iter().any(|k| k.contains("agent")), "{all:?}");
     assert!(out.contains("--namespace=dc-a") && out.contains("ironpool-operator:dev"));
 }
