@@ -26,7 +26,7 @@ use crate::dhcp::journal::Journal;
 use crate::dhcp::metrics::DhcpMetrics;
 use crate::dhcp::{BootConfig, DhcpEvent, DhcpEventKind, DhcpServer, ServerConfig, ServerState};
 use crate::http::{self, BootEvent, HttpMetrics, HttpServer, ImageCache, ScriptConfig, TokenKey};
-use crate::tftp::server::TftpMetrics;
+use crate::tftp::TftpMetrics;
 use crate::tftp::{TftpEvent, TftpServer};
 
 /// At most one `status.boot` write per Machine per this interval.

@@ -18,8 +18,8 @@ use serde::de::DeserializeOwned;
 use super::api::{self, Caller, ProgressReport, ResultReport};
 use super::cache::{CacheKey, Lookup};
 use super::files::{FileReply, boot_file, file_reply, open_confined};
-use super::server::HttpServer;
 use super::source::SecretKey;
+use super::state::HttpServer;
 use super::{BootEvent, MacAddr, MachineView, TokenKey, render_script};
 
 type St = State<Arc<HttpServer>>;

@@ -7,6 +7,11 @@
 //! are the only files that touch sockets. The agent plugs in its
 //! Machine reflector through [`BootSource`] and writes Machine status through
 //! [`ReportSink`]; both have in-memory implementations in [`memory`] for tests.
+//!
+//! Read bottom-up: the error and the shared types here, [`metrics`], [`source`] and
+//! [`token`] at the base; [`state`] (what every request shares); [`handlers`] (one
+//! function per route) and [`zerocopy`] (the connection loop that sends images and assets
+//! with `sendfile` and hands every other request to the router); [`server`] on top.
 
 pub mod api;
 pub mod cache;
@@ -19,6 +24,7 @@ pub mod reprdigest;
 pub mod script;
 pub mod server;
 pub mod source;
+pub mod state;
 pub mod token;
 pub mod zerocopy;
 
@@ -31,10 +37,10 @@ pub use cache::{CacheKey, ImageCache, Lookup};
 pub use memory::{MemoryBootSource, MemoryReportSink, Report};
 pub use metrics::HttpMetrics;
 pub use script::{ScriptConfig, render_script};
-pub use server::{HttpServer, ServerConfig, route_label};
 pub use source::{
     BootEvent, BootSource, DeployInputs, ImageRef, MachineView, ReportSink, SecretKey,
 };
+pub use state::{HttpServer, ServerConfig, route_label};
 pub use token::TokenKey;
 
 /// Everything that can go wrong in the HTTP area: configuration, the image cache, upstream

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::files::FileReply;
 use super::handlers;
-use super::server::{HttpServer, route_label};
+use super::state::{HttpServer, route_label};
 
 /// Largest request head read before giving the connection to hyper.
 const MAX_HEAD: usize = 16 * 1024;

@@ -1,16 +1,20 @@
 //! Read-only TFTP server for boot files: RFC 1350 with option negotiation (RFC 2347),
-//! blksize (2348), tsize and timeout (2349) and windowsize (7440). Packets are parsed in
+//! blksize (2348), tsize and timeout (2349) and windowsize (7440). Read bottom-up: the
+//! error type (here) and the counters ([`metrics`]) at the base; packets are parsed in
 //! [`packet`], each transfer is a pure state machine in [`session`], paths are confined to
-//! the root in [`root`], [`server`] owns the listening socket and gives each transfer a
-//! thread and an ephemeral socket, on which [`transfer`] runs the blocking data loop.
+//! the root in [`root`]; [`transfer`] runs the blocking data loop of one transfer on its
+//! ephemeral socket, and [`server`], on top, owns the listening socket and gives each
+//! transfer a thread.
 
+pub mod metrics;
 pub mod packet;
 pub mod root;
 pub mod server;
 pub mod session;
 pub mod transfer;
 
-pub use server::{TftpEvent, TftpEventKind, TftpMetrics, TftpServer};
+pub use metrics::TftpMetrics;
+pub use server::{TftpEvent, TftpEventKind, TftpServer};
 
 /// Everything that can go wrong in the TFTP area.
 #[derive(Debug, thiserror::Error)]

@@ -8,15 +8,12 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::TftpError;
+use super::metrics::TftpMetrics;
 use super::packet::{self, Packet, code};
 use super::root::resolve;
 use super::session::{Limits, Session, negotiate};
@@ -24,57 +21,6 @@ use super::transfer::{End, Transfer};
 
 /// Stack of a transfer thread (the data loop keeps its buffers on the heap).
 const TRANSFER_STACK: usize = 256 * 1024;
-
-/// Labels of `ironpool_tftp_transfers_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    /// completed, size_query, failed, refused, malformed.
-    pub result: String,
-}
-
-/// TFTP metrics. Cheap to clone.
-#[derive(Clone, Debug, Default)]
-pub struct TftpMetrics {
-    /// Transfers and refused/malformed requests by result.
-    pub transfers: Family<ResultLabel, Counter>,
-    /// DATA packets retransmitted.
-    pub retransmits: Counter,
-}
-
-impl TftpMetrics {
-    /// Registers with the `ironpool_tftp_` prefix.
-    pub fn register(&self, registry: &mut Registry) {
-        let sub = registry.sub_registry_with_prefix("ironpool_tftp");
-        sub.register(
-            "transfers",
-            "TFTP requests by result",
-            self.transfers.clone(),
-        );
-        sub.register(
-            "retransmits",
-            "TFTP DATA packets sent again after a timeout",
-            self.retransmits.clone(),
-        );
-    }
-
-    /// Counts one request result.
-    pub fn count(&self, result: &str) {
-        self.transfers
-            .get_or_create(&ResultLabel {
-                result: result.to_string(),
-            })
-            .inc();
-    }
-
-    /// The count of one result.
-    pub fn get(&self, result: &str) -> u64 {
-        self.transfers
-            .get_or_create(&ResultLabel {
-                result: result.to_string(),
-            })
-            .get()
-    }
-}
 
 /// One step of a transfer, reported to the agent's flight recorder.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::TftpMetrics;
 use super::packet::{self, Packet, code};
-use super::server::TftpMetrics;
 use super::session::{Action, Session};
 
 /// The longest a blocked `recv` waits before the loop checks for cancellation.

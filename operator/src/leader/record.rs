@@ -9,7 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use tokio::time::Instant;
 
-use super::{LeaderError, RELEASE_ATTEMPTS, Shared};
+use super::config::{LeaderError, RELEASE_ATTEMPTS, Shared};
 
 /// The Lease record as last seen, and when (local monotonic time) it last changed.
 pub(super) struct Observed {

@@ -10,7 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::{CloudConfig, OUTPUT_TAIL, RunCmd, UserData, UserDataResult, WriteFile};
+use super::userdata::{CloudConfig, OUTPUT_TAIL, RunCmd, UserData, UserDataResult, WriteFile};
 use crate::machine::MachineError;
 
 /// Runs `user_data` with its files in `work`; `log` gets a line per step and per output

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::seed_error;
+use super::userdata::seed_error;
 use crate::machine::MachineError;
 
 /// The first line that marks a cloud-init jinja template.

@@ -51,7 +51,7 @@ fn venv_bin() -> Result<PathBuf> {
         return Ok(b.into());
     }
     let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../e2e/scripts/install-bmc-emulators.sh");
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../e2e/scripts/install-bmc-emulators.sh");
     let out = Command::new("bash")
         .arg(script)
         .stderr(Stdio::inherit())

@@ -36,10 +36,15 @@ const SLOTS: usize = 1 << 21;
 /// What one run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Counts {
+    /// DISCOVERs sent.
     pub discovers: u64,
+    /// OFFERs received for an exchange in progress.
     pub offers: u64,
+    /// REQUESTs sent (one per OFFER).
     pub requests: u64,
+    /// ACKs received for the offered address.
     pub acks: u64,
+    /// NAKs received.
     pub naks: u64,
     /// Replies for no exchange in progress, for another client, or an ACK for an address
     /// other than the one offered.

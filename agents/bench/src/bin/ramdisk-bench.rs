@@ -96,8 +96,10 @@ impl ReportSink for Stamped {
 }
 
 fn build_ramdisk() -> Result<PathBuf> {
+    // agents/bench -> the repository root.
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+        .ancestors()
+        .nth(2)
         .context("repository root")?;
     let out = Command::new(repo.join("boot-images/build.sh"))
         .stderr(Stdio::inherit())

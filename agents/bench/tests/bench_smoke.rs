@@ -30,8 +30,41 @@ fn ready(tools: &[&str]) -> bool {
     true
 }
 
+/// `ironpool-dhcpd` of the `ironpool-agents` package, built (or found up to date) the way
+/// the README builds it; dhcp-bench is told where it is.
+fn dhcpd() -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "--manifest-path",
+            manifest,
+            "--bin",
+            "ironpool-dhcpd",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build --bin ironpool-dhcpd failed");
+    // The test binary is target/<profile>/deps/<name>: the server is in target/<profile>.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("ironpool-dhcpd");
+    assert!(bin.exists(), "{} was not built", bin.display());
+    bin.to_string_lossy().into_owned()
+}
+
 fn run(bin: &str, args: &[&str]) -> String {
-    let out = Command::new(bin).args(args).output().unwrap();
+    run_with(bin, args, &[])
+}
+
+fn run_with(bin: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -46,7 +79,12 @@ fn dhcp_bench_runs_one_step_against_both_servers() {
     if !ready(&["perfdhcp", "kea-dhcp4"]) {
         return;
     }
-    let out = run(env!("CARGO_BIN_EXE_dhcp-bench"), &["1", "200", "200"]);
+    let dhcpd = dhcpd();
+    let out = run_with(
+        env!("CARGO_BIN_EXE_dhcp-bench"),
+        &["1", "200", "200"],
+        &[("IRONPOOL_DHCPD", &dhcpd)],
+    );
     // One table per load generator (perfdhcp, dhcp-load), each with a row per server.
     for server in ["ironpool-dhcpd", "kea-dhcp4"] {
         let rows: Vec<&str> = out

@@ -19,7 +19,7 @@
 //! socket long before either server is busy. Needs root (`ip netns`).
 //!
 //! Two load generators, each against both servers: perfdhcp, and `dhcp-load`
-//! (`bench_util/dhcp_load.rs`), which drives the same exchanges with a fraction of
+//! (`agents/bench/src/dhcp_load.rs`), which drives the same exchanges with a fraction of
 //! perfdhcp's CPU per exchange. On the one core this 2-core machine can give a load
 //! generator, perfdhcp completes at most about 37,000 exchanges/s (44,000 with tcmalloc,
 //! which it is given when `libtcmalloc_minimal.so.4` is installed: Debian
@@ -35,14 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-
-#[path = "bench_util/netns.rs"]
-mod netns;
-
-#[path = "bench_util/dhcp_load.rs"]
-mod dhcp_load;
-
-use netns::{Pair, Proc, have};
+use ironpool_agents_bench::netns::{Pair, Proc, have};
 
 const SERVER_CIDR: &str = "10.64.0.1/10";
 const CLIENT_CIDR: &str = "10.64.0.2/10";
@@ -325,7 +318,7 @@ impl Generator {
                         String::from_utf8_lossy(&out.stderr)
                     );
                 }
-                let c = dhcp_load::Counts::parse(&text)?;
+                let c = ironpool_agents_bench::dhcp_load::Counts::parse(&text)?;
                 if c.naks + c.stray > 0 {
                     println!("    dhcp-load: {} NAKs, {} stray replies", c.naks, c.stray);
                 }
@@ -354,12 +347,12 @@ fn tcmalloc() -> Option<String> {
         .find_map(|l| l.rsplit("=> ").next().map(|p| p.trim().to_string()))
 }
 
-/// The `load` subcommand: one run of [`dhcp_load::run`], its counts on stdout.
+/// The `load` subcommand: one run of [`ironpool_agents_bench::dhcp_load::run`], its counts on stdout.
 fn load_main(args: &[String]) -> Result<()> {
     let [local, server, rate, secs, clients, wait_ms] = args else {
         bail!("usage: dhcp-bench load LOCAL SERVER RATE SECS CLIENTS WAIT_MS");
     };
-    let counts = dhcp_load::run(
+    let counts = ironpool_agents_bench::dhcp_load::run(
         local.parse()?,
         server.parse()?,
         rate.parse()?,

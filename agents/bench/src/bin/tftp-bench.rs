@@ -15,13 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ironpool_agents::tftp::packet::{self, Packet};
-use ironpool_agents::tftp::server::{TftpMetrics, TftpServer};
+use ironpool_agents::tftp::{TftpMetrics, TftpServer};
+use ironpool_agents_bench::netns::{Pair, Proc, have};
 use tokio_util::sync::CancellationToken;
-
-#[path = "bench_util/netns.rs"]
-mod netns;
-
-use netns::{Pair, Proc, have};
 
 const SERVER_IP: &str = "10.65.0.1";
 const FILE: &str = "bench.img";
