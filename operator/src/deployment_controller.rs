@@ -135,9 +135,23 @@ async fn allocate(
     let ns = d.namespace().unwrap_or_default();
     let all = machines_in(ctx, &ns);
     let refs: Vec<&Machine> = all.iter().map(|m| &**m).collect();
+    let hints = d
+        .spec
+        .storage
+        .as_ref()
+        .and_then(|s| s.root_device_hints.as_ref());
     let fitting = match (&d.spec.machine_ref, &d.spec.machine_selector) {
         (Some(r), _) => match refs.iter().find(|m| m.name_any() == r.name) {
-            Some(m) if selection::is_free(m) => vec![*m],
+            Some(m) if selection::is_free(m) => {
+                if let Some(why) = selection::root_disk_mismatch(m, hints) {
+                    return Ok(Err(format!(
+                        "machine {} has no disk matching the root-device hints ({why}); \
+                         correct spec.storage.rootDeviceHints or name another machine",
+                        r.name
+                    )));
+                }
+                vec![*m]
+            }
             Some(m) => {
                 let phase = m
                     .status
@@ -156,7 +170,7 @@ async fn allocate(
                 )));
             }
         },
-        (None, Some(sel)) => match selection::candidates(sel, &refs) {
+        (None, Some(sel)) => match selection::candidates(sel, hints, &refs) {
             Ok(c) => c,
             Err(why) => return Ok(Err(why)),
         },

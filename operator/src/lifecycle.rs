@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use ironpool_crds::deployment::ErasePolicy;
 use ironpool_crds::machine::{
-    BootIntent, BootPurpose, BootTarget, MachinePhase, Operation, OperationKind, OperationResult,
-    ProvisioningReport, ProvisioningStep,
+    BootIntent, BootPurpose, BootTarget, FailureReason, MachinePhase, Operation, OperationKind,
+    OperationResult, ProvisioningReport, ProvisioningStep,
 };
 use k8s_openapi::jiff::Timestamp;
 
+#[cfg(test)]
+mod fail_fast_tests;
 mod rules;
 #[cfg(test)]
 mod tests;
@@ -184,6 +186,14 @@ pub(crate) fn current_report(obs: &Observation) -> Option<&ProvisioningReport> {
 /// Whether the ramdisk reported success for the current attempt.
 pub(crate) fn succeeded(obs: &Observation) -> bool {
     current_report(obs).is_some_and(|r| r.step == ProvisioningStep::Succeeded)
+}
+
+/// The ramdisk's failure for the current attempt when another boot cannot fix it (a
+/// checksum mismatch, no disk matching the hints): the operator fails at once instead of
+/// booting the ramdisk again.
+pub(crate) fn permanent_failure(obs: &Observation) -> Option<(FailureReason, String)> {
+    let r = current_report(obs).filter(|r| r.step == ProvisioningStep::Failed)?;
+    Some((r.reason?, failure(obs)?))
 }
 
 /// The failure message the ramdisk reported for the current attempt.

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use ironpool_crds::Machine;
 use ironpool_crds::capi::REMEDIATED_ANNOTATION;
 use ironpool_crds::deployment::{HardwareConstraints, MachineSelector};
 use ironpool_crds::machine::MachinePhase;
+use ironpool_crds::{Machine, RootDeviceHints};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -153,22 +153,66 @@ fn largest_disk(m: &Machine) -> Option<i64> {
         .max()
 }
 
-/// The free machines that fit `sel`, or why there are none.
+/// Why none of `m`'s commissioned disks can take the image under `hints` (the
+/// Deployment's, else the Machine's own), or `None` when one can or the inventory does not
+/// say (the ramdisk checks again when it writes).
+pub fn root_disk_mismatch(m: &Machine, hints: Option<&RootDeviceHints>) -> Option<String> {
+    let hints = hints.or(m.spec.root_device_hints.as_ref())?;
+    let disks = &m.status.as_ref()?.hardware.as_ref()?.disks;
+    if disks.is_empty() {
+        return Some("commissioning found no disks".into());
+    }
+    let why: Vec<String> = disks
+        .iter()
+        .map(|d| d.mismatch(hints).map(|r| format!("{}: {r}", d.name)))
+        .collect::<Option<_>>()?;
+    Some(why.join(", "))
+}
+
+/// The free machines that fit `sel` and have a disk matching the root-device hints, or
+/// why there are none.
 pub fn candidates<'a>(
     sel: &MachineSelector,
+    hints: Option<&RootDeviceHints>,
     machines: &[&'a Machine],
 ) -> Result<Vec<&'a Machine>, String> {
     let mut left: Vec<&Machine> = machines.iter().copied().filter(|m| is_free(m)).collect();
     if left.is_empty() {
         return Err(no_free_machine(machines));
     }
+    let noun = |n: usize| if n == 1 { "machine" } else { "machines" };
     for f in filters(sel) {
         let before = left.len();
         left.retain(|m| (f.keep)(m));
         if left.is_empty() {
-            let noun = if before == 1 { "machine" } else { "machines" };
-            return Err(format!("0 of {before} Ready {noun} {}", f.words));
+            return Err(format!("0 of {before} Ready {} {}", noun(before), f.words));
         }
+    }
+    let before = left.len();
+    let mut rejected = Vec::new();
+    left.retain(|m| match root_disk_mismatch(m, hints) {
+        Some(why) => {
+            rejected.push(format!("{}: {why}", m.name_any()));
+            false
+        }
+        None => true,
+    });
+    if left.is_empty() {
+        let shown: Vec<&str> = rejected.iter().take(3).map(String::as_str).collect();
+        let more = rejected.len().saturating_sub(shown.len());
+        let more = if more > 0 {
+            format!("; {more} more")
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "0 of {before} Ready {} have a disk matching the root-device hints ({}{more}); \
+             {} rejected for their disks: correct spec.storage.rootDeviceHints, or commission \
+             servers with such a disk",
+            noun(before),
+            shown.join("; "),
+            rejected.len(),
+        ));
     }
     Ok(left)
 }

@@ -4,12 +4,16 @@
 
 use ironpool_crds::common::RootDeviceHints;
 use ironpool_crds::deployment::{ErasePolicy, ImageFormat, StorageLayout};
-use ironpool_crds::machine::{BootPurpose, BootTarget, Hardware, ProvisioningStep};
+use ironpool_crds::machine::{BootPurpose, BootTarget, FailureReason, Hardware, ProvisioningStep};
 use serde::{Deserialize, Serialize};
 
 use super::cache::CacheKey;
 use super::token::{ENLIST_ATTEMPT, TokenKey};
 use super::{MacAddr, MachineView};
+
+/// Response header on an image the agent will not serve because of a failure that another
+/// boot cannot fix; its value is a [`FailureReason`] (e.g. `ChecksumMismatch`).
+pub const FAILURE_HEADER: &str = "ironpool-failure";
 
 /// `POST /api/v1/machines/<mac>/inventory`: the hardware inventory, shaped like the
 /// Machine's `status.hardware`.
@@ -43,6 +47,9 @@ pub struct ResultReport {
     /// What happened; for Failed, why (truncated to 1024 characters).
     #[serde(default)]
     pub message: Option<String>,
+    /// For Failed: a failure that another boot cannot fix, when the ramdisk can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailureReason>,
 }
 
 /// `GET /api/v1/machines/<mac>/plan`: what the ramdisk must do in this attempt.

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use ironpool_crds::machine::{
-    BootPurpose, BootStep, Hardware, ProvisioningReport, ProvisioningStep,
+    BootPurpose, BootStep, FailureReason, Hardware, ProvisioningReport, ProvisioningStep,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -216,7 +216,16 @@ pub fn image_file(s: &HttpServer, key: &str, headers: &HeaderMap) -> Result<File
                 key.file_name()
             ),
         ))),
-        Lookup::Failed(e) => Err(Box::new(text(StatusCode::BAD_GATEWAY, e.to_string()))),
+        Lookup::Failed(e) => {
+            let mut resp = text(StatusCode::BAD_GATEWAY, e.to_string());
+            if matches!(e, super::HttpError::ChecksumMismatch { .. }) {
+                resp.headers_mut().insert(
+                    api::FAILURE_HEADER,
+                    HeaderValue::from_static(FailureReason::ChecksumMismatch.as_str()),
+                );
+            }
+            Err(Box::new(resp))
+        }
         Lookup::Unknown => Err(Box::new(text(
             StatusCode::NOT_FOUND,
             format!(
@@ -360,6 +369,7 @@ pub async fn progress(
             bytes_written: p.bytes_written,
             bytes_total: p.bytes_total,
             message: api::clip(p.message),
+            reason: None,
             updated_at: Some(Time(Timestamp::now())),
         };
         s.sink
@@ -406,6 +416,7 @@ pub async fn result(
             bytes_written: None,
             bytes_total: None,
             message: api::clip(r.message),
+            reason: r.reason.filter(|_| r.step == ProvisioningStep::Failed),
             updated_at: Some(Time(Timestamp::now())),
         };
         s.sink

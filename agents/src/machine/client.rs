@@ -22,6 +22,8 @@ pub struct Response {
     pub content_length: Option<u64>,
     /// `Repr-Digest` (RFC 9530), if sent: the image cache's digests of the whole image.
     pub repr_digest: Option<String>,
+    /// `Ironpool-Failure`, if sent: a failure another boot cannot fix.
+    pub failure: Option<String>,
     /// The body.
     pub body: Body,
 }
@@ -202,6 +204,7 @@ pub fn request(
             retry_after: head.retry_after,
             content_length: head.length,
             repr_digest: head.repr_digest,
+            failure: head.failure,
             body: Body {
                 reader,
                 mode: head.mode,
@@ -215,6 +218,7 @@ struct Head {
     retry_after: Option<u64>,
     length: Option<u64>,
     repr_digest: Option<String>,
+    failure: Option<String>,
     mode: Mode,
 }
 
@@ -227,7 +231,7 @@ fn read_head(r: &mut BufReader<TcpStream>, method: &str) -> std::io::Result<Head
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| invalid(format!("not an HTTP/1.x status line: '{status_line}'")))?;
     let (mut retry_after, mut length, mut chunked) = (None, None, false);
-    let mut repr_digest = None;
+    let (mut repr_digest, mut failure) = (None, None);
     loop {
         let line = read_line(r)?;
         if line.is_empty() {
@@ -248,6 +252,7 @@ fn read_head(r: &mut BufReader<TcpStream>, method: &str) -> std::io::Result<Head
             "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
             "retry-after" => retry_after = value.parse().ok(),
             crate::http::reprdigest::NAME => repr_digest = Some(value.to_string()),
+            crate::http::api::FAILURE_HEADER => failure = Some(value.to_string()),
             _ => {}
         }
     }
@@ -268,6 +273,7 @@ fn read_head(r: &mut BufReader<TcpStream>, method: &str) -> std::io::Result<Head
         retry_after,
         length,
         repr_digest,
+        failure,
         mode,
     })
 }

@@ -5,49 +5,10 @@ use ironpool_crds::machine::Disk;
 
 use super::MachineError;
 
-/// Why `disk` does not satisfy `hints`, or `None` when it does.
+/// Why `disk` does not satisfy `hints`, or `None` when it does ([`Disk::mismatch`], the
+/// same check the operator makes against the inventory when it picks a server).
 pub fn mismatch(disk: &Disk, hints: &RootDeviceHints) -> Option<String> {
-    let name_of = |n: &str| n.trim_start_matches("/dev/").to_string();
-    if let Some(want) = &hints.device_name
-        && name_of(want) != disk.name
-    {
-        return Some(format!("not {want}"));
-    }
-    let contains = |have: &Option<String>, want: &str| {
-        have.as_deref()
-            .is_some_and(|h| h.to_lowercase().contains(&want.to_lowercase()))
-    };
-    if let Some(want) = &hints.model
-        && !contains(&disk.model, want)
-    {
-        return Some(format!("model {:?} lacks '{want}'", disk.model));
-    }
-    if let Some(want) = &hints.vendor
-        && !contains(&disk.vendor, want)
-    {
-        return Some(format!("vendor {:?} lacks '{want}'", disk.vendor));
-    }
-    if let Some(want) = &hints.serial_number
-        && disk.serial_number.as_deref() != Some(want.as_str())
-    {
-        return Some(format!("serial {:?} is not {want}", disk.serial_number));
-    }
-    if let Some(want) = &hints.wwn
-        && disk.wwn.as_deref().map(str::to_lowercase) != Some(want.to_lowercase())
-    {
-        return Some(format!("WWN {:?} is not {want}", disk.wwn));
-    }
-    if let Some(gb) = hints.min_size_gigabytes
-        && disk.size_bytes < gb.saturating_mul(1_000_000_000)
-    {
-        return Some(format!("{} bytes is below {gb} GB", disk.size_bytes));
-    }
-    if let Some(want) = hints.rotational
-        && disk.rotational.unwrap_or(false) != want
-    {
-        return Some(if want { "not rotational" } else { "rotational" }.to_string());
-    }
-    None
+    disk.mismatch(hints)
 }
 
 /// The root disk: the first disk (by name) that matches every hint and holds `min_bytes`.

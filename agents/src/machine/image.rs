@@ -433,22 +433,23 @@ fn stream(
     let got = crate::http::fetch::hex(digest.as_ref());
     if got != checksum.hex {
         let name = checksum.name;
-        return Err(MachineError::Image(match checksum.anchored_to {
-            None => format!(
+        return Err(match checksum.anchored_to {
+            None => MachineError::ChecksumMismatch(format!(
                 "checksum mismatch: the Deployment declares {name}:{} but the {read} bytes \
                  received hash to {name}:{got}; the disk was wiped and not deployed — fix the \
                  image or its checksum",
                 checksum.hex
-            ),
-            Some(declared) => format!(
+            )),
+            // Verified by the cache, changed since: a retry may well succeed.
+            Some(declared) => MachineError::Image(format!(
                 "checksum mismatch: the agent's image cache verified this image against the \
                  declared {declared} and sends {name}:{} for it, but the {read} bytes received \
                  hash to {name}:{got}; they changed in the cache or on the way — the disk was \
                  wiped and not deployed; retry, and check the agent's cache disk and the \
                  provisioning network if it repeats",
                 checksum.hex
-            ),
-        }));
+            )),
+        });
     }
     let disk_bytes = match &mut qcow {
         Some(q) => {

@@ -46,6 +46,10 @@ pub enum MachineError {
     /// No disk fits the root-device hints (or the image).
     #[error("root disk: {0}")]
     NoDisk(String),
+    /// The image's bytes do not hash to the Deployment's checksum (seen by the ramdisk or
+    /// by the agent's image cache): another boot would fail the same way.
+    #[error("image: {0}")]
+    ChecksumMismatch(String),
     /// Reading or writing a device or file failed.
     #[error("{what}: {message}")]
     Io {
@@ -57,6 +61,16 @@ pub enum MachineError {
 }
 
 impl MachineError {
+    /// The failure as the result reports it, when retrying cannot fix it.
+    pub fn reason(&self) -> Option<ironpool_crds::machine::FailureReason> {
+        use ironpool_crds::machine::FailureReason;
+        match self {
+            MachineError::NoDisk(_) => Some(FailureReason::NoMatchingDisk),
+            MachineError::ChecksumMismatch(_) => Some(FailureReason::ChecksumMismatch),
+            _ => None,
+        }
+    }
+
     /// A [`MachineError::Io`] from an I/O error and what was being done.
     pub fn io(what: impl Into<String>, err: &std::io::Error) -> Self {
         MachineError::Io {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ironpool_crds::machine::{BootPurpose, Hardware, ProvisioningStep};
+use ironpool_crds::machine::{BootPurpose, FailureReason, Hardware, ProvisioningStep};
 use serde::Serialize;
 
 use super::client::{self, Response};
@@ -56,9 +56,16 @@ impl<'a> Api<'a> {
                 }
                 Ok(r) => {
                     let status = r.status;
-                    return Err(MachineError::Http {
-                        url: url.to_string(),
-                        message: format!("HTTP {status}: {}", r.text()),
+                    let permanent =
+                        r.failure.as_deref() == Some(FailureReason::ChecksumMismatch.as_str());
+                    let message = format!("HTTP {status}: {}", r.text());
+                    return Err(if permanent {
+                        MachineError::ChecksumMismatch(format!("agent {url}: {message}"))
+                    } else {
+                        MachineError::Http {
+                            url: url.to_string(),
+                            message,
+                        }
                     });
                 }
                 Err(e) => {
@@ -118,8 +125,13 @@ impl<'a> Api<'a> {
         }
     }
 
-    /// `POST .../result`.
-    pub fn result(&self, ok: bool, message: String) -> Result<(), MachineError> {
+    /// `POST .../result`; `reason` marks a failure that another boot cannot fix.
+    pub fn result(
+        &self,
+        ok: bool,
+        message: String,
+        reason: Option<FailureReason>,
+    ) -> Result<(), MachineError> {
         let step = if ok {
             ProvisioningStep::Succeeded
         } else {
@@ -131,6 +143,7 @@ impl<'a> Api<'a> {
                 attempt: self.args.attempt,
                 step,
                 message: Some(message),
+                reason,
             },
         )
     }
@@ -206,11 +219,11 @@ pub fn run(args: &BootArgs, root: &Path) -> Result<String, MachineError> {
     };
     match outcome {
         Ok(summary) => {
-            api.result(true, summary.clone())?;
+            api.result(true, summary.clone(), None)?;
             Ok(summary)
         }
         Err(e) => {
-            api.result(false, e.to_string())?;
+            api.result(false, e.to_string(), e.reason())?;
             Err(e)
         }
     }

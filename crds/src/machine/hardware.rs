@@ -4,6 +4,8 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::common::RootDeviceHints;
+
 /// Hardware inventory found by commissioning.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -81,6 +83,54 @@ pub struct Disk {
     /// Whether the disk spins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotational: Option<bool>,
+}
+
+impl Disk {
+    /// Why this disk does not satisfy `hints`, or `None` when it does. The operator checks
+    /// it against the inventory when it picks a server, the ramdisk when it picks the disk.
+    pub fn mismatch(&self, hints: &RootDeviceHints) -> Option<String> {
+        let name_of = |n: &str| n.trim_start_matches("/dev/").to_string();
+        if let Some(want) = &hints.device_name
+            && name_of(want) != self.name
+        {
+            return Some(format!("not {want}"));
+        }
+        let contains = |have: &Option<String>, want: &str| {
+            have.as_deref()
+                .is_some_and(|h| h.to_lowercase().contains(&want.to_lowercase()))
+        };
+        if let Some(want) = &hints.model
+            && !contains(&self.model, want)
+        {
+            return Some(format!("model {:?} lacks '{want}'", self.model));
+        }
+        if let Some(want) = &hints.vendor
+            && !contains(&self.vendor, want)
+        {
+            return Some(format!("vendor {:?} lacks '{want}'", self.vendor));
+        }
+        if let Some(want) = &hints.serial_number
+            && self.serial_number.as_deref() != Some(want.as_str())
+        {
+            return Some(format!("serial {:?} is not {want}", self.serial_number));
+        }
+        if let Some(want) = &hints.wwn
+            && self.wwn.as_deref().map(str::to_lowercase) != Some(want.to_lowercase())
+        {
+            return Some(format!("WWN {:?} is not {want}", self.wwn));
+        }
+        if let Some(gb) = hints.min_size_gigabytes
+            && self.size_bytes < gb.saturating_mul(1_000_000_000)
+        {
+            return Some(format!("{} bytes is below {gb} GB", self.size_bytes));
+        }
+        if let Some(want) = hints.rotational
+            && self.rotational.unwrap_or(false) != want
+        {
+            return Some(if want { "not rotational" } else { "rotational" }.to_string());
+        }
+        None
+    }
 }
 
 /// Kind of disk.

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 pub use hardware::{Cpu, Disk, DiskType, Hardware, Nic, PciDevice, SystemInfo};
 pub use status::{
     BOOT_RECORD_LIMIT, BootApplied, BootIntent, BootPurpose, BootRecord, BootStep, BootTarget,
-    MachinePhase, MachineStatus, Operation, OperationKind, OperationResult, PowerState,
-    PowerStatus, ProvisioningReport, ProvisioningStep,
+    FailureReason, MachinePhase, MachineStatus, Operation, OperationKind, OperationResult,
+    PowerState, PowerStatus, ProvisioningReport, ProvisioningStep,
 };
 
 use crate::cel::{self, rule};

@@ -257,6 +257,10 @@ pub struct ProvisioningReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub message: Option<String>,
+    /// For Failed: the kind of failure, when the ramdisk can tell. The operator does not
+    /// retry these: another boot would fail the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailureReason>,
     /// When the ramdisk last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Time>,
@@ -277,6 +281,25 @@ pub enum ProvisioningStep {
     Succeeded,
     /// The work failed; see message.
     Failed,
+}
+
+/// A ramdisk failure that retrying cannot fix.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum FailureReason {
+    /// The image's bytes do not hash to the Deployment's checksum.
+    ChecksumMismatch,
+    /// No disk matches the root-device hints, or none can hold the image.
+    NoMatchingDisk,
+}
+
+impl FailureReason {
+    /// The spelling used in conditions and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::ChecksumMismatch => "ChecksumMismatch",
+            FailureReason::NoMatchingDisk => "NoMatchingDisk",
+        }
+    }
 }
 
 /// A long-running operation on a Machine.

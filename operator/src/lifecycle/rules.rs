@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use ironpool_crds::deployment::ErasePolicy;
 use ironpool_crds::machine::{
-    BootPurpose, BootTarget, MachinePhase as P, OperationKind, OperationResult,
+    BootPurpose, BootTarget, FailureReason, MachinePhase as P, OperationKind, OperationResult,
+    ProvisioningStep,
 };
 
 use super::{
     Decision, DeploymentView, NewIntent, Observation, OperationChange as Op, Policy, Report,
-    Severity, failure, succeeded,
+    Severity, failure, permanent_failure, succeeded,
 };
 
 const RAMDISK_COMMISSION: NewIntent = NewIntent {
@@ -154,11 +155,52 @@ fn operation_image(obs: &Observation) -> Option<&str> {
         .and_then(|o| o.image.as_deref())
 }
 
+/// What the ramdisk reported in the current attempt, for a timeout message.
 fn last_step(obs: &Observation) -> String {
-    match &obs.report {
+    match super::current_report(obs) {
         Some(r) => format!("; the ramdisk last reported {:?}", r.step),
-        None => "; the ramdisk never reported (see status.boot for the last boot step)".into(),
+        None => "; the ramdisk never reported in this attempt (see status.boot for the last \
+                 boot step)"
+            .into(),
     }
+}
+
+/// What a person does about a deploy failure that retrying cannot fix.
+fn fix_for(reason: FailureReason) -> &'static str {
+    match reason {
+        FailureReason::ChecksumMismatch => {
+            "the image at spec.image.url does not match spec.image.checksum: correct whichever \
+             is wrong in the Deployment and Ironpool deploys again (not retried: the same bytes \
+             would fail the same way)"
+        }
+        FailureReason::NoMatchingDisk => {
+            "no disk of this server matches the root-device hints or holds the image: correct \
+             spec.storage.rootDeviceHints of the Deployment (or the Machine's \
+             spec.rootDeviceHints) and edit the Machine's spec to retry, or delete the \
+             Deployment (not retried: the disks would not change)"
+        }
+    }
+}
+
+/// Fail the running deploy now, without retries: another boot cannot fix `reason`.
+fn fail_now(reason: FailureReason, why: String) -> Decision {
+    let message = format!("{why}; {}", fix_for(reason));
+    Decision {
+        operation: Op::Finish(OperationResult::Failed, why),
+        ..with_intent(
+            stay(P::FailedDeployment, warning(reason.as_str(), message)),
+            OFF_IDLE,
+        )
+    }
+}
+
+/// The reason a failed deploy failed with, if retrying could not have fixed it: the
+/// ramdisk's last report is that failure.
+fn failed_reason(obs: &Observation) -> Option<FailureReason> {
+    obs.report
+        .as_ref()
+        .filter(|r| r.step == ProvisioningStep::Failed)
+        .and_then(|r| r.reason)
 }
 
 /// Retry the running operation with `intent`, or fail into `failed` when the budget is spent.
@@ -364,6 +406,9 @@ fn deploying(obs: &Observation, policy: &Policy) -> Decision {
                 requeue_after: Some(policy.boot_timeout),
                 ..with_intent(d, DISK_RUN)
             };
+        }
+        if let Some((reason, why)) = permanent_failure(obs) {
+            return fail_now(reason, format!("writing the image failed: {why}"));
         }
         if let Some(why) = failure(obs) {
             return retry(format!("writing the image failed: {why}"));
@@ -580,15 +625,16 @@ fn failed_deployment(obs: &Observation, policy: &Policy) -> Decision {
                 .as_ref()
                 .and_then(|o| o.message.clone())
                 .unwrap_or_else(|| "deploying failed".into());
-            stay(
-                P::FailedDeployment,
-                warning(
+            let report = match failed_reason(obs) {
+                Some(reason) => warning(reason.as_str(), format!("{why}; {}", fix_for(reason))),
+                None => warning(
                     "DeploymentFailed",
                     format!(
                         "{why}; change the image, delete the Deployment, or edit the Machine's spec to retry"
                     ),
                 ),
-            )
+            };
+            stay(P::FailedDeployment, report)
         }
         Some(DeploymentView::Releasing { erase }) => start_release(*erase, policy),
         None => start_release(ErasePolicy::Quick, policy),

@@ -57,6 +57,7 @@ trait Obs: Sized {
             bytes_written: None,
             bytes_total: None,
             message: Some("disk on fire".into()),
+            reason: None,
             updated_at: None,
         });
         o

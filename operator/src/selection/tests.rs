@@ -6,7 +6,7 @@ use ironpool_crds::deployment::{HardwareConstraints, MachineSelector};
 use ironpool_crds::machine::{
     Architecture, Cpu, Disk, Hardware, MachinePhase, MachineSpec, MachineStatus,
 };
-use ironpool_crds::{LocalObjectRef, Machine};
+use ironpool_crds::{LocalObjectRef, Machine, RootDeviceHints};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
 use super::*;
@@ -158,7 +158,7 @@ fn selection_filters_and_explains() {
         ),
     ];
     for (name, s, want) in cases {
-        let got = names(candidates(&s, &all));
+        let got = names(candidates(&s, None, &all));
         let want = want
             .map(|v| v.iter().map(|s| s.to_string()).collect())
             .map_err(str::to_string);
@@ -191,13 +191,13 @@ fn held_or_allocated_machines_are_not_free() {
         s.deployment_ref = Some(LocalObjectRef::new("x"));
     }
     let busy = machine("c", MachinePhase::Deploying, "gpu", 1, 1, 1);
-    let got = candidates(&sel(None, None), &[&held, &taken, &busy]);
+    let got = candidates(&sel(None, None), None, &[&held, &taken, &busy]);
     assert_eq!(
         got.err().as_deref(),
         Some("no Ready machine is free (3 machines: 1 Deploying, 2 Ready)")
     );
     assert!(
-        candidates(&sel(None, None), &[])
+        candidates(&sel(None, None), None, &[])
             .unwrap_err()
             .contains("no Machines exist")
     );
@@ -242,4 +242,53 @@ fn recently_remediated_servers_go_last() {
         ["a"],
         "still used when alone"
     );
+}
+
+#[test]
+fn servers_without_a_disk_matching_the_hints_are_never_chosen() {
+    let small = machine("small", MachinePhase::Ready, "gpu", 1, 1, 10);
+    let big = machine("big", MachinePhase::Ready, "gpu", 1, 1, 100);
+    let mut own = machine("own", MachinePhase::Ready, "gpu", 1, 1, 100);
+    // The Machine's own hints ask for a model none of its disks has.
+    own.spec.root_device_hints = Some(RootDeviceHints {
+        model: Some("NVMe".into()),
+        ..Default::default()
+    });
+    let all = [&small, &big, &own];
+    let want = |gb: i64| RootDeviceHints {
+        min_size_gigabytes: Some(gb),
+        ..Default::default()
+    };
+    // No hints anywhere but on `own`: it is passed over, the others fit.
+    assert_eq!(
+        names(candidates(&sel(None, None), None, &all)),
+        Ok(vec!["small".to_string(), "big".to_string()])
+    );
+    // The Deployment's hints override the Machine's: 50 GB fits only the 100 GiB disks.
+    assert_eq!(
+        names(candidates(&sel(None, None), Some(&want(50)), &all)),
+        Ok(vec!["big".to_string(), "own".to_string()])
+    );
+    // Nothing fits: the message counts the servers rejected for their disks and says why.
+    let err = candidates(&sel(None, None), Some(&want(500)), &all).unwrap_err();
+    assert!(
+        err.starts_with("0 of 3 Ready machines have a disk matching the root-device hints"),
+        "{err}"
+    );
+    assert!(err.contains("3 rejected for their disks"), "{err}");
+    assert!(
+        err.contains("small: vda: 10737418240 bytes is below 500 GB"),
+        "{err}"
+    );
+    // A machine whose inventory lists no disks cannot take an image.
+    let mut bare = machine("bare", MachinePhase::Ready, "gpu", 1, 1, 1);
+    if let Some(h) = bare.status.as_mut().and_then(|s| s.hardware.as_mut()) {
+        h.disks.clear();
+    }
+    assert_eq!(
+        root_disk_mismatch(&bare, Some(&want(1))).as_deref(),
+        Some("commissioning found no disks")
+    );
+    // No hints at all: no check.
+    assert_eq!(root_disk_mismatch(&bare, None), None);
 }

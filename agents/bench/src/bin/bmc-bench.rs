@@ -50,8 +50,8 @@ fn venv_bin() -> Result<PathBuf> {
     if let Some(b) = std::env::var_os("IRONPOOL_BMC_VENV_BIN") {
         return Ok(b.into());
     }
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../e2e/scripts/install-bmc-emulators.sh");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../e2e/scripts/install-bmc-emulators.sh");
     let out = Command::new("bash")
         .arg(script)
         .stderr(Stdio::inherit())
