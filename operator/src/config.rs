@@ -92,6 +92,10 @@ pub struct Config {
     /// Time allowed for a power-off.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub power_timeout: Duration,
+    /// Time from power-on to the ramdisk or the deployed OS checking in before a
+    /// Deployment's status says the boot stalled, and at which step.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub checkin_deadline: Duration,
     /// Retries after the first attempt of commission, deploy and erase.
     #[arg(long, default_value_t = 2)]
     pub retries: i32,
@@ -113,6 +117,7 @@ impl Config {
             boot_timeout: self.boot_timeout,
             erase_timeout: self.erase_timeout,
             power_timeout: self.power_timeout,
+            checkin_deadline: self.checkin_deadline,
             retries: self.retries,
         }
     }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::{Context, MANAGER, key};
 use crate::error::Error;
-use crate::{deployment_status, ipam, machine_status, selection};
+use crate::{blocker, deployment_status, ipam, machine_status, selection};
 
 const NAME: &str = "deployment";
 /// Finalizer that releases the machine before a Deployment goes away.
@@ -278,14 +278,22 @@ async fn apply(d: Arc<Deployment>, ctx: &Context, finalize: bool) -> Result<Acti
         }
     };
     let addresses = addresses(ctx, &ns, &d).await?;
+    let now = Timestamp::now();
     write_status(
         ctx,
         &api,
         &d,
-        deployment_status::allocated(&d, &machine, addresses, Timestamp::now()),
+        deployment_status::allocated(&d, &machine, addresses, now, &ctx.policy),
     )
     .await?;
-    Ok(Action::await_change())
+    // A boot that stalls changes nothing the watches see: look again when its deadline
+    // passes, so the status says so within one reconcile.
+    Ok(
+        match blocker::check(&machine, now, &ctx.policy).recheck_after {
+            Some(after) => Action::requeue(after),
+            None => Action::await_change(),
+        },
+    )
 }
 
 /// Writes `status` if it differs, remembering the write so a reconcile on a lagging store
@@ -323,7 +331,7 @@ async fn cleanup(d: Arc<Deployment>, ctx: &Context) -> Result<Action, Error> {
             ctx,
             &api,
             &d,
-            deployment_status::allocated(&d, &m, addresses, Timestamp::now()),
+            deployment_status::allocated(&d, &m, addresses, Timestamp::now(), &ctx.policy),
         )
         .await?;
         // Not done: an error keeps the finalizer (kube's helper removes it on any Ok).

@@ -1,17 +1,20 @@
 //! A Deployment's status as a pure function of its allocated machine (or of why it has
-//! none), and the write of that status.
+//! none), and the write of that status. What stops the machine ([`crate::blocker`]) and a
+//! failure are the Deployment's own reason and progress, not only the Machine's.
 
 use ironpool_crds::conditions::{self, READY, Status};
 use ironpool_crds::deployment::{DeploymentPhase, DeploymentStatus, Progress, StepTiming};
-use ironpool_crds::machine::{BootPurpose, MachinePhase, ProvisioningStep};
+use ironpool_crds::machine::{BootPurpose, BootTarget, MachinePhase, ProvisioningStep};
 use ironpool_crds::{Deployment, LocalObjectRef, Machine};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
+use crate::blocker::{self, Blocker};
 use crate::context::MANAGER;
 use crate::error::Error;
+use crate::lifecycle::Policy;
 
 /// How many step timings a Deployment keeps.
 const TIMINGS_KEPT: usize = 12;
@@ -41,7 +44,27 @@ pub fn progress(m: &Machine) -> Option<Progress> {
         MachinePhase::Deployed => return Some(step("Deployed", Some(100), "Deployed".into())),
         _ => {}
     }
+    if phase == MachinePhase::FailedDeployment {
+        let reason = conditions::get(&st.conditions, READY)
+            .map_or("DeploymentFailed", |c| c.reason.as_str());
+        return Some(step("Failed", None, format!("Failed: {reason}")));
+    }
     let intent = st.boot_intent.as_ref()?;
+    if intent.target == BootTarget::Off {
+        let applied = st
+            .boot_applied
+            .as_ref()
+            .is_some_and(|a| a.attempt >= intent.attempt);
+        return Some(if applied {
+            step("PoweredOff", Some(100), "PoweredOff".into())
+        } else {
+            step(
+                "PoweringOff",
+                None,
+                format!("PoweringOff (boot intent #{})", intent.attempt),
+            )
+        });
+    }
     let report = st
         .provisioning
         .as_ref()
@@ -120,12 +143,22 @@ fn record_timing(timings: &mut Vec<StepTiming>, step: &str, now: &Time) {
     }
 }
 
+/// The progress shown while `b` stops the machine: the blocker, not the last step.
+fn stalled(b: &Blocker) -> Progress {
+    Progress {
+        step: "Stalled".into(),
+        summary: Some(format!("Stalled: {}", b.short)),
+        ..Default::default()
+    }
+}
+
 /// Status of `d` while `m` is allocated to it.
 pub fn allocated(
     d: &Deployment,
     m: &Machine,
     addresses: Vec<String>,
     now: Timestamp,
+    policy: &Policy,
 ) -> DeploymentStatus {
     let mut s = d.status.clone().unwrap_or_default();
     let mphase = m
@@ -143,23 +176,28 @@ pub fn allocated(
     s.phase = Some(phase);
     s.machine_ref = Some(LocalObjectRef::new(m.name_any()));
     s.addresses = addresses;
-    s.progress = progress(m);
+    let blocked = blocker::check(m, now.0, policy).blocker;
+    s.progress = match &blocked {
+        Some(b) => Some(stalled(b)),
+        None => progress(m),
+    };
     let ready = m
         .status
         .as_ref()
         .and_then(|st| conditions::get(&st.conditions, READY));
-    let (status, reason, message) = match (phase, ready) {
-        (DeploymentPhase::Deployed, _) => (
+    let (status, reason, message) = match (phase, blocked, ready) {
+        (DeploymentPhase::Deployed, _, _) => (
             Status::True,
             "Deployed".to_string(),
             format!("running on machine {}", m.name_any()),
         ),
-        (_, Some(c)) => (
+        (_, Some(b), _) => (Status::False, b.reason, b.message),
+        (_, None, Some(c)) => (
             Status::False,
             c.reason.clone(),
             format!("machine {}: {}", m.name_any(), c.message),
         ),
-        (_, None) => (
+        (_, None, None) => (
             Status::False,
             "Allocated".to_string(),
             format!("allocated machine {}", m.name_any()),

@@ -1,6 +1,7 @@
 //! The Ironpool controller manager: decides the lifecycle of Machines, allocates them to
 //! Deployments, allocates addresses from Subnets, and leads through a Lease.
 
+pub mod blocker;
 pub mod capi;
 pub mod config;
 pub mod context;

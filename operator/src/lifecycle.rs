@@ -44,6 +44,10 @@ pub struct Policy {
     pub erase_timeout: Duration,
     /// From an Off intent to the agent applying it.
     pub power_timeout: Duration,
+    /// From power-on to the ramdisk (or the deployed OS) checking in, before a
+    /// Deployment's status says the boot stalled and where (the step's own timeout then
+    /// retries it).
+    pub checkin_deadline: Duration,
     /// Retries after the first attempt of commission, deploy and erase.
     pub retries: i32,
 }
@@ -57,6 +61,7 @@ impl Default for Policy {
             boot_timeout: Duration::from_secs(20 * 60),
             erase_timeout: Duration::from_secs(6 * 60 * 60),
             power_timeout: Duration::from_secs(10 * 60),
+            checkin_deadline: Duration::from_secs(10 * 60),
             retries: 2,
         }
     }
