@@ -959,6 +959,49 @@ impl Lab {
         Ok(())
     }
 
+    /// Gives machine `i` its own BMC credentials Secret, `<machine>-bmc`, holding
+    /// `password` (the BMC's real one when `None`), as a person who mistypes or fixes them
+    /// would: the Secret is written first, then the Machine pointed at it.
+    pub fn set_bmc_password(&self, i: usize, password: Option<&str>) -> Result<()> {
+        let machine = self.machines[i].machine_name();
+        let secret = format!("{machine}-bmc");
+        let manifest = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": secret, "namespace": NAMESPACE},
+            "stringData": {"username": BMC_USER,
+                           "password": password.unwrap_or(&self.bmc_password)},
+        });
+        let file = self.dir.join("manifests").join(format!("{secret}.json"));
+        std::fs::create_dir_all(self.dir.join("manifests"))?;
+        std::fs::write(&file, manifest.to_string())?;
+        cluster::kubectl_ok(
+            self.cp
+                .kubectl()
+                .args([
+                    "apply",
+                    "--server-side",
+                    "--field-manager",
+                    "ironpool-lab",
+                    "-f",
+                ])
+                .arg(&file),
+        )?;
+        let patch =
+            serde_json::json!({"spec": {"bmc": {"credentialsSecretRef": {"name": secret}}}});
+        cluster::kubectl_ok(self.cp.kubectl().args([
+            "patch",
+            "machine.metal.ironpool.dev",
+            &machine,
+            "-n",
+            NAMESPACE,
+            "--type",
+            "merge",
+            "-p",
+            &patch.to_string(),
+        ]))?;
+        Ok(())
+    }
+
     /// Per-phase wall times of every machine's last deployment, and our share.
     pub fn phases_table(&self) -> Result<String> {
         let t = self

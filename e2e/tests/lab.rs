@@ -9,9 +9,11 @@
 //!    action for the same boot intent attempt, and its OS checked in from disk with the
 //!    user-data's file in its output, on the static address its Deployment got from the
 //!    Subnet (DHCP reservation) and named in the network-config Ironpool generated;
-//! 3. the BIOS machine's first Deployment names a wrong checksum: FailedDeployment with a
-//!    readable reason, never Deployed; released, it is erased and Ready again; a correct
-//!    Deployment (raw image) then deploys it;
+//! 3. the BIOS machine's first Deployment names a wrong checksum: FailedDeployment at once
+//!    (no retry), the Deployment's own status saying ChecksumMismatch and what to fix, never
+//!    Deployed; released, it is erased and Ready again; a correct Deployment (raw image)
+//!    made while its BMC password is mistyped says so in its own status
+//!    (BMCAuthenticationFailed), and deploys once the Secret is fixed;
 //! 4. the UEFI machine is released with Quick erase and returns to Ready with its disk's
 //!    partition table and signatures wiped;
 //! 5. Cluster API (the real core manager and CABPK, installed by clusterctl) scales a
@@ -30,6 +32,17 @@ use ironpool_e2e::qemu::Firmware;
 use serde_json::Value;
 
 const MIN: Duration = Duration::from_secs(60);
+
+/// The Ready condition's reason and message of an object.
+fn ready(obj: &Value) -> (String, String) {
+    let c = obj["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (s("reason"), s("message"))
+}
 
 fn machine(lab: &Lab, i: usize) -> Value {
     lab.get_json(
@@ -165,6 +178,30 @@ fn machines_are_enlisted_commissioned_deployed_and_released() {
     let m = machine(&lab, bios);
     let text = m.to_string();
     assert!(text.contains("checksum"), "a readable reason: {m}");
+    // Failed at once: no second ramdisk boot for bytes that would fail the same way.
+    assert_eq!(
+        m["status"]["lastOperation"]["retries"], 0,
+        "not retried: {m}"
+    );
+    // The Deployment itself says why, and its progress shows the failure.
+    lab.wait_for(
+        "the BIOS Deployment names the checksum mismatch",
+        2 * MIN,
+        |l| {
+            let d = l.get_json("deployment.metal.ironpool.dev", "bios-1")?;
+            Ok(d["status"]["phase"] == "Failed"
+                && ready(&d).0 == "ChecksumMismatch"
+                && d["status"]["progress"]["summary"] == "Failed: ChecksumMismatch")
+        },
+    )
+    .unwrap();
+    let d = lab
+        .get_json("deployment.metal.ironpool.dev", "bios-1")
+        .unwrap();
+    assert!(
+        ready(&d).1.contains("spec.image.checksum"),
+        "what to do: {d}"
+    );
 
     lab.wait_for("the UEFI machine is Deployed", 25 * MIN, |l| {
         Ok(l.phase(uefi)?.as_deref() == Some("Deployed"))
@@ -191,7 +228,29 @@ fn machines_are_enlisted_commissioned_deployed_and_released() {
             && !l.exists("deployment.metal.ironpool.dev", "bios-1"))
     })
     .unwrap();
+    // 3, continued: a mistyped BMC password. The Deployment's own status names the BMC
+    // that rejects the credentials; fixing the Secret lets the deploy go on by itself.
+    lab.set_bmc_password(bios, Some("not-the-password"))
+        .unwrap();
     lab.deploy(bios, "os.raw", None).unwrap();
+    lab.wait_for(
+        "the BIOS Deployment names the rejected credentials",
+        5 * MIN,
+        |l| {
+            let d = l.get_json("deployment.metal.ironpool.dev", "bios-1")?;
+            Ok(ready(&d).0 == "BMCAuthenticationFailed")
+        },
+    )
+    .unwrap();
+    let d = lab
+        .get_json("deployment.metal.ironpool.dev", "bios-1")
+        .unwrap();
+    assert!(ready(&d).1.contains("rejected the credentials"), "{d}");
+    assert_eq!(
+        d["status"]["progress"]["summary"], "Stalled: the BMC rejects the credentials",
+        "{d}"
+    );
+    lab.set_bmc_password(bios, None).unwrap();
     lab.wait_for("the BIOS machine is Deployed", 25 * MIN, |l| {
         Ok(l.phase(bios)?.as_deref() == Some("Deployed"))
     })
