@@ -219,6 +219,17 @@ async fn checksum_mismatch_and_upstream_errors_leave_nothing_servable() {
     let (status, body) = curl_text(&[&format!("{}/images/{}", h.base, key.file_name())]).await;
     assert_eq!(status, 502);
     assert!(body.contains("does not match its checksum"), "{body}");
+    // The ramdisk's client reads the answer as a failure no retry can fix.
+    let url = format!("{}/images/{}", h.base, key.file_name());
+    let answer = tokio::task::spawn_blocking(move || {
+        ironpool_agents::machine::client::request("GET", &url, None, None).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (answer.status, answer.failure.as_deref()),
+        (502, Some("ChecksumMismatch"))
+    );
     assert_eq!(h.metrics.image_fetch_count("checksum_mismatch"), 1);
 
     let missing = image(format!("{up}/img/5"), b"x");

@@ -187,7 +187,8 @@ fn a_boot_that_never_checks_in_says_where_it_stopped() {
         (c.blocker, c.recheck_after),
         (None, Some(Duration::from_secs(300)))
     );
-    let cases: [(&[(BootStep, i64)], &str, &str); 5] = [
+    type Case<'a> = (&'a [(BootStep, i64)], &'a str, &'a str);
+    let cases: [Case<'_>; 5] = [
         (&[], "no network boot seen", "spec.bootMACAddress"),
         (
             // Steps of an earlier boot (before the intent) do not count.

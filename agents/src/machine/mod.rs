@@ -79,3 +79,35 @@ impl MachineError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ironpool_crds::machine::FailureReason;
+
+    use super::MachineError;
+
+    #[test]
+    fn only_failures_a_retry_cannot_fix_carry_a_reason() {
+        let cases = [
+            (
+                MachineError::ChecksumMismatch("x".into()),
+                Some(FailureReason::ChecksumMismatch),
+            ),
+            (
+                MachineError::NoDisk("x".into()),
+                Some(FailureReason::NoMatchingDisk),
+            ),
+            (MachineError::Image("truncated".into()), None),
+            (
+                MachineError::Http {
+                    url: "u".into(),
+                    message: "HTTP 500".into(),
+                },
+                None,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.reason(), want, "{e}");
+        }
+    }
+}
