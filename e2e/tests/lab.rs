@@ -157,6 +157,7 @@ fn machines_are_enlisted_commissioned_deployed_and_released() {
     lab.deploy(uefi, "os.qcow2", None).unwrap();
     let bad = format!("sha256:{}", "0".repeat(64));
     lab.deploy(bios, "os.raw", Some(&bad)).unwrap();
+    let bad_since = std::time::Instant::now();
 
     lab.wait_for("the UEFI machine is Deploying", 5 * MIN, |l| {
         Ok(l.phase(uefi)?.as_deref() == Some("Deploying"))
@@ -178,6 +179,10 @@ fn machines_are_enlisted_commissioned_deployed_and_released() {
     let m = machine(&lab, bios);
     let text = m.to_string();
     assert!(text.contains("checksum"), "a readable reason: {m}");
+    eprintln!(
+        "[lab] the bad checksum failed its Deployment {:.1}s after it was created",
+        bad_since.elapsed().as_secs_f64()
+    );
     // Failed at once: no second ramdisk boot for bytes that would fail the same way.
     assert_eq!(
         m["status"]["lastOperation"]["retries"], 0,
@@ -250,11 +255,16 @@ fn machines_are_enlisted_commissioned_deployed_and_released() {
         d["status"]["progress"]["summary"], "Stalled: the BMC rejects the credentials",
         "{d}"
     );
+    let fixed = std::time::Instant::now();
     lab.set_bmc_password(bios, None).unwrap();
     lab.wait_for("the BIOS machine is Deployed", 25 * MIN, |l| {
         Ok(l.phase(bios)?.as_deref() == Some("Deployed"))
     })
     .unwrap();
+    eprintln!(
+        "[lab] deployed {:.1}s after the BMC password was fixed",
+        fixed.elapsed().as_secs_f64()
+    );
     let booted = lab.boot_step(bios, "OSBooted").unwrap().unwrap();
     assert!(booted.contains("proof-of-user-data bios-1"), "{booted}");
     check_address(&lab, "bios-1", &booted);
