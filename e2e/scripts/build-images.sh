@@ -66,13 +66,13 @@ install -m 0755 "$bin_dir/ironpool-agent" "$ctx/agent/"
 strip --strip-all "$ctx/operator/ironpool-operator" "$ctx/agent/ironpool-agent"
 install -m 0644 /etc/ssl/certs/ca-certificates.crt "$ctx/agent/"
 # The IPMI power driver runs ipmitool (agents/src/bmc/ipmi.rs): Debian's, with the shared
-# libraries ldd names and the dynamic loader, at their own paths under agent/root/.
-mkdir -p "$ctx/agent/root/usr/bin"
-install -m 0755 /usr/bin/ipmitool "$ctx/agent/root/usr/bin/"
+# libraries ldd names and the dynamic loader, at their own paths under agent/rootfs/.
+mkdir -p "$ctx/agent/rootfs/usr/bin"
+install -m 0755 /usr/bin/ipmitool "$ctx/agent/rootfs/usr/bin/"
 for lib in $(ldd /usr/bin/ipmitool | grep -o '/[^ ]*'); do
   real="$(readlink -f "$lib")"
-  mkdir -p "$ctx/agent/root$(dirname "$lib")"
-  install -m 0755 "$real" "$ctx/agent/root$lib"  # the loader must be executable
+  mkdir -p "$ctx/agent/rootfs$(dirname "$lib")"
+  install -m 0755 "$real" "$ctx/agent/rootfs$lib"  # the loader must be executable
 done
 for f in undionly.kpxe ipxe.efi snponly.efi; do install -m 0644 "/usr/lib/ipxe/$f" "$ctx/boot-assets/ipxe/"; done
 # The pod sandbox of the e2e node (containers/pause/pause.c), static like the others.
