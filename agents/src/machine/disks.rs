@@ -5,13 +5,8 @@ use ironpool_crds::machine::Disk;
 
 use super::MachineError;
 
-/// Why `disk` does not satisfy `hints`, or `None` when it does ([`Disk::mismatch`], the
-/// same check the operator makes against the inventory when it picks a server).
-pub fn mismatch(disk: &Disk, hints: &RootDeviceHints) -> Option<String> {
-    disk.mismatch(hints)
-}
-
-/// The root disk: the first disk (by name) that matches every hint and holds `min_bytes`.
+/// The root disk: the first disk (by name) that matches every hint ([`Disk::mismatch`], the
+/// check the operator also makes against the inventory) and holds `min_bytes`.
 /// The error lists every disk and why it was passed over.
 pub fn choose<'a>(
     disks: &'a [Disk],
@@ -20,7 +15,7 @@ pub fn choose<'a>(
 ) -> Result<&'a Disk, MachineError> {
     let mut why = Vec::new();
     for d in disks {
-        let reason = hints.and_then(|h| mismatch(d, h)).or_else(|| {
+        let reason = hints.and_then(|h| d.mismatch(h)).or_else(|| {
             (u64::try_from(d.size_bytes).unwrap_or(0) < min_bytes).then(|| {
                 format!(
                     "{} bytes cannot hold the {min_bytes}-byte image",
