@@ -1,4 +1,5 @@
-//! Ironpool API types: `Machine`, `Subnet` and `Deployment` in group `metal.ironpool.dev`.
+//! Ironpool API types: `Machine`, `MachineInventory`, `Subnet` and `Deployment` in group
+//! `metal.ironpool.dev`.
 //!
 //! Every field carries a doc comment that becomes its schema description (`kubectl
 //! explain`), and every invariant the apiserver can check is a CEL rule with a message that
@@ -18,7 +19,7 @@ pub mod subnet;
 
 pub use common::{DataSecretRef, IpRange, LocalObjectRef, RootDeviceHints, SecretRef};
 pub use deployment::{Deployment, DeploymentSpec, DeploymentStatus};
-pub use machine::{Machine, MachineSpec, MachineStatus};
+pub use machine::{Machine, MachineInventory, MachineSpec, MachineStatus};
 pub use subnet::{Subnet, SubnetSpec, SubnetStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -33,6 +34,7 @@ pub const GROUP: &str = "metal.ironpool.dev";
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         tidy(Machine::crd()),
+        tidy(MachineInventory::crd()),
         tidy(Subnet::crd()),
         tidy(Deployment::crd()),
         tidy(capi::IronpoolCluster::crd()),

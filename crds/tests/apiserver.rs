@@ -122,10 +122,15 @@ fn crds_are_established_and_explained() {
         "-o",
         "wide",
     ]));
-    for (kind, short) in [("Machine", "bmm"), ("Subnet", "bms"), ("Deployment", "bmd")] {
+    for (kind, short) in [
+        ("Machine", "bmm"),
+        ("MachineInventory", "bmi"),
+        ("Subnet", "bms"),
+        ("Deployment", "bmd"),
+    ] {
         let line = names
             .lines()
-            .find(|l| l.contains(kind))
+            .find(|l| l.split_whitespace().any(|w| w == kind))
             .unwrap_or_else(|| panic!("{kind} missing: {names}"));
         assert!(line.contains(short) && line.contains("ironpool"), "{line}");
     }
@@ -166,7 +171,7 @@ fn printer_columns_show_status() {
         String::from_utf8_lossy(&out.stderr)
     );
     let status = r#"{"status":{"phase":"Ready","power":{"state":"Off"},
-        "hardware":{"cpu":{"cores":16},"memory":"64Gi","memoryBytes":68719476736},
+        "inventory":{"inventoryRef":{"name":"m"},"cores":16,"memory":"64Gi","memoryBytes":68719476736,"diskCount":3},
         "boot":[{"step":"DHCPOffer","at":"2026-01-01T00:00:00Z"},{"step":"RamdiskCheckIn","at":"2026-01-01T00:00:09Z"}]}}"#;
     run_ok(cp.kubectl().args([
         "patch",
@@ -198,6 +203,7 @@ fn printer_columns_show_status() {
             "BMC",
             "AGE",
             "MAC",
+            "DISKS",
             "DEPLOYMENT",
             "LAST-BOOT-STEP",
             "REASON"
@@ -217,6 +223,7 @@ fn printer_columns_show_status() {
         "64Gi",
         "redfish+http://127.0.0.1:8000",
         "52:54:00:00:00:01",
+        "3",
         "RamdiskCheckIn",
     ] {
         assert!(row.contains(&value), "{value} missing from {row:?}");

@@ -202,11 +202,33 @@ fn report_inventory(cp: &ControlPlane, dir: &std::path::Path, attempt: i64) {
         json!({"apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine",
                "metadata": {"name": "m1", "namespace": DC_NAMESPACE}, "status": status})
     };
-    let hardware = base(json!({"hardware": {
+    // As the agent writes an inventory: the MachineInventory, then its summary in status.
+    let inventory = json!({"apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "MachineInventory",
+    "metadata": {"name": "m1", "namespace": DC_NAMESPACE},
+    "spec": {"hardware": {
         "cpu": {"cores": 8, "threads": 16, "model": "e2e CPU"},
         "memoryBytes": 34359738368i64, "memory": "32Gi",
         "disks": [{"name": "vda", "sizeBytes": 107374182400i64, "type": "SSD"}],
         "nics": [{"name": "eth0", "mac": "52:54:00:9a:00:01"}],
+    }}});
+    let file = dir.join("inventory.json");
+    std::fs::write(&file, inventory.to_string()).unwrap();
+    kubectl_ok(
+        cp.kubectl()
+            .args([
+                "apply",
+                "--server-side",
+                "--field-manager=ironpool-agent-hardware",
+                "-f",
+            ])
+            .arg(&file),
+    )
+    .unwrap();
+    let hardware = base(json!({"inventory": {
+        "inventoryRef": {"name": "m1"}, "cores": 8, "threads": 16,
+        "memoryBytes": 34359738368i64, "memory": "32Gi",
+        "disks": [{"name": "vda", "sizeBytes": 107374182400i64, "type": "SSD"}],
+        "diskCount": 1, "nicCount": 1,
     }}));
     let provisioning = base(json!({"provisioning": {
         "attempt": attempt, "step": "Succeeded", "updatedAt": now,

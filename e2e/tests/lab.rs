@@ -113,8 +113,24 @@ fn check_inventory(lab: &Lab, i: usize) {
         Some(want),
         "{m}"
     );
+    // The summary in the Machine, the full inventory in the MachineInventory it names.
     let m = machine(lab, i);
-    let hw = m.pointer("/status/hardware").expect("status.hardware");
+    assert!(m.pointer("/status/hardware").is_none(), "{m}");
+    let summary = m.pointer("/status/inventory").expect("status.inventory");
+    let name = summary
+        .pointer("/inventoryRef/name")
+        .and_then(Value::as_str)
+        .expect("inventoryRef");
+    let inventory = lab
+        .get_json("machineinventory.metal.ironpool.dev", name)
+        .unwrap();
+    let hw = inventory.pointer("/spec/hardware").expect("spec.hardware");
+    assert_eq!(summary["memoryBytes"], hw["memoryBytes"], "{summary}");
+    assert_eq!(
+        inventory.pointer("/metadata/ownerReferences/0/uid"),
+        m.pointer("/metadata/uid"),
+        "owned by its Machine"
+    );
     let spec = &lab.machines[i];
     let mem = hw["memoryBytes"].as_i64().unwrap();
     let want = i64::from(spec.memory_mib) << 20;

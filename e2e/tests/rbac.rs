@@ -72,6 +72,7 @@ fn can_i_mismatches(cp: &ControlPlane, user: &str, rows: &[(&str, &str)]) -> Vec
 const M: &str = "machines.metal.ironpool.dev";
 const S: &str = "subnets.metal.ironpool.dev";
 const D: &str = "deployments.metal.ironpool.dev";
+const I: &str = "machineinventories.metal.ironpool.dev";
 
 fn rows<'a>(template: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     template.iter().map(|(w, a)| (*w, a.as_str())).collect()
@@ -91,6 +92,10 @@ fn operator_can_do_what_it_needs_and_no_more() {
         ("yes", format!("patch {D} --subresource=status -n dc-a")),
         // The Deployment finalizer.
         ("yes", format!("patch {D} -n dc-a")),
+        // Moving an old status inventory into its MachineInventory; never deleting one.
+        ("yes", format!("create {I} -n dc-a")),
+        ("yes", format!("patch {I} -n dc-a")),
+        ("no", format!("delete {I} -n dc-a")),
         ("yes", "create events.events.k8s.io -n dc-a".into()),
         ("yes", "patch events.events.k8s.io -n dc-a".into()),
         // Its own Lease only.
@@ -155,6 +160,10 @@ fn agent_can_do_what_it_needs_and_no_more() {
         ("yes", format!("patch {M} -n dc-a")),
         ("yes", format!("patch {M} --subresource=status -n dc-a")),
         ("yes", format!("patch {S} --subresource=status -n dc-a")),
+        // Each commissioning's MachineInventory; never deleting one (the Machine owns it).
+        ("yes", format!("create {I} -n dc-a")),
+        ("yes", format!("patch {I} -n dc-a")),
+        ("no", format!("delete {I} -n dc-a")),
         // BMC credentials, watched in every namespace it serves (see the chart README).
         ("yes", "get secrets -n dc-a".into()),
         ("yes", "watch secrets -A".into()),

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use ironpool_crds::deployment::{DeploymentSpec, ErasePolicy, Image, ImageFormat, MachineSelector};
-use ironpool_crds::machine::{MachinePhase, MachineSpec};
-use ironpool_crds::{Deployment, Machine};
+use ironpool_crds::machine::{Hardware, InventorySummary, MachinePhase, MachineSpec};
+use ironpool_crds::{Deployment, Machine, MachineInventory};
 use ironpool_e2e::ControlPlane;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -82,6 +82,29 @@ fn deployment(i: usize) -> Deployment {
     )
 }
 
+/// What commissioning finds on a typical 2-socket server: 64 cores with their flags,
+/// 8 disks, 4 NICs, DMI identity and 80 PCI functions (the inventory a real ramdisk
+/// reports is of this size, some 20 KiB of JSON).
+fn server_inventory(mac: &str) -> Hardware {
+    let flags = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl nonstop_tsc cpuid extd_apicid aperfmperf rapl pni pclmulqdq monitor ssse3 fma cx16 pcid sse4_1 sse4_2 x2apic movbe popcnt aes xsave avx f16c rdrand lahf_lm cmp_legacy svm extapic cr8_legacy abm sse4a misalignsse 3dnowprefetch osvw ibs skinit wdt tce topoext perfctr_core perfctr_nb bpext perfctr_llc mwaitx cpb cat_l3 cdp_l3 hw_pstate ssbd mba ibrs ibpb stibp vmmcall fsgsbase bmi1 avx2 smep bmi2 erms invpcid cqm rdt_a rdseed adx smap clflushopt clwb sha_ni xsaveopt xsavec xgetbv1 xsaves cqm_llc cqm_occup_llc cqm_mbm_total cqm_mbm_local wbnoinvd amd_ppin brs arat npt lbrv svm_lock nrip_save tsc_scale vmcb_clean flushbyasid decodeassists pausefilter pfthreshold v_vmsave_vmload vgif v_spec_ctrl umip pku ospke vaes vpclmulqdq rdpid overflow_recov succor smca fsrm";
+    serde_json::from_value(json!({
+        "cpu": {"model": "AMD EPYC 7543 32-Core Processor", "cores": 64, "threads": 128, "sockets": 2,
+                "architecture": "x86_64", "flags": flags.split(' ').collect::<Vec<_>>()},
+        "memoryBytes": 549755813888i64, "memory": "512Gi",
+        "disks": (0..8).map(|d| json!({"name": format!("nvme{d}n1"), "sizeBytes": 3840755982336i64, "type": "NVMe",
+            "model": "SAMSUNG MZQL23T8HCLS-00A07", "vendor": "Samsung", "serialNumber": format!("S64HNE0T{d:06}"),
+            "wwn": format!("eui.36344830526{d:05}0025384500000001"), "rotational": false})).collect::<Vec<_>>(),
+        "nics": (0..4).map(|n| json!({"name": format!("ens{}f{}", 1 + n / 2, n % 2), "mac": if n == 0 { mac.to_string() } else { format!("b8:ce:f6:00:00:{n:02x}") },
+            "driver": "mlx5_core", "link": true, "speedMbps": 25000})).collect::<Vec<_>>(),
+        "system": {"manufacturer": "Supermicro", "product": "AS -1124US-TNRP", "serialNumber": "A123456789",
+            "uuid": "00000000-0000-0000-0000-ac1f6b000001", "boardManufacturer": "Supermicro", "boardProduct": "H12DSU-iN",
+            "biosVendor": "American Megatrends International, LLC.", "biosVersion": "2.4", "biosDate": "04/12/2022"},
+        "pci": (0..80).map(|p| json!({"address": format!("0000:{:02x}:{:02x}.{}", p / 16, p % 16, p % 8), "vendorId": "1022",
+            "deviceId": format!("{:04x}", 0x1480 + p), "class": "060000", "driver": "pcieport"})).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
 /// The simulated agent: applies every pending intent of every machine; commissioning
 /// reports inventory. Deploy intents are applied but never reported (machines stay
 /// Deploying), so the allocation measurement is not mixed with later steps.
@@ -107,14 +130,23 @@ async fn agent_pass(api: &Api<Machine>, calls: &AtomicU64) -> usize {
             let i = st.boot_intent.as_ref().unwrap();
             let now = Timestamp::now().to_string();
             let mut status = json!({"bootApplied": {"attempt": i.attempt, "appliedAt": now}, "power": {"state": "On", "lastSync": now}});
-            if let Some(h) = &st.hardware {
-                status["hardware"] = serde_json::to_value(h).unwrap();
+            if let Some(h) = &st.inventory {
+                status["inventory"] = serde_json::to_value(h).unwrap();
             }
             if let Some(p) = &st.provisioning {
                 status["provisioning"] = serde_json::to_value(p).unwrap();
             }
             if format!("{:?}", i.purpose) == "Commission" {
-                status["hardware"] = json!({"cpu": {"cores": 16}, "memoryBytes": 68719476736i64, "memory": "64Gi", "disks": [{"name": "vda", "sizeBytes": 500107862016i64}]});
+                // As the agent does: the full inventory in its own object, the summary in
+                // the Machine's status.
+                let hw = server_inventory(&m.spec.boot_mac_address);
+                let inventories: Api<MachineInventory> =
+                    Api::namespaced(api.clone().into_client(), &m.namespace().unwrap());
+                let object = json!({"apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "MachineInventory",
+                    "metadata": {"name": m.name_any()}, "spec": {"hardware": hw}});
+                let _ = inventories.patch(&m.name_any(), &PatchParams::apply("ironpool-agent-hardware").force(), &Patch::Apply(&object)).await;
+                calls.fetch_add(1, Ordering::Relaxed);
+                status["inventory"] = serde_json::to_value(InventorySummary::of(&m.name_any(), &hw)).unwrap();
                 status["provisioning"] = json!({"attempt": i.attempt, "step": "Succeeded"});
             }
             let patch = json!({"apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine", "metadata": {"name": m.name_any()}, "status": status});
@@ -151,6 +183,7 @@ fn apiserver_requests(cp: &ControlPlane) -> f64 {
     let text = String::from_utf8_lossy(&out.stdout);
     [
         "resource=\"machines\"",
+        "resource=\"machineinventories\"",
         "resource=\"deployments\"",
         "resource=\"subnets\"",
         "resource=\"leases\"",
@@ -183,7 +216,15 @@ fn apiserver_breakdown(cp: &ControlPlane) -> BTreeMap<String, f64> {
         .filter(|l| l.starts_with("apiserver_request_total{"))
     {
         let resource = label(l, "resource");
-        if !["machines", "deployments", "subnets", "leases", "events"].contains(&resource.as_str())
+        if ![
+            "machines",
+            "machineinventories",
+            "deployments",
+            "subnets",
+            "leases",
+            "events",
+        ]
+        .contains(&resource.as_str())
         {
             continue;
         }

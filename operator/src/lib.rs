@@ -9,6 +9,7 @@ pub mod deployment_controller;
 pub mod deployment_status;
 pub mod error;
 pub mod http;
+pub mod inventory;
 pub mod ipam;
 pub mod leader;
 pub mod lifecycle;

@@ -82,7 +82,7 @@ pub fn observation(m: &Machine, deployment: Option<DeploymentView>, now: Timesta
         os_booted_at: st
             .and_then(|s| s.boot.iter().rev().find(|b| b.step == BootStep::OsBooted))
             .map(|b| b.at.0),
-        has_hardware: st.and_then(|s| s.hardware.as_ref()).is_some(),
+        has_hardware: st.and_then(|s| s.inventory.as_ref()).is_some(),
         operation: st.and_then(|s| s.last_operation.clone()),
         deployment,
     }
@@ -104,7 +104,11 @@ async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> 
     let ns = m
         .namespace()
         .ok_or_else(|| Error::Malformed(format!("Machine {} has no namespace", m.name_any())))?;
-    if crate::restore::restore(&Api::<Machine>::namespaced(ctx.client.clone(), &ns), &*m).await? {
+    let machines = Api::<Machine>::namespaced(ctx.client.clone(), &ns);
+    if crate::restore::restore(&machines, &*m).await? {
+        return Ok(Action::await_change());
+    }
+    if crate::inventory::migrate(&ctx.client, &machines, &m).await? {
         return Ok(Action::await_change());
     }
     let deployment = deployment_view(&ctx, &ns, &m).await?;

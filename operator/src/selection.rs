@@ -135,17 +135,17 @@ fn hardware_filters(hw: &HardwareConstraints) -> Vec<Filter<'_>> {
 }
 
 fn cpu_cores(m: &Machine) -> Option<i32> {
-    m.status.as_ref()?.hardware.as_ref()?.cpu.as_ref()?.cores
+    m.status.as_ref()?.inventory.as_ref()?.cores
 }
 
 fn memory(m: &Machine) -> Option<i64> {
-    m.status.as_ref()?.hardware.as_ref()?.memory_bytes
+    m.status.as_ref()?.inventory.as_ref()?.memory_bytes
 }
 
 fn largest_disk(m: &Machine) -> Option<i64> {
     m.status
         .as_ref()?
-        .hardware
+        .inventory
         .as_ref()?
         .disks
         .iter()
@@ -158,7 +158,7 @@ fn largest_disk(m: &Machine) -> Option<i64> {
 /// say (the ramdisk checks again when it writes).
 pub fn root_disk_mismatch(m: &Machine, hints: Option<&RootDeviceHints>) -> Option<String> {
     let hints = hints.or(m.spec.root_device_hints.as_ref())?;
-    let disks = &m.status.as_ref()?.hardware.as_ref()?.disks;
+    let disks = &m.status.as_ref()?.inventory.as_ref()?.disks;
     if disks.is_empty() {
         return Some("commissioning found no disks".into());
     }

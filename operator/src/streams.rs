@@ -59,6 +59,10 @@ where
         let kind = K::kind(&()).to_string();
         let events = watcher(self.api, self.config)
             .default_backoff()
+            // Nothing here reads managedFields, and on a Machine they are a third of the
+            // object: the store keeps every object, so it keeps them without (None, not an
+            // empty list, which an update would send as "reset them").
+            .modify(|o| o.meta_mut().managed_fields = None)
             .reflect(self.writer)
             .touched_objects()
             .for_each(|ev| {

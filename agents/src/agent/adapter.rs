@@ -1,12 +1,13 @@
 //! The HTTP server's view of the API: [`StoreBootSource`] answers "which Machine has this
-//! MAC" from the reflectors, and [`ApiReportSink`] writes ramdisk reports into Machine
-//! status (`hardware` as `ironpool-agent-hardware`, `provisioning` as
-//! `ironpool-agent-provisioning`, each writer applying only its own field).
+//! MAC" from the reflectors, and [`ApiReportSink`] writes ramdisk reports: the inventory
+//! into the Machine's MachineInventory and its summary into Machine status (`inventory`,
+//! as `ironpool-agent-hardware`), progress into `provisioning` (as
+//! `ironpool-agent-provisioning`), each writer applying only its own field.
 
 use futures::future::BoxFuture;
 use ironpool_crds::deployment::ImageFormat;
-use ironpool_crds::machine::{Hardware, ProvisioningReport};
-use ironpool_crds::{Deployment, Machine, Subnet};
+use ironpool_crds::machine::{Hardware, InventorySummary, ProvisioningReport};
+use ironpool_crds::{Deployment, Machine, MachineInventory, Subnet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -74,6 +75,7 @@ pub fn view(
     MachineView {
         name: machine.name_any(),
         namespace: machine.namespace().unwrap_or_default(),
+        uid: machine.uid().unwrap_or_default(),
         mac,
         boot_mode: machine.spec.boot_mode,
         architecture: machine.spec.architecture,
@@ -154,6 +156,26 @@ impl ApiReportSink {
     }
 }
 
+/// The MachineInventory a commissioning of `m` writes: named like the Machine and owned
+/// by it, so it is deleted with it (and travels with it under `clusterctl move`).
+pub fn inventory_object(m: &MachineView, hardware: &Hardware) -> serde_json::Value {
+    let mut metadata = json!({"name": m.name, "namespace": m.namespace});
+    if !m.uid.is_empty() {
+        metadata["ownerReferences"] = json!([{
+            "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine",
+            "name": m.name, "uid": m.uid, "controller": true,
+        }]);
+    }
+    json!({
+        "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "MachineInventory",
+        "metadata": metadata,
+        "spec": {
+            "hardware": hardware,
+            "collectedAt": k8s_openapi::jiff::Timestamp::now().to_string(),
+        },
+    })
+}
+
 impl ReportSink for ApiReportSink {
     fn inventory<'a>(
         &'a self,
@@ -167,7 +189,20 @@ impl ReportSink for ApiReportSink {
                 tracing::info!(%mac, "inventory from a MAC without a Machine; not recorded");
                 return Ok(());
             };
-            self.apply(m, MANAGER_HARDWARE, json!({"hardware": hardware}))
+            // The full inventory first, then the summary that says it is there: the
+            // operator reads a commissioning as done from the summary. Both are applies, so
+            // a report repeated after a failure between them writes the same again.
+            let object = inventory_object(m, &hardware);
+            let api: Api<MachineInventory> = Api::namespaced(self.client.clone(), &m.namespace);
+            api.patch(
+                &m.name,
+                &PatchParams::apply(MANAGER_HARDWARE).force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .map_err(|e| HttpError::Sink(format!("MachineInventory {}: {e}", m.name)))?;
+            let summary = InventorySummary::of(&m.name, &hardware);
+            self.apply(m, MANAGER_HARDWARE, json!({"inventory": summary}))
                 .await
         })
     }

@@ -55,7 +55,10 @@ where
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default().any_semantic()).default_backoff(),
+        watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            // Nothing in the agent reads managedFields; the stores keep every object.
+            .modify(|o| o.meta_mut().managed_fields = None),
     );
     tasks.spawn(async move {
         let mut stream = std::pin::pin!(stream);

@@ -18,6 +18,7 @@ impl MachineView {
         Self {
             name: name.to_string(),
             namespace: "datacenter-a".to_string(),
+            uid: String::new(),
             mac,
             boot_mode: BootMode::Uefi,
             architecture: Architecture::X86_64,

@@ -19,6 +19,8 @@ pub struct MachineView {
     pub name: String,
     /// Machine namespace.
     pub namespace: String,
+    /// Machine UID (the owner of its MachineInventory); empty in tests without an API.
+    pub uid: String,
     /// `spec.bootMACAddress`.
     pub mac: MacAddr,
     /// `spec.bootMode`: decides how "boot from disk" is spelled in iPXE.

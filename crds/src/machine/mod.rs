@@ -1,6 +1,7 @@
 //! The `Machine` kind: one physical server, its BMC and its lifecycle.
 
 mod hardware;
+mod inventory;
 mod status;
 
 use kube::{CustomResource, KubeSchema};
@@ -8,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use hardware::{Cpu, Disk, DiskType, Hardware, Nic, PciDevice, SystemInfo};
+pub use inventory::{InventorySummary, MachineInventory, MachineInventorySpec};
 pub use status::{
     BOOT_RECORD_LIMIT, BootApplied, BootIntent, BootPurpose, BootRecord, BootStep, BootTarget,
     FailureReason, MachinePhase, MachineStatus, Operation, OperationKind, OperationResult,
@@ -30,8 +32,9 @@ use crate::common::{RootDeviceHints, SecretRef};
     label("clusterctl.cluster.x-k8s.io/move-hierarchy", ""),
     doc = "A physical server that Ironpool can power, boot, commission, deploy and erase. \
            Create one per server (or let Ironpool enlist unknown servers that PXE-boot); \
-           its status shows the lifecycle phase, power, hardware inventory and the boot \
-           flight recorder.",
+           its status shows the lifecycle phase, power, a hardware summary (the full \
+           inventory is the MachineInventory of the same name) and the boot flight \
+           recorder.",
     printcolumn(
         name = "Phase",
         type_ = "string",
@@ -53,13 +56,13 @@ use crate::common::{RootDeviceHints, SecretRef};
     printcolumn(
         name = "Cores",
         type_ = "integer",
-        json_path = ".status.hardware.cpu.cores",
+        json_path = ".status.inventory.cores",
         description = "Physical CPU cores found by commissioning"
     ),
     printcolumn(
         name = "Memory",
         type_ = "string",
-        json_path = ".status.hardware.memory",
+        json_path = ".status.inventory.memory",
         description = "Memory found by commissioning"
     ),
     printcolumn(
@@ -79,6 +82,13 @@ use crate::common::{RootDeviceHints, SecretRef};
         json_path = ".spec.bootMACAddress",
         priority = 1,
         description = "MAC address of the boot NIC"
+    ),
+    printcolumn(
+        name = "Disks",
+        type_ = "integer",
+        json_path = ".status.inventory.diskCount",
+        priority = 1,
+        description = "Disks found by commissioning"
     ),
     printcolumn(
         name = "Deployment",

@@ -2,7 +2,7 @@
 //!
 //! Who writes what (DESIGN.md, "Who writes what"): the operator owns `phase`,
 //! `conditions`, `bootIntent`, `deploymentRef`, `lastOperation`, `observedGeneration`;
-//! the agent owns `power`, `bootApplied`, `boot`, `hardware` and `provisioning`.
+//! the agent owns `power`, `bootApplied`, `boot`, `inventory` and `provisioning`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::KubeSchema;
@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::hardware::Hardware;
+use super::inventory::InventorySummary;
 use crate::common::LocalObjectRef;
 
 /// How many boot steps `status.boot` keeps; older steps are dropped first.
@@ -44,7 +45,14 @@ pub struct MachineStatus {
     #[schemars(length(max = 20))]
     pub boot: Vec<BootRecord>,
 
-    /// Hardware inventory found by commissioning.
+    /// What commissioning found, in brief (architecture, cores, memory, disks, NIC
+    /// count); the full inventory is the MachineInventory named in `inventoryRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<InventorySummary>,
+
+    /// Deprecated: where versions before the MachineInventory kind kept the full
+    /// inventory. The operator moves it into a MachineInventory and clears it; nothing
+    /// writes it any more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hardware: Option<Hardware>,
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use ironpool_crds::deployment::{HardwareConstraints, MachineSelector};
 use ironpool_crds::machine::{
-    Architecture, Cpu, Disk, Hardware, MachinePhase, MachineSpec, MachineStatus,
+    Architecture, Cpu, Disk, Hardware, InventorySummary, MachinePhase, MachineSpec, MachineStatus,
 };
 use ironpool_crds::{LocalObjectRef, Machine, RootDeviceHints};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
@@ -35,19 +35,22 @@ fn machine(
     m.metadata.labels = Some(BTreeMap::from([("pool".to_string(), pool.to_string())]));
     m.status = Some(MachineStatus {
         phase: Some(phase),
-        hardware: Some(Hardware {
-            cpu: Some(Cpu {
-                cores: Some(cores),
+        inventory: Some(InventorySummary::of(
+            name,
+            &Hardware {
+                cpu: Some(Cpu {
+                    cores: Some(cores),
+                    ..Default::default()
+                }),
+                memory_bytes: Some(mem_gib << 30),
+                disks: vec![Disk {
+                    name: "vda".into(),
+                    size_bytes: disk_gib << 30,
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }),
-            memory_bytes: Some(mem_gib << 30),
-            disks: vec![Disk {
-                name: "vda".into(),
-                size_bytes: disk_gib << 30,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
+            },
+        )),
         ..Default::default()
     });
     m
@@ -282,7 +285,7 @@ fn servers_without_a_disk_matching_the_hints_are_never_chosen() {
     );
     // A machine whose inventory lists no disks cannot take an image.
     let mut bare = machine("bare", MachinePhase::Ready, "gpu", 1, 1, 1);
-    if let Some(h) = bare.status.as_mut().and_then(|s| s.hardware.as_mut()) {
+    if let Some(h) = bare.status.as_mut().and_then(|s| s.inventory.as_mut()) {
         h.disks.clear();
     }
     assert_eq!(

@@ -9,8 +9,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ironpool_crds::Machine;
-use ironpool_crds::machine::{BootPurpose, BootTarget, ProvisioningStep};
+use ironpool_crds::machine::{
+    BootPurpose, BootTarget, Hardware, InventorySummary, ProvisioningStep,
+};
+use ironpool_crds::{Machine, MachineInventory};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -112,8 +114,8 @@ impl SimAgent {
             "bootApplied": {"attempt": intent.attempt, "appliedAt": now},
             "power": {"state": power, "lastSync": now},
         });
-        if let Some(h) = &st.hardware {
-            status["hardware"] = serde_json::to_value(h).unwrap();
+        if let Some(h) = &st.inventory {
+            status["inventory"] = serde_json::to_value(h).unwrap();
         }
         if let Some(p) = &st.provisioning {
             status["provisioning"] = serde_json::to_value(p).unwrap();
@@ -131,8 +133,22 @@ impl SimAgent {
                 );
             }
             (BootTarget::Ramdisk, BootPurpose::Commission) => {
-                status["hardware"] = json!({"cpu": {"cores": 8, "threads": 16, "model": "Sim CPU"}, "memoryBytes": 34359738368i64, "memory": "32Gi",
-                    "disks": [{"name": "vda", "sizeBytes": 107374182400i64, "type": "SSD"}], "nics": [{"name": "eth0", "mac": m.spec.boot_mac_address}]});
+                // As the agent does: the inventory object, then its summary in status.
+                let hw: Hardware = serde_json::from_value(json!({"cpu": {"cores": 8, "threads": 16, "model": "Sim CPU"}, "memoryBytes": 34359738368i64, "memory": "32Gi",
+                    "disks": [{"name": "vda", "sizeBytes": 107374182400i64, "type": "SSD"}], "nics": [{"name": "eth0", "mac": m.spec.boot_mac_address}]})).unwrap();
+                let inventories: Api<MachineInventory> =
+                    Api::namespaced(api.clone().into_client(), &m.namespace().unwrap());
+                let object = json!({"apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "MachineInventory",
+                    "metadata": {"name": m.name_any()}, "spec": {"hardware": hw}});
+                inventories
+                    .patch(
+                        &m.name_any(),
+                        &PatchParams::apply("ironpool-agent-hardware").force(),
+                        &Patch::Apply(&object),
+                    )
+                    .await?;
+                status["inventory"] =
+                    serde_json::to_value(InventorySummary::of(&m.name_any(), &hw)).unwrap();
                 status["provisioning"] = report(ProvisioningStep::Succeeded, None);
                 status["boot"] = json!([{"step": "RamdiskCheckIn", "at": now}]);
             }
