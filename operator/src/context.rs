@@ -100,6 +100,35 @@ impl Context {
         action: &str,
         note: String,
     ) {
+        self.send_event(obj.object_ref(&()), None, warning, reason, action, note);
+    }
+
+    /// Like [`Context::event`], naming `related` as the event's related object.
+    pub fn event_related<K, R>(
+        &self,
+        obj: &K,
+        related: &R,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) where
+        K: Resource<DynamicType = ()>,
+        R: Resource<DynamicType = ()>,
+    {
+        let related = Some(related.object_ref(&()));
+        self.send_event(obj.object_ref(&()), related, warning, reason, action, note);
+    }
+
+    fn send_event(
+        &self,
+        regarding: ObjectReference,
+        related: Option<ObjectReference>,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let ev = Event {
             type_: if warning {
                 EventType::Warning
@@ -109,9 +138,9 @@ impl Context {
             reason: reason.into(),
             note: Some(note),
             action: action.into(),
-            secondary: None,
+            secondary: related,
         };
-        if let Err(e) = self.events.try_send((ev, obj.object_ref(&()))) {
+        if let Err(e) = self.events.try_send((ev, regarding)) {
             tracing::warn!(error = %e, reason, "event queue full; event dropped");
         }
     }

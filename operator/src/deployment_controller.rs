@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::{Context, MANAGER, key};
 use crate::error::Error;
-use crate::{blocker, deployment_status, ipam, machine_status, selection};
+use crate::lifecycle::{self, Decision};
+use crate::metrics::PhaseLabel;
+use crate::{blocker, deployment_status, ipam, machine_controller, machine_status, selection};
 
 const NAME: &str = "deployment";
 /// Finalizer that releases the machine before a Deployment goes away.
@@ -84,16 +86,15 @@ async fn find_machine(
     Ok(None)
 }
 
-/// Claims machine `m` for `d`: one status write with `m`'s resourceVersion as precondition,
-/// so of several Deployments racing for `m`, exactly one wins.
-async fn claim(
-    ctx: &Context,
-    api: &Api<Machine>,
+/// The operator's status of `m` once claimed for `d`, and the lifecycle's decision in it:
+/// Allocated to `d`, then what the Machine controller decides for an Allocated machine.
+pub fn claimed_status(
     m: &Machine,
     d: &Deployment,
-) -> Result<Option<Machine>, Error> {
+    policy: &lifecycle::Policy,
+    now: Timestamp,
+) -> (MachineStatus, Decision) {
     let mut s: MachineStatus = machine_status::operator_fields(m.status.as_ref());
-    let now = Time(Timestamp::now());
     s.phase = Some(MachinePhase::Allocated);
     s.deployment_ref = Some(LocalObjectRef::new(d.name_any()));
     let message = format!("allocated to Deployment {}", d.name_any());
@@ -104,17 +105,48 @@ async fn claim(
         "Allocated",
         &message,
         m.metadata.generation,
-        now,
+        Time(now),
     );
-    match machine_status::apply(api, m, &s).await {
+    let mut allocated = m.clone();
+    allocated.status = Some(MachineStatus {
+        phase: s.phase,
+        deployment_ref: s.deployment_ref,
+        conditions: s.conditions,
+        ..m.status.clone().unwrap_or_default()
+    });
+    let view = machine_controller::view_for(d, &m.name_any());
+    let decision = lifecycle::decide(
+        &machine_controller::observation(&allocated, Some(view), now),
+        policy,
+    );
+    (
+        machine_status::next_status(&allocated, &decision, now),
+        decision,
+    )
+}
+
+/// Claims machine `m` for `d`: one status write with `m`'s resourceVersion as precondition,
+/// so of several Deployments racing for `m`, exactly one wins. The write carries what the
+/// lifecycle decides for the machine once it is Allocated (normally: Deploying, with the
+/// ramdisk boot intent), exactly as the Machine controller would write it next, so that
+/// controller finds nothing left to write and an allocation costs one Machine write.
+async fn claim(
+    ctx: &Context,
+    api: &Api<Machine>,
+    m: &Machine,
+    d: &Deployment,
+) -> Result<Option<(Machine, Decision)>, Error> {
+    let (next, decision) = claimed_status(m, d, &ctx.policy, Timestamp::now());
+    match machine_status::apply(api, m, &next).await {
         Ok(claimed) => {
+            ctx.wrote(machine_controller::NAME);
             ctx.claimed(&key(m), m.resource_version(), claimed.clone());
             ctx.wrote_over(
                 format!("Machine/{}", key(m)),
                 m.resource_version(),
                 claimed.resource_version(),
             );
-            Ok(Some(claimed))
+            Ok(Some((claimed, decision)))
         }
         // Someone changed the machine since the store saw it: keep the reservation, so
         // this process leaves it alone until the store has caught up.
@@ -131,7 +163,7 @@ async fn allocate(
     ctx: &Context,
     api: &Api<Machine>,
     d: &Deployment,
-) -> Result<Result<Machine, String>, Error> {
+) -> Result<Result<(Machine, Decision), String>, Error> {
     let ns = d.namespace().unwrap_or_default();
     let all = machines_in(ctx, &ns);
     let refs: Vec<&Machine> = all.iter().map(|m| &**m).collect();
@@ -196,6 +228,36 @@ async fn allocate(
     )))
 }
 
+/// The one Event of an allocation, on the Deployment with the machine as its related
+/// object: which machine, and what the lifecycle did with it in the same write (the
+/// Machine controller, which would have said so on the Machine, had nothing left to do).
+fn allocated_event(ctx: &Context, d: &Deployment, m: &Machine, decision: &Decision) {
+    let phase = decision.phase;
+    if phase != MachinePhase::Allocated {
+        ctx.metrics
+            .transitions
+            .get_or_create(&PhaseLabel {
+                phase: phase.as_str(),
+            })
+            .inc();
+    }
+    let mut note = format!("allocated machine {}", m.name_any());
+    if phase != MachinePhase::Allocated {
+        note = format!("{note}; {}", decision.report.message);
+    }
+    if let (Some(i), Some(b)) = (
+        decision.intent,
+        m.status.as_ref().and_then(|s| s.boot_intent.as_ref()),
+    ) {
+        note = format!(
+            "{note} (boot intent #{}: {:?} for {:?})",
+            b.attempt, i.target, i.purpose
+        );
+    }
+    tracing::info!(deployment = %key(d), machine = %key(m), phase = phase.as_str(), "{note}");
+    ctx.event_related(d, m, false, "Allocated", "Allocate", note);
+}
+
 async fn addresses(ctx: &Context, ns: &str, d: &Deployment) -> Result<Vec<String>, Error> {
     let Some(subnet) = &d.spec.subnet_ref else {
         return Ok(Vec::new());
@@ -220,24 +282,27 @@ async fn apply(d: Arc<Deployment>, ctx: &Context, finalize: bool) -> Result<Acti
     // Deployment is gone returns the machine to Ready). The status write below waits for
     // both, and uses the object the finalizer write returned.
     let (d, outcome) = match (found, finalize) {
-        (Some(m), false) => (d, Ok((m, false))),
+        (Some(m), false) => (d, Ok((m, None))),
         (Some(m), true) => (
             Arc::new(add_finalizer(ctx, &api, &d).await?),
-            Ok((m, false)),
+            Ok((m, None)),
         ),
         (None, false) => {
             let outcome = allocate(ctx, &machines, &d).await?;
-            (d, outcome.map(|m| (m, true)))
+            (d, outcome.map(|(m, decision)| (m, Some(decision))))
         }
         (None, true) => {
             let (fin, outcome) =
                 tokio::join!(add_finalizer(ctx, &api, &d), allocate(ctx, &machines, &d));
-            (Arc::new(fin?), outcome?.map(|m| (m, true)))
+            (
+                Arc::new(fin?),
+                outcome?.map(|(m, decision)| (m, Some(decision))),
+            )
         }
     };
     let machine = match outcome {
         Ok((m, fresh)) => {
-            if fresh {
+            if let Some(decision) = fresh {
                 if let Some(created) = d.metadata.creation_timestamp.as_ref() {
                     let waited = Timestamp::now()
                         .duration_since(created.0)
@@ -245,13 +310,7 @@ async fn apply(d: Arc<Deployment>, ctx: &Context, finalize: bool) -> Result<Acti
                         .max(0.0);
                     ctx.metrics.allocation_seconds.observe(waited);
                 }
-                ctx.event(
-                    &*d,
-                    false,
-                    "Allocated",
-                    "Allocate",
-                    format!("allocated machine {}", m.name_any()),
-                );
+                allocated_event(ctx, &d, &m, &decision);
             }
             m
         }
@@ -516,3 +575,6 @@ pub async fn run(
         .for_each(|_| async {})
         .await;
 }
+
+#[cfg(test)]
+mod claim_tests;

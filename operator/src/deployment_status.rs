@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt};
 
 use crate::blocker::{self, Blocker};
 use crate::context::MANAGER;
-use crate::error::Error;
+use crate::error::{Error, conflict_as};
 use crate::lifecycle::Policy;
 
 /// How many step timings a Deployment keeps.
@@ -237,27 +237,35 @@ pub fn pending(d: &Deployment, why: &str, now: Timestamp) -> DeploymentStatus {
     s
 }
 
-/// Writes `status` if it differs from what `d` has.
+/// Writes `status` if it differs from what `d` has: a merge patch of only the fields that
+/// change, with `d`'s resourceVersion as precondition (a [`Error::Conflict`] if `d` is
+/// stale, so a patch computed from an old copy never lands).
 pub async fn write(
     api: &Api<Deployment>,
     d: &Deployment,
     status: DeploymentStatus,
 ) -> Result<Option<Deployment>, Error> {
-    if d.status.as_ref() == Some(&status) {
+    let old = serde_json::to_value(d.status.clone().unwrap_or_default())
+        .map_err(|e| Error::Malformed(format!("Deployment {} status: {e}", d.name_any())))?;
+    let new = serde_json::to_value(&status)
+        .map_err(|e| Error::Malformed(format!("Deployment {} status: {e}", d.name_any())))?;
+    let Some(diff) = crate::merge_patch::diff(&old, &new) else {
         return Ok(None);
-    }
+    };
     let patch = serde_json::json!({
-        "apiVersion": "metal.ironpool.dev/v1alpha1",
-        "kind": "Deployment",
-        "metadata": { "name": d.name_any() },
-        "status": status,
+        "metadata": { "resourceVersion": d.resource_version() },
+        "status": diff,
     });
     let written = api
         .patch_status(
             &d.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
+            &PatchParams {
+                field_manager: Some(MANAGER.into()),
+                ..Default::default()
+            },
+            &Patch::Merge(&patch),
         )
-        .await?;
+        .await
+        .map_err(|e| conflict_as(e, || format!("Deployment {}", d.name_any())))?;
     Ok(Some(written))
 }

@@ -15,6 +15,7 @@ pub mod leader;
 pub mod lifecycle;
 pub mod machine_controller;
 pub mod machine_status;
+pub mod merge_patch;
 pub mod metrics;
 pub mod restore;
 pub mod selection;

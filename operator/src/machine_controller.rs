@@ -20,7 +20,8 @@ use crate::lifecycle::{self, DeploymentView, Observation};
 use crate::machine_status;
 use crate::metrics::PhaseLabel;
 
-const NAME: &str = "machine";
+/// The controller's name in metrics.
+pub const NAME: &str = "machine";
 
 /// `<url or oci>@<checksum>`: how a Deploy operation names its image.
 pub fn image_key(image: &Image) -> String {
@@ -30,7 +31,7 @@ pub fn image_key(image: &Image) -> String {
 
 /// The Deployment as machine `me` sees it. A Deployment whose status names another machine
 /// does not want this one (a claim left over from a failed write): release it.
-fn view_for(d: &Deployment, me: &str) -> DeploymentView {
+pub fn view_for(d: &Deployment, me: &str) -> DeploymentView {
     let other = d
         .status
         .as_ref()
