@@ -239,7 +239,10 @@ fn machines_are_enlisted_commissioned_deployed_and_released() {
     let during: Vec<&String> = events[before..].iter().collect();
     assert!(
         during.len() <= 2,
-        "attempt {attempt}: at most the ramdisk boot and the disk boot, got {during:?}"
+        "attempt {attempt}: at most the ramdisk boot and the disk boot, got {during:?}\n\
+         machine: {}\n{}",
+        machine(&lab, uefi),
+        lab.diagnostics()
     );
 
     // 3, continued: release the failed one (erase), then deploy it properly.
