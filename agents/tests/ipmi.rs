@@ -88,7 +88,7 @@ async fn power_and_boot_device_match_what_ipmitool_reads() {
     );
 
     d.set_power(PowerAction::Cycle).await.unwrap();
-    assert_eq!(emu.count("EVENT power_cycle"), 1);
+    assert_eq!(emu.count("EVENT vm power_cycle on"), 1);
     d.set_power(PowerAction::GracefulOff).await.unwrap();
     assert!(ipmitool(emu.port, &["chassis", "power", "status"]).contains("Chassis Power is off"));
     // Like many real BMCs, this one refuses to cycle a machine that is off.
