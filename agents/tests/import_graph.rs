@@ -576,10 +576,88 @@ fn agents_have_no_import_circles() {
 
 #[test]
 fn the_other_crates_have_no_import_circles() {
-    for krate in ["operator", "crds", "e2e", "agents/bench"] {
+    for krate in ["operator", "crds", "crds/runtime", "e2e", "agents/bench"] {
         let found = report(&crate_src(krate));
         assert!(found.is_empty(), "{krate}:\n{}", found.join("\n"));
     }
+}
+
+/// The workspace packages a package depends on (any section: normal, dev, build), by
+/// package name, with the folder of each: `name = { path = .. }` or `name.workspace = true`
+/// resolved through the root manifest's `[workspace.dependencies]`.
+fn ironpool_deps(dir: &Path, workspace: &BTreeMap<String, PathBuf>) -> Vec<(String, PathBuf)> {
+    let manifest = fs::read_to_string(dir.join("Cargo.toml")).expect("read Cargo.toml");
+    let mut out = Vec::new();
+    let mut in_deps = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_deps = line.ends_with("dependencies]");
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let name = key.trim().trim_end_matches(".workspace").to_string();
+        if !in_deps || !name.starts_with("ironpool-") {
+            continue;
+        }
+        let path = value
+            .split_once("path = \"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(p, _)| dir.join(p));
+        let path = path.or_else(|| workspace.get(&name).cloned());
+        out.push((name, path.expect("a workspace dependency has a path")));
+    }
+    out
+}
+
+/// The agents (and their benchmark package) never depend on the operator crate, directly or
+/// through another workspace package: what they share with it lives in `ironpool-runtime`.
+/// (`cargo tree -p ironpool-agents | grep ironpool-operator` prints nothing.)
+#[test]
+fn agents_do_not_depend_on_the_operator() {
+    let root = crate_src("agents").join("../..");
+    let mut workspace = BTreeMap::new();
+    let mut in_deps = false;
+    for line in fs::read_to_string(root.join("Cargo.toml"))
+        .expect("root")
+        .lines()
+    {
+        if line.starts_with('[') {
+            in_deps = line.trim() == "[workspace.dependencies]";
+        } else if in_deps && line.starts_with("ironpool-") {
+            for (name, path) in ironpool_deps_line(line, &root) {
+                workspace.insert(name, path);
+            }
+        }
+    }
+    assert!(workspace.contains_key("ironpool-runtime"), "{workspace:?}");
+    for start in ["agents", "agents/bench"] {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![(format!("{start} package"), root.join(start))];
+        while let Some((name, dir)) = todo.pop() {
+            let dir = dir.canonicalize().expect("package folder");
+            if !seen.insert(dir.clone()) {
+                continue;
+            }
+            for (dep, path) in ironpool_deps(&dir, &workspace) {
+                assert_ne!(dep, "ironpool-operator", "{name} depends on the operator");
+                todo.push((dep, path));
+            }
+        }
+        assert!(seen.len() > 2, "{start}: only {seen:?}");
+    }
+}
+
+fn ironpool_deps_line(line: &str, root: &Path) -> Vec<(String, PathBuf)> {
+    let Some((key, value)) = line.split_once('=') else {
+        return Vec::new();
+    };
+    value
+        .split_once("path = \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(p, _)| vec![(key.trim().to_string(), root.join(p))])
+        .unwrap_or_default()
 }
 
 /// The checker itself finds a circle, resolves through a facade, and ignores comments,

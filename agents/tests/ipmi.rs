@@ -11,7 +11,11 @@ use ironpool_agents::bmc::{
     Persistence, PowerAction, PowerDriver, PowerState,
 };
 
-const PASSWORD: &str = "n0t-in-ps";
+/// This run's BMC password: random (ironpool_e2e::secret), never a constant in the code.
+fn password() -> &'static str {
+    static PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PASSWORD.get_or_init(|| ironpool_e2e::secret::random_secret(16).unwrap())
+}
 
 fn driver(port: u16, password: &str) -> Box<dyn PowerDriver> {
     let mut cfg = DriverConfig::new(
@@ -38,7 +42,7 @@ fn ipmitool(port: u16, args: &[&str]) -> String {
             "-U",
             "admin",
             "-P",
-            PASSWORD,
+            password(),
         ])
         .args(args)
         .output()
@@ -48,8 +52,8 @@ fn ipmitool(port: u16, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn power_and_boot_device_match_what_ipmitool_reads() {
-    let emu = support::start_ipmi("admin", PASSWORD).unwrap();
-    let d = driver(emu.port, PASSWORD);
+    let emu = support::start_ipmi("admin", password()).unwrap();
+    let d = driver(emu.port, password());
     assert_eq!(d.power_state().await.unwrap(), PowerState::Off);
 
     d.set_power(PowerAction::On).await.unwrap();
@@ -88,7 +92,7 @@ async fn power_and_boot_device_match_what_ipmitool_reads() {
     );
 
     d.set_power(PowerAction::Cycle).await.unwrap();
-    assert_eq!(emu.count("EVENT power_cycle"), 1);
+    assert_eq!(emu.count("EVENT vm power_cycle on"), 1);
     d.set_power(PowerAction::GracefulOff).await.unwrap();
     assert!(ipmitool(emu.port, &["chassis", "power", "status"]).contains("Chassis Power is off"));
     // Like many real BMCs, this one refuses to cycle a machine that is off.
@@ -105,12 +109,12 @@ async fn power_and_boot_device_match_what_ipmitool_reads() {
 
 #[tokio::test]
 async fn wrong_password_and_outage_are_classified() {
-    let mut emu = support::start_ipmi("admin", PASSWORD).unwrap();
+    let mut emu = support::start_ipmi("admin", password()).unwrap();
     let e = driver(emu.port, "wrong").power_state().await.unwrap_err();
     assert!(matches!(e, BmcError::Authentication { .. }), "{e}");
     let port = emu.port;
     emu.stop();
-    let e = driver(port, PASSWORD).power_state().await.unwrap_err();
+    let e = driver(port, password()).power_state().await.unwrap_err();
     assert!(matches!(e, BmcError::Unreachable { .. }), "{e}");
 }
 
@@ -118,7 +122,7 @@ async fn wrong_password_and_outage_are_classified() {
 async fn the_password_never_shows_in_a_process_listing() {
     // An unreachable BMC keeps ipmitool running (retries) while we read every cmdline.
     let port = support::free_udp_port().unwrap();
-    let d = driver(port, PASSWORD);
+    let d = driver(port, password());
     let call = tokio::spawn(async move { d.power_state().await });
     let mut seen_ipmitool = false;
     for _ in 0..20 {
@@ -131,7 +135,7 @@ async fn the_password_never_shows_in_a_process_listing() {
             if cmdline.contains("ipmitool") && cmdline.contains(&format!("-p {port}")) {
                 seen_ipmitool = true;
                 assert!(
-                    !cmdline.contains(PASSWORD),
+                    !cmdline.contains(password()),
                     "password in process listing: {cmdline}"
                 );
                 assert!(cmdline.contains(" -f "), "{cmdline}");

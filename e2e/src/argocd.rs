@@ -522,7 +522,7 @@ impl ArgoCd {
             "argocd-rbac-cm",
             &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": labels("argocd-rbac-cm")}),
         )?;
-        let key: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
+        let key = crate::secret::random_secret(32)?;
         self.apply(
             "argocd-secret",
             &json!({"apiVersion": "v1", "kind": "Secret", "metadata": labels("argocd-secret"),

@@ -172,7 +172,7 @@ impl BmcPair {
     pub fn start(name: &str, mac: &str, qmp: &Path, user: &str, dir: &Path) -> Result<Self> {
         let mut system = EmulatedSystem::new(name, mac, qmp);
         system.boot_mode = "Legacy".into();
-        let password: String = (0..16).map(|_| fastrand::alphanumeric()).collect();
+        let password = crate::secret::random_secret(16)?;
         let tcp = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();

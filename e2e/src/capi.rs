@@ -190,8 +190,7 @@ impl Capi {
             "crd/issuers.cert-manager.io",
             "--timeout=60s",
         ]))?;
-        let token = base64::engine::general_purpose::STANDARD
-            .encode((0..36).map(|_| fastrand::u8(..)).collect::<Vec<u8>>());
+        let token = crate::secret::random_secret(48)?;
         let init = kubectl_ok(
             clusterctl_command(&parts, &dir)
                 .env("IRONPOOL_AGENT_TOKEN", token)

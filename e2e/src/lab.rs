@@ -26,6 +26,7 @@ pub mod timeline;
 use crate::bmc::{BmcEmulator, BmcOptions, EmulatedSystem};
 use crate::netlab::{Netns, NsChild, require_tools};
 use crate::qemu::{Disk, DiskFormat, Firmware, Vm, VmConfig};
+use crate::secret::random_secret;
 use crate::{ControlPlane, cluster};
 
 /// The lab's namespace for Machines, Subnets, Deployments and Secrets.
@@ -249,11 +250,6 @@ pub const HELM_RELEASE: &str = "ironpool";
 pub const HELM_NAMESPACE: &str = "ironpool-system";
 const PROVISIONING_LABEL: &str = "ironpool.dev/provisioning";
 
-/// `n` random alphanumeric characters.
-fn random_secret(n: usize) -> String {
-    (0..n).map(|_| fastrand::alphanumeric()).collect()
-}
-
 impl Lab {
     /// Starts the control plane, the provisioning network, the agent, the operator, the
     /// BMC emulators and the VMs (powered on, so they PXE-boot and enlist).
@@ -331,7 +327,7 @@ impl Lab {
                 .create_new(true)
                 .mode(0o600)
                 .open(&token_secret_file)?
-                .write_all(random_secret(48).as_bytes())?;
+                .write_all(random_secret(48)?.as_bytes())?;
         }
 
         let mut lab = Lab {
@@ -348,7 +344,7 @@ impl Lab {
             _forward: forward,
             agent_starts: 0,
             sampler,
-            bmc_password: random_secret(16),
+            bmc_password: random_secret(16)?,
             token_secret_file,
             capi: false,
             node,

@@ -1,7 +1,9 @@
-//! Private networks for tests and the lab: network namespaces, bridges, veth pairs and tap
-//! devices that this process creates and that are removed when their guards drop, plus
-//! child processes run inside a namespace and killed on drop. Nothing here touches the
-//! host's own interfaces: every device lives in a namespace created here.
+//! Private networks for tests, benchmarks and the lab: network namespaces, bridges, veth
+//! pairs and tap devices that this process creates and that are removed when their guards
+//! drop (also two namespaces on one wire, [`NetnsPair`]), plus child processes run inside a
+//! namespace, optionally pinned to a core, and killed on drop. Nothing here touches the
+//! host's own interfaces: every device lives in a namespace created here. The only
+//! implementation in the workspace: `agents/bench` uses it too.
 //!
 //! ```no_run
 //! # fn demo() -> anyhow::Result<()> {
@@ -117,6 +119,18 @@ impl Netns {
         c
     }
 
+    /// Like [`Netns::cmd`], pinned to CPU `core` (e.g. "1") with `taskset` when it is
+    /// installed (benchmarks keep a server and its load generator on different cores).
+    pub fn cmd_on_core(&self, core: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]);
+        if have("taskset") {
+            c.args(["taskset", "-c", core]);
+        }
+        c.arg(program);
+        c
+    }
+
     /// Runs `args` inside the namespace to completion; returns stdout.
     pub fn exec(&self, args: &[&str]) -> Result<String> {
         let (program, rest) = args.split_first().context("empty command")?;
@@ -193,6 +207,35 @@ impl Netns {
         Ok(())
     }
 
+    /// Joins this namespace to `other` with a veth pair, `iface` here and `peer` there,
+    /// each end addressed (`cidr`, `peer_cidr`, e.g. "10.64.0.1/10") and up.
+    pub fn veth(
+        &self,
+        iface: &str,
+        cidr: &str,
+        other: &Netns,
+        peer: &str,
+        peer_cidr: &str,
+    ) -> Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            &other.name,
+        ])?;
+        for (ns, dev, cidr) in [(self, iface, cidr), (other, peer, peer_cidr)] {
+            ns.ip(&["addr", "add", cidr, "dev", dev])?;
+            ns.ip(&["link", "set", dev, "up"])?;
+        }
+        Ok(())
+    }
+
     /// Makes TCP port `port` on 127.0.0.1 inside this namespace reach 127.0.0.1:`port` of
     /// the test process's namespace (one `nsenter` + `busybox nc` per connection): how an
     /// agent inside reaches the test's apiserver. `dir` holds the small helper script.
@@ -223,6 +266,42 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .stdin(Stdio::null())
             .output();
+    }
+}
+
+/// Two namespaces on one wire: `server` and `client` joined by the veth pair
+/// `server_if`/`client_if` (a server and its clients, as the benchmarks run them); both
+/// namespaces are deleted on drop.
+#[derive(Debug)]
+pub struct NetnsPair {
+    /// The server's namespace.
+    pub server: Netns,
+    /// The client's namespace.
+    pub client: Netns,
+    /// The server's end of the veth pair.
+    pub server_if: &'static str,
+    /// The client's end of the veth pair.
+    pub client_if: &'static str,
+}
+
+impl NetnsPair {
+    /// Creates `ipt-<tag>-s-..` and `ipt-<tag>-c-..` joined by `pair-s`/`pair-c`,
+    /// addressed `server_cidr` / `client_cidr` (e.g. "10.64.0.1/10").
+    pub fn new(tag: &str, server_cidr: &str, client_cidr: &str) -> Result<NetnsPair> {
+        let pair = NetnsPair {
+            server: Netns::new(&format!("{tag}-s"))?,
+            client: Netns::new(&format!("{tag}-c"))?,
+            server_if: "pair-s",
+            client_if: "pair-c",
+        };
+        pair.server.veth(
+            pair.server_if,
+            server_cidr,
+            &pair.client,
+            pair.client_if,
+            client_cidr,
+        )?;
+        Ok(pair)
     }
 }
 
@@ -283,6 +362,14 @@ impl NsChild {
                 bail!("{} still running after {timeout:?}", self.name);
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asks it to stop with SIGTERM and waits up to `grace` for it to exit; one still
+    /// running then is killed when this drops.
+    pub fn stop(mut self, grace: Duration) {
+        if self.signal("TERM").is_ok() {
+            let _ = self.wait_exit(grace);
         }
     }
 

@@ -14,7 +14,8 @@ and pyghmi). Two fronts, one process each:
 
   qemu_bmc.py ipmi --listen 127.0.0.1 --port 623 --qmp vm.qmp --user admin \
       --password-file pw [--uuid U]
-    an IPMI v2.0 (RMCP+, lanplus) BMC: a pyghmi.ipmi.bmc.Bmc subclass for one VM.
+    an IPMI v2.0 (RMCP+, lanplus) BMC for one VM: pyghmi_bmc.MachineBmc (beside this
+    file, shared with the agents' test BMC) with this VM as its machine.
 
 The power model is a real server's: On = QMP status "running" (or any state of a machine
 that has power, e.g. an internal error); Off = "prelaunch" (started with -S), "paused" or
@@ -47,14 +48,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid as uuidlib
+
+# The IPMI BMC and the EVENT lines are shared with agents/tests/support/ipmi_bmc.py.
+from pyghmi_bmc import event, read_password
 
 # QMP statuses of a machine without power.
 OFF_STATES = frozenset(["prelaunch", "paused", "shutdown"])
-
-
-def event(system, what, before):
-    print(f"EVENT {system} {what} {before}", flush=True)
 
 
 class QmpError(Exception):
@@ -236,6 +235,9 @@ class Qmp:
         self.power_on()
         return True
 
+    def nmi(self):
+        self.call("inject-nmi")
+
 
 # ---------------------------------------------------------------- Redfish (sushy-tools)
 
@@ -361,88 +363,11 @@ def redfish(opts):
 # ---------------------------------------------------------------- IPMI (pyghmi)
 
 def ipmi(opts):
-    import pyghmi.ipmi.bmc as bmc
+    from pyghmi_bmc import MachineBmc
 
-    vm = Qmp(opts.qmp)
-    name = opts.name
-
-    class QmpBmc(bmc.Bmc):
-        def __init__(self, authdata):
-            super().__init__(authdata, port=opts.port, address=opts.listen,
-                             bmcuuid=uuidlib.UUID(opts.uuid) if opts.uuid else None)
-            # Boot flags parameter 5, kept whole (valid, persistent and EFI bits) so that
-            # `chassis bootparam get 5` reads back what was set.
-            self.boot_flags = [0, 0, 0, 0, 0]
-
-        def get_system_guid(self):
-            return uuidlib.UUID(opts.uuid) if opts.uuid else uuidlib.UUID(int=0)
-
-        def get_power_state(self):
-            return "on" if vm.is_on() else "off"
-
-        def is_active(self):
-            return vm.is_on()
-
-        def power_on(self):
-            event(name, "power_on", vm.status())
-            vm.power_on()
-
-        def power_off(self):
-            event(name, "power_off", vm.status())
-            vm.force_off()
-
-        def power_shutdown(self):
-            event(name, "power_soft", vm.status())
-            vm.graceful_off()
-
-        def power_reset(self):
-            event(name, "power_reset", vm.status())
-            if not vm.reset():
-                return 0xD5  # not supported in present state (it is off)
-
-        def power_cycle(self):
-            event(name, "power_cycle", vm.status())
-            if not vm.cycle():
-                return 0xD5
-
-        def pulse_diag(self):
-            event(name, "power_diag", vm.status())
-            if vm.is_on():
-                vm.call("inject-nmi")
-
-        def get_boot_device(self):
-            return (self.boot_flags[1] >> 2) & 0x0F
-
-        def get_system_boot_options(self, request, session):
-            if request["data"][0] == 5:
-                return session.send_ipmi_response(data=[1, 5] + self.boot_flags)
-            session.send_ipmi_response(code=0x80)
-
-        def set_system_boot_options(self, request, session):
-            if request["data"][0] == 5:
-                self.boot_flags = list(request["data"][1:6])
-                event(name, "boot_flags=" + ",".join("%02x" % b for b in self.boot_flags), "-")
-                valid, persistent = self.boot_flags[0] & 0x80, self.boot_flags[0] & 0x40
-                device = {1: "net", 2: "disk"}.get((self.boot_flags[1] >> 2) & 0x0F)
-                if not valid:
-                    vm.set_boot(None, True)
-                elif device:
-                    vm.set_boot(device, not persistent)
-            session.send_ipmi_response()
-
-    b = QmpBmc({opts.user: read_password(opts.password_file)})
-    print(f"LISTENING ipmi {opts.listen}:{opts.port} system={name}", flush=True)
-    b.listen()
-
-
-def read_password(path):
-    if not path:
-        sys.exit("--password-file is required with --user")
-    with open(path) as f:
-        password = f.read().rstrip("\n")
-    if not password:
-        sys.exit(f"{path} is empty")
-    return password
+    b = MachineBmc(Qmp(opts.qmp), opts.name, {opts.user: read_password(opts.password_file)},
+                   opts.port, address=opts.listen, uuid=opts.uuid)
+    b.serve()
 
 
 def main():

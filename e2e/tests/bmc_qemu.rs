@@ -36,7 +36,7 @@ fn free_tcp_port() -> u16 {
 
 /// A random password for this run (never a constant in the code).
 fn password() -> String {
-    (0..16).map(|_| fastrand::alphanumeric()).collect()
+    ironpool_e2e::secret::random_secret(16).unwrap()
 }
 
 /// curl with the credentials in a config on stdin (not on the command line); returns

@@ -299,7 +299,7 @@ fn argo_cd_syncs_the_chart_and_reads_ironpool_health() {
 
     // The agent token Secret, made once outside Git (README "Argo CD").
     kubectl(cp, &["create", "namespace", NAMESPACE]);
-    let token: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
+    let token = ironpool_e2e::secret::random_secret(48).unwrap();
     kubectl(
         cp,
         &[

@@ -185,6 +185,28 @@ fn renders_what_the_values_ask_for() {
         assert!(out.contains(flag), "{flag} missing");
     }
 
+    assert!(!out.contains("--secret-selector"), "set without a value");
+    // The power controller's Secret selector reaches the agent's flags, quoted (a set-based
+    // selector has spaces and parentheses), and only when the controller runs.
+    for (selector, flag) in [
+        (
+            "ironpool.dev/bmc-credentials=true",
+            r#"- "--secret-selector=ironpool.dev/bmc-credentials=true""#,
+        ),
+        ("tier in (bmc)", r#"- "--secret-selector=tier in (bmc)""#),
+    ] {
+        let set = format!("agent.power.secretSelector={selector}");
+        let (ok, out, err) = template(&[&set]);
+        assert!(ok, "{err}");
+        assert!(out.contains(flag), "{flag} missing from the agent's args");
+        let (ok, out, err) = template(&[&set, "agent.power.enabled=false"]);
+        assert!(ok, "{err}");
+        assert!(
+            out.contains("- --no-power") && !out.contains("--secret-selector"),
+            "power off still passes the selector"
+        );
+    }
+
     let (ok, out, _) = template(&["operator.replicas=1"]);
     assert!(
         ok && !kinds(&out)

@@ -1,5 +1,6 @@
 //! The Ironpool controller manager: decides the lifecycle of Machines, allocates them to
-//! Deployments, allocates addresses from Subnets, and leads through a Lease.
+//! Deployments, allocates addresses from Subnets. Its binary leads through a Lease
+//! (`ironpool_runtime::leader`).
 
 pub mod blocker;
 pub mod capi;
@@ -8,10 +9,8 @@ pub mod context;
 pub mod deployment_controller;
 pub mod deployment_status;
 pub mod error;
-pub mod http;
 pub mod inventory;
 pub mod ipam;
-pub mod leader;
 pub mod lifecycle;
 pub mod machine_controller;
 pub mod machine_status;

@@ -110,6 +110,12 @@ pub struct Cli {
     /// Do not run the BMC power controller.
     #[arg(long, env = "IRONPOOL_NO_POWER")]
     pub no_power: bool,
+    /// Label selector of the Secrets the power controller watches for BMC credential
+    /// changes, e.g. `ironpool.dev/bmc-credentials=true` (every Secret in the watched
+    /// namespaces when unset). A Machine's `credentialsSecretRef` is read by name either
+    /// way; only changes to matching Secrets are picked up without a restart.
+    #[arg(long, env = "IRONPOOL_SECRET_SELECTOR")]
+    pub secret_selector: Option<String>,
     /// Subnet Lease duration (a standby takes over within it), e.g. 15s.
     #[arg(long, env = "IRONPOOL_LEASE_DURATION", default_value = "15s")]
     pub lease_duration: String,
@@ -144,8 +150,8 @@ pub struct AgentConfig {
     pub metrics_listen: SocketAddr,
     /// Log format.
     pub log_format: LogFormat,
-    /// Whether the power controller runs.
-    pub power: bool,
+    /// Power controller settings; None when it does not run.
+    pub power: Option<PowerSettings>,
     /// Lease timing: duration, renew deadline, retry period.
     pub lease: (Duration, Duration, Duration),
     /// Enlistments per minute.
@@ -186,6 +192,13 @@ pub struct HttpSettings {
     pub kernel_args: String,
     /// Token secret (bytes), from the file or the flag.
     pub token_secret: TokenSecret,
+}
+
+/// Power controller settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PowerSettings {
+    /// Label selector of the watched credentials Secrets; all Secrets when None.
+    pub secret_selector: Option<String>,
 }
 
 /// Where the token secret comes from (read at start, outside the pure conversion).
@@ -275,10 +288,32 @@ impl TryFrom<&Cli> for AgentConfig {
             http,
             metrics_listen: cli.metrics_listen,
             log_format: cli.log_format,
-            power: !cli.no_power,
+            power: (!cli.no_power).then(|| PowerSettings {
+                secret_selector: cli
+                    .secret_selector
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            }),
             lease,
             enlist_per_minute: cli.enlist_per_minute,
             drain: secs("drain", &cli.drain)?,
+        })
+    }
+}
+
+impl AgentConfig {
+    /// The power controller's config (None when it does not run): the watched namespace
+    /// and Secret selector from the flags, `metrics` registered by the caller, the rest
+    /// the controller's defaults.
+    pub fn power_config(&self, metrics: crate::power::Metrics) -> Option<crate::power::Config> {
+        let power = self.power.as_ref()?;
+        Some(crate::power::Config {
+            namespace: self.namespace.clone(),
+            secret_selector: power.secret_selector.clone(),
+            metrics,
+            ..Default::default()
         })
     }
 }
@@ -308,7 +343,32 @@ mod tests {
     fn servers_can_be_disabled() {
         let c = cli(&["--no-dhcp", "--no-http", "--no-tftp", "--no-power"]);
         let cfg = AgentConfig::try_from(&c).unwrap();
-        assert!(cfg.dhcp.is_none() && cfg.http.is_none() && cfg.tftp.is_none() && !cfg.power);
+        assert!(cfg.dhcp.is_none() && cfg.http.is_none() && cfg.tftp.is_none());
+        assert!(cfg.power.is_none());
+        assert!(cfg.power_config(Default::default()).is_none());
+    }
+
+    #[test]
+    fn secret_selector_reaches_the_power_controller() {
+        let base = ["--no-dhcp", "--no-http", "--namespace", "dc-a"];
+        let with = |extra: &[&'static str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            let cfg = AgentConfig::try_from(&cli(&args)).unwrap();
+            cfg.power_config(Default::default()).unwrap()
+        };
+        let power = with(&["--secret-selector", "ironpool.dev/bmc-credentials=true"]);
+        assert_eq!(
+            power.secret_selector.as_deref(),
+            Some("ironpool.dev/bmc-credentials=true")
+        );
+        assert_eq!(power.namespace.as_deref(), Some("dc-a"));
+        // Unset or blank (the chart's default value): every Secret.
+        assert_eq!(with(&[]).secret_selector, None);
+        assert_eq!(with(&["--secret-selector", " "]).secret_selector, None);
+        // The other settings stay the controller's defaults.
+        let defaults = crate::power::Config::default();
+        assert_eq!(power.sync_interval, defaults.sync_interval);
+        assert_eq!(power.max_concurrent, defaults.max_concurrent);
     }
 
     #[test]

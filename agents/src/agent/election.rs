@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ironpool_crds::Subnet;
-use ironpool_operator::leader::{LeaderElector, LeaseConfig};
+use ironpool_runtime::leader::{LeaderElector, LeaseConfig};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};

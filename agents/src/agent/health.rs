@@ -1,5 +1,5 @@
 //! The agent's operational endpoints: `/metrics`, `/healthz` and `/readyz` (the stores have
-//! synced), served by the implementation the operator uses too.
+//! synced), served by `ironpool_runtime::http`, as the operator's are.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ pub async fn serve(
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), AgentError> {
-    ironpool_operator::http::serve(addr, registry, ready, stop)
+    ironpool_runtime::http::serve(addr, registry, ready, stop)
         .await
         .map_err(|source| AgentError::Io {
             what: format!("bind metrics on {addr}"),

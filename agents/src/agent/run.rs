@@ -133,14 +133,9 @@ pub async fn run(
         .await?;
     }
 
-    if config.power {
-        let metrics = crate::power::Metrics::default();
+    let metrics = crate::power::Metrics::default();
+    if let Some(power) = config.power_config(metrics.clone()) {
         metrics.register(&mut registry);
-        let power = crate::power::Config {
-            namespace: config.namespace.clone(),
-            metrics,
-            ..Default::default()
-        };
         let (client, token) = (client.clone(), root.clone());
         tasks.spawn(async move {
             if let Err(e) = crate::power::run(client, power, token).await {

@@ -4,14 +4,22 @@
 //! standby takes a Subnet over: the dead holder's lease journal is gone with it, but its
 //! clients still hold (and answer on) their addresses, so the new holder skips them.
 //!
-//! A raw ICMP socket through socket2's safe API (needs CAP_NET_RAW, which the agent has
-//! anyway for port 67), one per probe; the packet building and reply matching are pure.
+//! One raw ICMP socket through socket2's safe API (needs CAP_NET_RAW, which the agent has
+//! anyway for port 67), opened at the first probe and shared by every probe after it: a
+//! reader task hands each echo reply to the probe waiting for it, matched by ICMP
+//! identifier and sequence number and by the address that answered. A socket that fails
+//! is replaced at the next probe. The packet building and reply matching are pure.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 
 /// What a probe found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,21 +43,89 @@ impl ProbeResult {
     }
 }
 
-/// Sends ICMP echo requests and waits for the matching reply.
+/// Sends ICMP echo requests on one shared raw socket and waits for the matching replies.
 #[derive(Debug)]
 pub struct Prober {
     timeout: Duration,
     ident: u16,
     seq: AtomicU16,
+    socket: tokio::sync::Mutex<Option<Open>>,
+}
+
+/// The shared socket and the probes waiting on it, by (probed address, sequence number).
+#[derive(Debug)]
+struct Icmp {
+    sock: UdpSocket,
+    ident: u16,
+    waiting: Mutex<HashMap<(Ipv4Addr, u16), oneshot::Sender<()>>>,
+    failed: AtomicBool,
+}
+
+/// An open socket and its reader task, stopped when this is dropped.
+#[derive(Debug)]
+struct Open {
+    icmp: Arc<Icmp>,
+    reader: AbortHandle,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// A probe's place in [`Icmp::waiting`], removed when the probe ends however it ends.
+struct Waiting<'a> {
+    icmp: &'a Icmp,
+    key: (Ipv4Addr, u16),
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.icmp.waiting().remove(&self.key);
+    }
+}
+
+impl Icmp {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<(Ipv4Addr, u16), oneshot::Sender<()>>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands every echo reply to the probe waiting for it until receiving fails; then marks
+    /// the socket failed and drops the waiters (their probes end as errors).
+    async fn read(self: Arc<Self>) {
+        let mut buf = [0u8; 1500];
+        loop {
+            match self.sock.recv_from(&mut buf).await {
+                Ok((n, SocketAddr::V4(from))) => {
+                    let packet = buf.get(..n).unwrap_or(&[]);
+                    if let Some((ident, seq)) = echo_reply(packet)
+                        && ident == self.ident
+                        && let Some(waiter) = self.waiting().remove(&(*from.ip(), seq))
+                    {
+                        let _ = waiter.send(());
+                    }
+                }
+                Ok((_, SocketAddr::V6(_))) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "ICMP probe socket failed; opening another");
+                    self.failed.store(true, Ordering::Relaxed);
+                    self.waiting().clear();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl Prober {
-    /// A prober waiting `timeout` for each reply.
+    /// A prober waiting `timeout` for each reply. Opens no socket until the first probe.
     pub fn new(timeout: Duration) -> Self {
         Prober {
             timeout,
             ident: (std::process::id() & 0xffff) as u16,
             seq: AtomicU16::new(fastrand::u16(..)),
+            socket: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -66,35 +142,50 @@ impl Prober {
         }
     }
 
-    async fn try_probe(&self, ip: Ipv4Addr, seq: u16) -> std::io::Result<bool> {
+    /// The shared socket, opened (with its reader) when there is none or it failed.
+    async fn socket(&self) -> std::io::Result<Arc<Icmp>> {
+        let mut open = self.socket.lock().await;
+        if let Some(o) = open.as_ref()
+            && !o.icmp.failed.load(Ordering::Relaxed)
+        {
+            return Ok(o.icmp.clone());
+        }
         let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
         s.set_nonblocking(true)?;
         // A raw socket driven through tokio's datagram type: recv_from/send_to are the
         // same system calls (the port of the address is ignored).
-        let sock = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(s))?;
+        let icmp = Arc::new(Icmp {
+            sock: UdpSocket::from_std(std::net::UdpSocket::from(s))?,
+            ident: self.ident,
+            waiting: Mutex::new(HashMap::new()),
+            failed: AtomicBool::new(false),
+        });
+        let reader = tokio::spawn(icmp.clone().read()).abort_handle();
+        *open = Some(Open {
+            icmp: icmp.clone(),
+            reader,
+        });
+        Ok(icmp)
+    }
+
+    async fn try_probe(&self, ip: Ipv4Addr, seq: u16) -> std::io::Result<bool> {
+        let icmp = self.socket().await?;
+        let (tx, rx) = oneshot::channel();
+        icmp.waiting().insert((ip, seq), tx);
+        let _waiting = Waiting {
+            icmp: &icmp,
+            key: (ip, seq),
+        };
         let target = SocketAddr::V4(SocketAddrV4::new(ip, 0));
-        sock.send_to(&echo_request(self.ident, seq), target).await?;
-        let deadline = Instant::now() + self.timeout;
-        let mut buf = [0u8; 1500];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(false);
-            }
-            match tokio::time::timeout(left, sock.recv_from(&mut buf)).await {
-                Err(_) => return Ok(false),
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok((n, from))) => {
-                    let from_ip = match from {
-                        SocketAddr::V4(a) => *a.ip(),
-                        SocketAddr::V6(_) => continue,
-                    };
-                    let packet = buf.get(..n).unwrap_or(&[]);
-                    if from_ip == ip && is_echo_reply(packet, self.ident, seq) {
-                        return Ok(true);
-                    }
-                }
-            }
+        icmp.sock
+            .send_to(&echo_request(self.ident, seq), target)
+            .await?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Err(_) => Ok(false),
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(_)) => Err(std::io::Error::other(
+                "the ICMP socket failed while waiting for the reply",
+            )),
         }
     }
 }
@@ -127,25 +218,30 @@ pub fn echo_request(ident: u16, seq: u16) -> Vec<u8> {
     p
 }
 
-/// Whether `packet` (an IPv4 datagram as a raw socket delivers it) is the echo reply
-/// (type 0) to `ident`/`seq`.
-pub fn is_echo_reply(packet: &[u8], ident: u16, seq: u16) -> bool {
-    let Some(first) = packet.first() else {
-        return false;
-    };
+/// The identifier and sequence number of `packet` (an IPv4 datagram as a raw socket
+/// delivers it) when it is an ICMP echo reply (type 0).
+pub fn echo_reply(packet: &[u8]) -> Option<(u16, u16)> {
+    let first = packet.first()?;
     if first >> 4 != 4 {
-        return false;
+        return None;
     }
     let header = usize::from(first & 0x0f) * 4;
     if header < 20 || packet.get(9) != Some(&1) {
-        return false;
+        return None;
     }
-    match packet.get(header..header + 8) {
-        Some([0, 0, _, _, i0, i1, s0, s1]) => {
-            u16::from_be_bytes([*i0, *i1]) == ident && u16::from_be_bytes([*s0, *s1]) == seq
-        }
-        _ => false,
+    match packet.get(header..header + 8)? {
+        [0, 0, _, _, i0, i1, s0, s1] => Some((
+            u16::from_be_bytes([*i0, *i1]),
+            u16::from_be_bytes([*s0, *s1]),
+        )),
+        _ => None,
     }
+}
+
+/// Whether `packet` (an IPv4 datagram as a raw socket delivers it) is the echo reply
+/// (type 0) to `ident`/`seq`.
+pub fn is_echo_reply(packet: &[u8], ident: u16, seq: u16) -> bool {
+    echo_reply(packet) == Some((ident, seq))
 }
 
 #[cfg(test)]
@@ -190,5 +286,7 @@ mod tests {
             assert!(!is_echo_reply(short, 0x1234, 7));
         }
         assert!(!is_echo_reply(&ipv4(&reply, 2, 1), 0x1234, 7), "IHL < 5");
+        assert_eq!(echo_reply(&ipv4(&reply, 5, 1)), Some((0x1234, 7)));
+        assert_eq!(echo_reply(&ipv4(&request, 5, 1)), None);
     }
 }

@@ -1,75 +1,64 @@
-"""A pyghmi IPMI BMC for the ironpool-agents tests.
+"""A pyghmi IPMI BMC for the ironpool-agents tests: e2e/support/pyghmi_bmc.py's MachineBmc
+(shared with the e2e QEMU BMC) in front of a machine that exists only in memory.
 
-Unlike pyghmi's fakebmc it keeps the whole boot-flags parameter (EFI and persistent bits)
-so `ipmitool chassis bootparam get 5` reports what was set, implements power cycle, and
-prints one `EVENT <what>` line per power or boot command so tests can count them.
+The machine starts off; power cycle and reset of a machine that is off are refused
+(0xD5), as many real BMCs do. One `EVENT vm <what> <on|off>` line per power or boot command
+lets tests count them.
 
-    python ipmi_bmc.py --port 6230 --user admin --password password
+    python ipmi_bmc.py --port 6230 --user admin --password-file pw
 """
 import argparse
+import os
 import sys
 
-import pyghmi.ipmi.bmc as bmc
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "..", "..", "e2e", "support"))
+from pyghmi_bmc import MachineBmc, read_password  # noqa: E402
 
 
-def event(what):
-    print("EVENT " + what, flush=True)
+class MemoryMachine:
+    """A machine's power and boot override, in memory."""
 
+    def __init__(self):
+        self.on = False
+        self.boot = None
 
-class TestBmc(bmc.Bmc):
-    def __init__(self, authdata, port):
-        super().__init__(authdata, port=port, address="127.0.0.1")
-        self.powerstate = "off"
-        self.boot_flags = [0, 0, 0, 0, 0]
+    def status(self):
+        return "on" if self.on else "off"
 
-    def get_power_state(self):
-        return self.powerstate
+    def is_on(self):
+        return self.on
 
     def power_on(self):
-        event("power_on")
-        self.powerstate = "on"
+        self.on = True
 
-    def power_off(self):
-        event("power_off")
-        self.powerstate = "off"
+    def force_off(self):
+        self.on = False
 
-    def power_shutdown(self):
-        event("power_soft")
-        self.powerstate = "off"
+    def graceful_off(self):
+        self.on = False
 
-    def power_cycle(self):
-        event("power_cycle")
-        if self.powerstate != "on":
-            return 0xD5  # not supported in the present state, like many real BMCs
-        self.powerstate = "on"
+    def reset(self):
+        return self.on
 
-    def power_reset(self):
-        event("power_reset")
+    def cycle(self):
+        return self.on
 
-    def is_active(self):
-        return self.powerstate == "on"
+    def nmi(self):
+        pass
 
-    def get_system_boot_options(self, request, session):
-        if request["data"][0] == 5:
-            return session.send_ipmi_response(data=[1, 5] + self.boot_flags)
-        session.send_ipmi_response(code=0x80)
-
-    def set_system_boot_options(self, request, session):
-        if request["data"][0] == 5:
-            self.boot_flags = list(request["data"][1:6])
-            event("boot_flags " + " ".join("%02x" % b for b in self.boot_flags))
-        session.send_ipmi_response()
+    def set_boot(self, device, once):
+        self.boot = (device, once)
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--user", default="admin")
-    p.add_argument("--password", default="password")
+    p.add_argument("--password-file", required=True)
     args = p.parse_args()
-    b = TestBmc({args.user: args.password}, args.port)
-    print("LISTENING", flush=True)
-    b.listen()
+    MachineBmc(MemoryMachine(), "vm", {args.user: read_password(args.password_file)},
+               args.port).serve()
 
 
 if __name__ == "__main__":

@@ -184,15 +184,15 @@ pub fn start_ipmi(user: &str, password: &str) -> Result<Emulator> {
     let dir = tempfile::tempdir()?;
     let port = free_udp_port()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/ipmi_bmc.py");
+    // In a file, not on the command line (a process listing would show it).
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, password)?;
     let mut cmd = Command::new(bin.join("python"));
-    cmd.arg("-u").arg(script).args([
-        "--port",
-        &port.to_string(),
-        "--user",
-        user,
-        "--password",
-        password,
-    ]);
+    cmd.arg("-u")
+        .arg(script)
+        .args(["--port", &port.to_string(), "--user", user])
+        .arg("--password-file")
+        .arg(&password_file);
     let emu = Emulator::spawn(cmd, dir, port)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !emu.log_text().contains("LISTENING") {

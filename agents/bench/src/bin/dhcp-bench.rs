@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ironpool_agents_bench::netns::{Pair, Proc, have};
+use ironpool_e2e::netlab::{NetnsPair as Pair, NsChild, have};
 
 const SERVER_CIDR: &str = "10.64.0.1/10";
 const CLIENT_CIDR: &str = "10.64.0.2/10";
@@ -222,7 +222,7 @@ fn search(start: u32, max: u32, mut measure: impl FnMut(u32) -> Result<Step>) ->
 /// One server under test.
 trait Server {
     fn name(&self) -> &'static str;
-    fn start(&self, pair: &Pair, dir: &Path) -> Result<Proc>;
+    fn start(&self, pair: &Pair, dir: &Path) -> Result<NsChild>;
 }
 
 struct Ironpool {
@@ -234,7 +234,7 @@ impl Server for Ironpool {
         "ironpool-dhcpd"
     }
 
-    fn start(&self, pair: &Pair, dir: &Path) -> Result<Proc> {
+    fn start(&self, pair: &Pair, dir: &Path) -> Result<NsChild> {
         let network = SERVER_CIDR.replace("0.1/", "0.0/");
         let cfg = serde_json::json!({
             "listen": "0.0.0.0:67", "interface": pair.server_if, "serverIp": SERVER_IP,
@@ -246,9 +246,9 @@ impl Server for Ironpool {
         });
         let path = dir.join("dhcpd.json");
         std::fs::write(&path, cfg.to_string())?;
-        let mut cmd = Pair::cmd(&pair.server, "1", &self.binary.display().to_string());
+        let mut cmd = pair.server.cmd_on_core("1", &self.binary);
         cmd.arg(&path);
-        Proc::spawn(cmd, &dir.join("dhcpd.log"))
+        NsChild::spawn("ironpool-dhcpd", cmd, &dir.join("dhcpd.log"))
     }
 }
 
@@ -259,7 +259,7 @@ impl Server for Kea {
         "kea-dhcp4"
     }
 
-    fn start(&self, pair: &Pair, dir: &Path) -> Result<Proc> {
+    fn start(&self, pair: &Pair, dir: &Path) -> Result<NsChild> {
         let network = SERVER_CIDR.replace("0.1/", "0.0/");
         let cfg = serde_json::json!({"Dhcp4": {
             "interfaces-config": {"interfaces": [pair.server_if], "dhcp-socket-type": "udp"},
@@ -275,10 +275,10 @@ impl Server for Kea {
         }});
         let path = dir.join("kea.json");
         std::fs::write(&path, cfg.to_string())?;
-        let mut cmd = Pair::cmd(&pair.server, "1", "kea-dhcp4");
+        let mut cmd = pair.server.cmd_on_core("1", "kea-dhcp4");
         cmd.arg("-c").arg(&path);
         cmd.env("KEA_PIDFILE_DIR", dir).env("KEA_LOCKFILE_DIR", dir);
-        Proc::spawn(cmd, &dir.join("kea.log"))
+        NsChild::spawn("kea-dhcp4", cmd, &dir.join("kea.log"))
     }
 }
 
@@ -303,7 +303,9 @@ impl Generator {
         match self {
             Generator::Perfdhcp { preload } => perfdhcp(pair, rate, secs, preload.as_deref()),
             Generator::Load { exe } => {
-                let out = Pair::cmd(&pair.client, "0", &exe.display().to_string())
+                let out = pair
+                    .client
+                    .cmd_on_core("0", exe)
                     .args(["load", CLIENT_IP, SERVER_IP])
                     .args([rate.to_string(), secs.to_string()])
                     .args([CLIENTS, &EXIT_WAIT_MS.to_string()])
@@ -366,7 +368,7 @@ fn load_main(args: &[String]) -> Result<()> {
 
 /// Runs perfdhcp in the client namespace at `rate` for `secs` seconds.
 fn perfdhcp(pair: &Pair, rate: u32, secs: u64, preload: Option<&str>) -> Result<Step> {
-    let mut cmd = Pair::cmd(&pair.client, "0", "perfdhcp");
+    let mut cmd = pair.client.cmd_on_core("0", "perfdhcp");
     if let Some(lib) = preload {
         cmd.env("LD_PRELOAD", lib);
     }
@@ -468,10 +470,13 @@ fn bench(
 ) -> Result<Search> {
     let dir = tempfile::tempdir()?;
     let proc = server.start(pair, dir.path())?;
-    let pid = proc.0.id();
+    let pid = proc.pid();
     wait_ready(pair, server.name())?;
     let found = search(start, max, |rate| {
-        let lost_before = (rcvbuf_errors(&pair.client), rcvbuf_errors(&pair.server));
+        let lost_before = (
+            rcvbuf_errors(pair.client.name()),
+            rcvbuf_errors(pair.server.name()),
+        );
         let before = cpu_seconds(pid);
         let load_before = children_cpu_seconds();
         let mut step = generator.run(pair, rate, secs)?;
@@ -479,8 +484,8 @@ fn bench(
         step.cpu_us = 1e6 * (cpu_seconds(pid) - before) / exchanges.max(1.0);
         step.load_pct = 100.0 * (children_cpu_seconds() - load_before) / run_secs(secs);
         step.overflows = (
-            rcvbuf_errors(&pair.client).saturating_sub(lost_before.0),
-            rcvbuf_errors(&pair.server).saturating_sub(lost_before.1),
+            rcvbuf_errors(pair.client.name()).saturating_sub(lost_before.0),
+            rcvbuf_errors(pair.server.name()).saturating_sub(lost_before.1),
         );
         println!(
             "  {:<15} -r {:>6}: {:>8.0} leases/s, {:>5.2}% dropped, server CPU {:>5.1} µs/lease, \
@@ -498,7 +503,7 @@ fn bench(
         );
         Ok(step)
     });
-    proc.stop(3);
+    proc.stop(Duration::from_secs(3));
     found
 }
 

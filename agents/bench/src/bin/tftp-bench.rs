@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use ironpool_agents::tftp::packet::{self, Packet};
 use ironpool_agents::tftp::{TftpMetrics, TftpServer};
-use ironpool_agents_bench::netns::{Pair, Proc, have};
+use ironpool_e2e::netlab::{NetnsPair as Pair, NsChild, have};
 use tokio_util::sync::CancellationToken;
 
 const SERVER_IP: &str = "10.65.0.1";
@@ -175,7 +175,9 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn get(pair: &Pair, me: &Path, path: &Path, blksize: usize, window: u16) -> Result<f64> {
-    let out = Pair::cmd(&pair.client, "0", &me.display().to_string())
+    let out = pair
+        .client
+        .cmd_on_core("0", me)
         .args([
             "get",
             SERVER_IP,
@@ -260,7 +262,7 @@ fn orchestrate(args: &[String]) -> Result<()> {
                 );
                 row.mbps.push(m);
             }
-            proc.stop(2);
+            proc.stop(Duration::from_secs(2));
         }
     }
     println!("\n| server | blksize | windowsize | MB/s |");
@@ -292,20 +294,20 @@ fn orchestrate(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn start(server: &str, pair: &Pair, me: &Path, root: &Path, work: &Path) -> Result<Proc> {
+fn start(server: &str, pair: &Pair, me: &Path, root: &Path, work: &Path) -> Result<NsChild> {
     let log = work.join(format!("{server}.log"));
     let cmd = if server == "ironpool" {
-        let mut c = Pair::cmd(&pair.server, "1", &me.display().to_string());
+        let mut c = pair.server.cmd_on_core("1", me);
         c.arg("serve").arg(root).arg(format!("{SERVER_IP}:69"));
         c
     } else {
         // -L: foreground, -s: chroot into the root, -B: allow large blocks.
-        let mut c = Pair::cmd(&pair.server, "1", "in.tftpd");
+        let mut c = pair.server.cmd_on_core("1", "in.tftpd");
         c.args(["-L", "-s", "-B", "65464", "-a", &format!("{SERVER_IP}:69")]);
         c.arg(root);
         c
     };
-    Proc::spawn(cmd, &log)
+    NsChild::spawn(server, cmd, &log)
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@
 //! gives up before any standby may take over, so two terms never overlap.
 //!
 //! ```no_run
-//! # async fn demo(client: kube::Client) -> Result<(), ironpool_operator::leader::LeaderError> {
-//! use ironpool_operator::leader::{LeaderElector, LeaseConfig};
+//! # async fn demo(client: kube::Client) -> Result<(), ironpool_runtime::leader::LeaderError> {
+//! use ironpool_runtime::leader::{LeaderElector, LeaseConfig};
 //! let cancel = tokio_util::sync::CancellationToken::new();
 //! let config = LeaseConfig::new("ironpool-system", "ironpool-operator", "pod-a");
 //! let elector = LeaderElector::new(client, config);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ironpool_e2e::ControlPlane;
-use ironpool_operator::leader::{LeaderElector, LeaderTerm, LeaseConfig};
+use ironpool_runtime::leader::{LeaderElector, LeaderTerm, LeaseConfig};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
