@@ -30,6 +30,7 @@ pub mod pki;
 mod process;
 pub mod prometheus;
 pub mod qemu;
+pub mod storm;
 
 pub use binaries::{Binaries, helm};
 pub use control_plane::ControlPlane;
