@@ -17,7 +17,7 @@ const SERVERS: u32 = 20;
 async fn twenty_servers_powered_on_at_once_are_all_commissioned() -> Result<()> {
     let exe = Path::new(env!("CARGO_BIN_EXE_boot-storm"));
     let dir = tempfile::tempdir()?;
-    let env = Env::start(dir.path())?;
+    let env = Env::start(dir.path(), false)?;
     let (storm, fleet) = bench::full(&env, exe, 100, SERVERS, Duration::from_secs(600)).await?;
     let stats = fleet.finish(Duration::from_secs(30))?;
     report::check(&storm)?;
@@ -40,7 +40,7 @@ async fn twenty_servers_powered_on_at_once_are_all_commissioned() -> Result<()> 
         "{stats}"
     );
     ensure!(
-        stats["failed"].as_u64().unwrap_or(1) as usize == storm.stale,
+        stats["failed"].as_u64().unwrap_or(1) as usize == storm.overtaken,
         "{stats}"
     );
     Ok(())

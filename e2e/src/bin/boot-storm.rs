@@ -2,8 +2,9 @@
 //! over the real protocols against the real agent and operator, to Ready; then the serving
 //! half alone against the agent and against dnsmasq + nginx. Prints a Markdown report.
 //!
-//! `boot-storm [N]` (default 200) runs the benchmark; `boot-storm fleet ...` is the fleet
-//! process it starts inside the fleet's network namespace.
+//! `boot-storm [N] [--debug]` (default 200) runs the benchmark with release builds of the
+//! operator and agent (`--debug`: the debug builds the tests use); `boot-storm fleet ...`
+//! is the fleet process it starts inside the fleet's network namespace.
 
 use std::process::ExitCode;
 
@@ -32,8 +33,9 @@ async fn run(args: Vec<String>) -> Result<()> {
         let cfg = storm::FleetConfig::parse(&args[1..])?;
         return storm::fleet_main(cfg).await;
     }
-    let n: u32 = match args.first() {
-        Some(a) => a.parse().context("usage: boot-storm [servers]")?,
+    let release = !args.iter().any(|a| a == "--debug");
+    let n: u32 = match args.iter().find(|a| !a.starts_with("--")) {
+        Some(a) => a.parse().context("usage: boot-storm [servers] [--debug]")?,
         None => 200,
     };
     let exe = std::env::current_exe()?;
@@ -42,7 +44,7 @@ async fn run(args: Vec<String>) -> Result<()> {
         "[boot-storm] {n} servers; files and logs in {}",
         dir.display()
     );
-    let results = storm::report::run(&exe, &dir, n).await?;
+    let results = storm::report::run(&exe, &dir, n, release).await?;
     println!("{}", storm::report::markdown(&results));
     Ok(())
 }

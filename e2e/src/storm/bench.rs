@@ -106,23 +106,26 @@ impl FleetProc {
         Ok(stats)
     }
 
-    /// Every boot that failed: `mac: detail`. A ramdisk whose attempt the operator moved
-    /// past while it ran (the agent's power cycle for that attempt started a second boot
-    /// of it, and the first finished it) is told "this ramdisk is stale" and stops, as the
-    /// real one does; that is not a failure, see [`FleetProc::stale`].
+    /// Every boot that failed: `mac: detail`. Two refusals are not failures but boots
+    /// overtaken by the Machine's next state, see [`FleetProc::overtaken`]: the enlistment
+    /// ramdisk of a MAC whose Machine the agent created meanwhile (told "reboot the
+    /// machine"), and a ramdisk whose attempt the operator moved past while it ran ("this
+    /// ramdisk is stale"; the agent's power cycle for an attempt the server had already
+    /// booted into on its own started a second boot of it). The real ramdisk stops there
+    /// too, and the agent's next power action boots it again.
     pub fn failures(&self) -> Vec<String> {
         self.events()
             .iter()
-            .filter(|e| e["event"] == "boot" && e["ok"] == false && !is_stale(e))
+            .filter(|e| e["event"] == "boot" && e["ok"] == false && !is_overtaken(e))
             .map(|e| format!("{}: {}", e["mac"], e["detail"]))
             .collect()
     }
 
-    /// How many boots were overtaken by the next intent (see [`FleetProc::failures`]).
-    pub fn stale(&self) -> usize {
+    /// How many boots were overtaken (see [`FleetProc::failures`]).
+    pub fn overtaken(&self) -> usize {
         self.events()
             .iter()
-            .filter(|e| e["event"] == "boot" && is_stale(e))
+            .filter(|e| e["event"] == "boot" && is_overtaken(e))
             .count()
     }
 
@@ -138,12 +141,10 @@ impl FleetProc {
     }
 }
 
-fn is_stale(e: &Value) -> bool {
+fn is_overtaken(e: &Value) -> bool {
+    let detail = e["detail"].as_str().unwrap_or("");
     e["ok"] == false
-        && e["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("this ramdisk is stale")
+        && (detail.contains("this ramdisk is stale") || detail.contains("reboot the machine"))
 }
 
 impl Drop for FleetProc {
@@ -178,7 +179,7 @@ pub fn ironpool_pids(env: &Env) -> Vec<(String, u32)> {
         v.push(("operator".to_string(), o.pid()));
     }
     let cp = env.cp.pids();
-    for (name, pid) in ["etcd", "kube-apiserver"].iter().zip(cp) {
+    for (name, pid) in ["kube-apiserver", "etcd"].iter().zip(cp) {
         v.push(((*name).to_string(), pid));
     }
     v
@@ -200,14 +201,89 @@ pub struct Full {
     pub stats: Value,
     /// Boots that failed.
     pub failures: Vec<String>,
-    /// Boots overtaken by the next intent.
-    pub stale: usize,
+    /// Boots overtaken by the Machine's next state.
+    pub overtaken: usize,
     /// apiserver writes during the phase, by resource.
     pub writes: BTreeMap<String, f64>,
     /// CPU seconds during the phase.
     pub cpu: Cpu,
     /// Peak RSS (MiB) of agent and operator at the end.
     pub rss: BTreeMap<String, f64>,
+    /// Where the time goes: milestone -> seconds since power-on, one per server.
+    pub milestones: Vec<(String, Vec<f64>)>,
+    /// `/proc/loadavg` at the start and at the end (other work on the machine).
+    pub load: (String, String),
+}
+
+/// The 1-minute load average now.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// Milestones of each server's way to Ready, from the fleet's step events (its first boot,
+/// and the boot that posted the result) and the bench's watch.
+fn milestones(events: &[Value], seen: &Seen) -> Vec<(String, Vec<f64>)> {
+    type Steps = HashMap<u64, HashMap<String, f64>>;
+    let mut per: HashMap<String, Steps> = HashMap::new();
+    for e in events.iter().filter(|e| e["event"] == "step") {
+        let mac = e["mac"].as_str().unwrap_or("").to_string();
+        let boot = e["boot"].as_u64().unwrap_or(0);
+        let step = e["step"].as_str().unwrap_or("").to_string();
+        let t = e["t"].as_f64().unwrap_or(0.0);
+        per.entry(mac)
+            .or_default()
+            .entry(boot)
+            .or_default()
+            .entry(step)
+            .or_insert(t);
+    }
+    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut push = |name: &str, v: Vec<f64>| rows.push((name.to_string(), v));
+    let first = |step: &str| -> Vec<f64> {
+        per.values()
+            .filter_map(|b| b.get(&1).and_then(|s| s.get(step)).copied())
+            .collect()
+    };
+    push("first boot: firmware DHCP ACK", first("dhcp"));
+    push(
+        "Machine enlisted (watch)",
+        seen.enlisted.values().copied().collect(),
+    );
+    push(
+        "BMC added by the bench",
+        seen.bmc_at.values().copied().collect(),
+    );
+    let last = |step: &str| -> Vec<f64> {
+        per.values()
+            .filter_map(|b| {
+                let (_, s) = b
+                    .iter()
+                    .filter(|(_, s)| s.contains_key("result"))
+                    .max_by_key(|(n, _)| **n)?;
+                s.get(step).copied()
+            })
+            .collect()
+    };
+    for (name, step) in [
+        ("commissioning boot: powered on by the agent", "start"),
+        ("  firmware DHCP ACK", "dhcp"),
+        ("  TFTP of iPXE done", "tftp"),
+        ("  iPXE DHCP ACK", "ipxe-dhcp"),
+        ("  ramdisk script fetched", "script"),
+        ("  kernel and initrd fetched", "kernel+initrd"),
+        ("  ramdisk DHCP ACK", "ramdisk-dhcp"),
+        ("  inventory accepted", "inventory"),
+        ("  result accepted", "result"),
+    ] {
+        push(name, last(step));
+    }
+    push("Ready (watch)", seen.ready.values().copied().collect());
+    rows
 }
 
 fn machine_api(client: kube::Client) -> Api<DynamicObject> {
@@ -221,6 +297,8 @@ struct Seen {
     ready: HashMap<String, f64>,
     names: HashMap<String, HashSet<String>>,
     adopted: HashSet<String>,
+    enlisted: HashMap<String, f64>,
+    bmc_at: HashMap<String, f64>,
 }
 
 /// Index of a fleet MAC (`02:1b:<4 bytes>`).
@@ -263,6 +341,7 @@ pub async fn full(
     let pids = ironpool_pids(env);
     let writes0 = metrics::apiserver_writes(&client).await?;
     let cpu0 = cpu_of(&pids);
+    let load0 = load_average();
     let t0 = Instant::now();
     fleet.go()?;
     let watch = {
@@ -275,7 +354,7 @@ pub async fn full(
                     _ => continue,
                 };
                 for o in objs {
-                    observe(&o, &seen, &wanted, &api, t0);
+                    observe(&o, seen.clone(), &wanted, &api, t0);
                 }
             }
         })
@@ -307,6 +386,7 @@ pub async fn full(
     tokio::time::sleep(Duration::from_secs(1)).await;
     watch.abort();
     let s = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+    let milestones = milestones(&fleet.events(), &s);
     let rss = pids
         .iter()
         .filter(|(n, _)| n == "agent" || n == "operator")
@@ -314,7 +394,7 @@ pub async fn full(
         .collect();
     let leases = fleet.leases();
     let failures = fleet.failures();
-    let stale = fleet.stale();
+    let overtaken = fleet.overtaken();
     Ok((
         Full {
             servers: count,
@@ -328,10 +408,12 @@ pub async fn full(
             leases,
             stats: Value::Null,
             failures,
-            stale,
+            overtaken,
             writes: metrics::diff(&writes0, &writes1),
             cpu: cpu_diff(&cpu0, &cpu1),
             rss,
+            milestones,
+            load: (load0, load_average()),
         },
         fleet,
     ))
@@ -339,7 +421,7 @@ pub async fn full(
 
 fn observe(
     o: &DynamicObject,
-    seen: &Mutex<Seen>,
+    seen: Arc<Mutex<Seen>>,
     wanted: &HashSet<String>,
     api: &Api<DynamicObject>,
     t0: Instant,
@@ -354,6 +436,8 @@ fn observe(
     let name = o.metadata.name.clone().unwrap_or_default();
     let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
     s.names.entry(mac.clone()).or_default().insert(name.clone());
+    let now = t0.elapsed().as_secs_f64();
+    s.enlisted.entry(mac.clone()).or_insert(now);
     if o.data["status"]["phase"] == "Ready" && !s.ready.contains_key(&mac) {
         s.ready.insert(mac.clone(), t0.elapsed().as_secs_f64());
     }
@@ -368,14 +452,19 @@ fn observe(
         );
         let patch = json!({"spec": {"bmc": {"address": super::redfish::address(addr),
                                              "credentialsSecretRef": {"name": BMC_SECRET}}}});
-        let api = api.clone();
+        let (api, seen) = (api.clone(), seen.clone());
         tokio::spawn(async move {
             let pp = PatchParams {
                 field_manager: Some("boot-storm".into()),
                 ..PatchParams::default()
             };
-            if let Err(e) = api.patch(&name, &pp, &Patch::Merge(&patch)).await {
-                eprintln!("[boot-storm] giving {name} its BMC failed: {e}");
+            match api.patch(&name, &pp, &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    let t = t0.elapsed().as_secs_f64();
+                    let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    s.bmc_at.insert(mac, t);
+                }
+                Err(e) => eprintln!("[boot-storm] giving {name} its BMC failed: {e}"),
             }
         });
     }

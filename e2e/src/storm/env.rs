@@ -72,18 +72,16 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Builds `ironpool-operator` and `ironpool-agent` (debug, as the lab and tests run them).
-pub fn build_binaries() -> Result<(PathBuf, PathBuf)> {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(crate::repo_dir())
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "ironpool-operator",
-            "--bin",
-            "ironpool-operator",
-        ])
+/// Builds `ironpool-operator` and `ironpool-agent`: debug, as the lab and tests run them,
+/// or release when `release` (the benchmark).
+pub fn build_binaries(release: bool) -> Result<(PathBuf, PathBuf)> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(crate::repo_dir()).args(["build", "-q"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .args(["-p", "ironpool-operator", "--bin", "ironpool-operator"])
         .args(["-p", "ironpool-agents", "--bin", "ironpool-agent"])
         .status()
         .context("running cargo build")?;
@@ -93,18 +91,20 @@ pub fn build_binaries() -> Result<(PathBuf, PathBuf)> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::repo_dir().join("target"));
+    let profile = if release { "release" } else { "debug" };
     Ok((
-        target.join("debug/ironpool-operator"),
-        target.join("debug/ironpool-agent"),
+        target.join(profile).join("ironpool-operator"),
+        target.join(profile).join("ironpool-agent"),
     ))
 }
 
 impl Env {
-    /// Starts everything up to a served Subnet.
-    pub fn start(dir: &Path) -> Result<Env> {
+    /// Starts everything up to a served Subnet, with release builds of the operator and
+    /// agent when `release`.
+    pub fn start(dir: &Path, release: bool) -> Result<Env> {
         require_tools(&["ip", "busybox", "nsenter", "/usr/lib/ipxe/undionly.kpxe"])?;
         std::fs::create_dir_all(dir)?;
-        let (operator_bin, agent_bin) = build_binaries()?;
+        let (operator_bin, agent_bin) = build_binaries(release)?;
         let cp = ControlPlane::start()?;
         cluster::install_crds(&cp)?;
         cluster::kubectl_ok(cp.kubectl().args(["create", "namespace", NAMESPACE]))?;

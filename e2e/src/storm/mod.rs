@@ -124,6 +124,7 @@ pub struct Fleet {
     added: tokio::sync::Mutex<HashSet<Ipv4Addr>>,
     finished: AtomicU64,
     failed: AtomicU64,
+    t0: std::sync::OnceLock<std::time::Instant>,
 }
 
 /// Prints one JSON line on stdout (the orchestrator reads them).
@@ -152,6 +153,13 @@ impl Fleet {
         }
         emit(&json!({"event": "lease", "mac": s.mac(), "ip": ip.to_string()}));
         Ok(())
+    }
+
+    /// Records that `s` reached `step` in its current boot (seconds since power-on).
+    fn step(&self, s: &Server, step: &str) {
+        let t = self.t0.get().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let boot = s.boots.load(Ordering::Relaxed);
+        emit(&json!({"event": "step", "mac": s.mac(), "boot": boot, "step": step, "t": t}));
     }
 
     fn report(&self, s: &Server, took: Duration, outcome: Result<String>) {
@@ -204,6 +212,7 @@ pub async fn fleet_main(cfg: FleetConfig) -> Result<()> {
         added: tokio::sync::Mutex::default(),
         finished: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        t0: std::sync::OnceLock::new(),
     });
     let servers: Vec<Arc<Server>> = (0..cfg.count)
         .map(|i| {
@@ -233,6 +242,7 @@ pub async fn fleet_main(cfg: FleetConfig) -> Result<()> {
     emit(&json!({"event": "ready"}));
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     stdin.next_line().await?;
+    let _ = fleet.t0.set(std::time::Instant::now());
     for s in &servers {
         s.set_power(redfish::Power::On);
     }

@@ -52,8 +52,8 @@ pub fn check(f: &Full) -> Result<()> {
 }
 
 /// Runs everything with `n` servers; `exe` is the `boot-storm` binary (for `fleet`).
-pub async fn run(exe: &Path, dir: &Path, n: u32) -> Result<Results> {
-    let mut env = Env::start(dir)?;
+pub async fn run(exe: &Path, dir: &Path, n: u32, release: bool) -> Result<Results> {
+    let mut env = Env::start(dir, release)?;
     let timeout = Duration::from_secs(1200);
     eprintln!("[boot-storm] 1 server alone");
     let (alone, fleet_a) = bench::full(&env, exe, 0, 1, timeout).await?;
@@ -130,6 +130,26 @@ fn count(v: &serde_json::Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or(0)
 }
 
+fn milestone_table(s: &mut String, a: &Full, b: &Full) {
+    let n = b.servers;
+    let _ = writeln!(
+        s,
+        "\n| where the time goes (s since power-on) | alone | {n} at once: p50 | p90 | last |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for ((name, one), (_, many)) in a.milestones.iter().zip(&b.milestones) {
+        let (mut one, mut many) = (one.clone(), many.clone());
+        let _ = writeln!(
+            s,
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            percentile(&mut one, 0.5),
+            percentile(&mut many, 0.5),
+            percentile(&mut many, 0.9),
+            percentile(&mut many, 1.0)
+        );
+    }
+}
+
 /// The Markdown report.
 pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
@@ -139,7 +159,7 @@ pub fn markdown(r: &Results) -> String {
     let mut t: Vec<f64> = b.ready.values().copied().collect();
     let _ = writeln!(
         s,
-        "| run | servers | power-on to all Ready | p50 / p90 Ready | DHCP retransmits | TFTP timeouts / gaps | boots (stale ramdisks) | apiserver writes per server |"
+        "| run | servers | power-on to all Ready | p50 / p90 Ready | DHCP retransmits | TFTP timeouts / gaps | boots (overtaken) | apiserver writes per server |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for (name, f) in [("alone", a), ("storm", b)] {
@@ -161,7 +181,7 @@ pub fn markdown(r: &Results) -> String {
             count(&f.stats, "tftpTimeouts"),
             count(&f.stats, "tftpGaps"),
             count(&f.stats, "boots"),
-            f.stale,
+            f.overtaken,
             writes / f64::from(f.servers)
         );
     }
@@ -170,6 +190,7 @@ pub fn markdown(r: &Results) -> String {
         "\nRatio {n} at once / 1 alone: **{ratio:.2}x** (p50 Ready {:.2} s).",
         percentile(&mut t, 0.5)
     );
+    milestone_table(&mut s, a, b);
     let _ = writeln!(
         s,
         "\napiserver writes during the {n}-server run, per server:"
@@ -177,6 +198,11 @@ pub fn markdown(r: &Results) -> String {
     for (k, v) in &b.writes {
         let _ = writeln!(s, "- {k}: {:.2}", v / f64::from(n));
     }
+    let _ = writeln!(
+        s,
+        "\nLoad average (1 min) at the start and end of the {n}-server run: {} / {}.",
+        b.load.0, b.load.1
+    );
     let _ = writeln!(
         s,
         "\nCPU seconds during the {n}-server run (of {:.1} s wall x 2 cores):",

@@ -102,6 +102,7 @@ impl Server {
                 return;
             };
             let started = Instant::now();
+            fleet.step(&me, "start");
             let outcome = me.boot(&fleet).await;
             fleet.report(&me, started.elapsed(), outcome);
         }));
@@ -110,14 +111,17 @@ impl Server {
     async fn boot(&self, f: &Fleet) -> Result<String> {
         let fw = f.hub.lease(&self.client, Stage::Firmware).await?;
         f.lease_seen(self, fw.ip, fw.prefix).await?;
+        f.step(self, "dhcp");
         let size = super::tftp::fetch(fw.ip, fw.next_server, &fw.bootfile, &f.tftp)
             .await
             .with_context(|| format!("TFTP {} from {}", fw.bootfile, fw.next_server))?;
         if size == 0 {
             bail!("TFTP {} was empty", fw.bootfile);
         }
+        f.step(self, "tftp");
         let ipxe = f.hub.lease(&self.client, Stage::Ipxe).await?;
         f.lease_seen(self, ipxe.ip, ipxe.prefix).await?;
+        f.step(self, "ipxe-dhcp");
         let ip = ipxe.ip;
         let mut url = ipxe.bootfile.clone();
         if !url.starts_with("http://") {
@@ -130,6 +134,7 @@ impl Server {
             }
             match interpret(&script) {
                 Script::Chain { sleep, url: next } => {
+                    f.step(self, "script-wait");
                     tokio::time::sleep(Duration::from_secs(sleep)).await;
                     url = next;
                 }
@@ -138,8 +143,10 @@ impl Server {
                     args,
                     initrd,
                 } => {
+                    f.step(self, "script");
                     get(ip, &kernel, 0).await?;
                     get(ip, &initrd, 0).await?;
+                    f.step(self, "kernel+initrd");
                     return self.ramdisk(f, &args).await;
                 }
                 Script::Off => {
@@ -184,6 +191,7 @@ impl Server {
             .context("no ironpool.attempt=")?;
         let lease = f.hub.lease(&self.client, Stage::Ramdisk).await?;
         f.lease_seen(self, lease.ip, lease.prefix).await?;
+        f.step(self, "ramdisk-dhcp");
         let ip = lease.ip;
         let api = format!("{base}/api/v1/machines/{}", self.mac().replace(':', "-"));
         let inventory = inventory(self);
@@ -195,6 +203,7 @@ impl Server {
             Some(&inventory),
         )
         .await?;
+        f.step(self, "inventory");
         let plan = call(ip, "GET", &format!("{api}/plan"), &token, None).await?;
         let plan: serde_json::Value = serde_json::from_str(&plan).context("reading the plan")?;
         let purpose = plan["purpose"].as_str().unwrap_or("").to_string();
@@ -216,6 +225,7 @@ impl Server {
             Some(&serde_json::to_vec(&result)?),
         )
         .await?;
+        f.step(self, "result");
         Ok(format!("{purpose} attempt {attempt}: {step}"))
     }
 }

@@ -1,6 +1,8 @@
 //! The boot storm's TFTP client: a read request with `blksize` and `windowsize` (RFC 2348,
 //! RFC 7440) and `tsize`, as iPXE-capable firmware sends it; one ACK per window, the last
-//! in-order block re-ACKed on a gap or a timeout (counted).
+//! in-order block re-ACKed on a gap or a timeout (counted). Timeouts back off from 1 s,
+//! doubling to 8 s, and the transfer is given up after 10 in a row (about a minute), as
+//! PXE firmware retries before it moves on to its next boot device.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +15,8 @@ use tokio::net::UdpSocket;
 pub const BLKSIZE: usize = 1468;
 /// Blocks per window asked for.
 pub const WINDOWSIZE: u16 = 16;
-const TIMEOUT: Duration = Duration::from_secs(1);
+const FIRST_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_TIMEOUT: Duration = Duration::from_secs(8);
 const MAX_TIMEOUTS: u32 = 10;
 
 /// Counters of one fleet.
@@ -66,7 +69,8 @@ pub async fn fetch(
     let (mut last, mut in_window, mut total, mut timeouts) = (0u16, 0u16, 0u64, 0u32);
     let mut buf = vec![0u8; 65536];
     loop {
-        let (n, from) = match tokio::time::timeout(TIMEOUT, sock.recv_from(&mut buf)).await {
+        let wait = (FIRST_TIMEOUT * (1 << timeouts.min(3))).min(MAX_TIMEOUT);
+        let (n, from) = match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
             Ok(r) => r?,
             Err(_) => {
                 counters.timeouts.fetch_add(1, Ordering::Relaxed);
