@@ -382,6 +382,12 @@ pub async fn full(
     {
         let _ = std::fs::write(env.dir.join(format!("apiserver-metrics-{first}.txt")), text);
     }
+    if let Ok(text) = env
+        .srv
+        .exec(&["curl", "-s", "http://127.0.0.1:9090/metrics"])
+    {
+        let _ = std::fs::write(env.dir.join(format!("agent-metrics-{first}.txt")), text);
+    }
     // Let the last power-offs land before the counters are read.
     tokio::time::sleep(Duration::from_secs(1)).await;
     watch.abort();
