@@ -78,6 +78,16 @@ pub struct Peers {
     pub nginx: NsChild,
 }
 
+impl Drop for Peers {
+    /// Stops nginx with SIGTERM first: its master then stops its worker, which a SIGKILL
+    /// of the master (what dropping an [`NsChild`] sends) would leave running.
+    fn drop(&mut self) {
+        if self.nginx.signal("TERM").is_ok() {
+            let _ = self.nginx.wait_exit(Duration::from_secs(5));
+        }
+    }
+}
+
 /// Starts both in `ns`, serving `tftp_root` and `assets` (vmlinuz, initramfs).
 pub fn start(
     ns: &Netns,
