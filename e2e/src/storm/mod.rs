@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod dhcp;
 pub mod env;
+mod fleet_proc;
 pub mod http;
 mod metrics;
 pub mod peers;
