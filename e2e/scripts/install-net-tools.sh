@@ -2,8 +2,10 @@
 # Installs the Debian packages that the DHCP/TFTP protocol tests and benchmarks of
 # ironpool-agents use as real peers: dhclient, busybox udhcpc, dhcrelay, ISC Kea with
 # perfdhcp (shipped by kea-admin), tftpd-hpa, atftp, tftp-hpa, Debian's iPXE binaries,
-# iproute2 (ip netns), and for the benchmarks nginx-light (the HTTP peer), taskset and
-# tcmalloc (preloaded into perfdhcp, whose own allocations cap its rate). Idempotent:
+# iproute2 (ip netns), and for the benchmarks nginx-light (the HTTP peer), dnsmasq-base
+# (the DHCP+TFTP peer of the boot-storm benchmark, what Metal3 ships; the binary only, no
+# service), taskset and tcmalloc (preloaded into perfdhcp, whose own allocations cap its
+# rate). Idempotent:
 # apt-get runs only when a command or file is missing.
 set -euo pipefail
 
@@ -21,6 +23,7 @@ declare -A need=(
   [/usr/bin/curl]=curl
   [/sbin/ip]=iproute2
   [/usr/sbin/nginx]=nginx-light
+  [/usr/sbin/dnsmasq]=dnsmasq-base
   [/usr/bin/taskset]=util-linux
   ["/usr/lib/$(uname -m)-linux-gnu/libtcmalloc_minimal.so.4"]=libtcmalloc-minimal4
 )

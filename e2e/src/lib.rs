@@ -31,6 +31,7 @@ mod process;
 pub mod prometheus;
 pub mod qemu;
 pub mod secret;
+pub mod storm;
 
 pub use binaries::{Binaries, helm};
 pub use control_plane::ControlPlane;
