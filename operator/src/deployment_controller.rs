@@ -283,10 +283,7 @@ async fn apply(d: Arc<Deployment>, ctx: &Context, finalize: bool) -> Result<Acti
     // both, and uses the object the finalizer write returned.
     let (d, outcome) = match (found, finalize) {
         (Some(m), false) => (d, Ok((m, None))),
-        (Some(m), true) => (
-            Arc::new(add_finalizer(ctx, &api, &d).await?),
-            Ok((m, None)),
-        ),
+        (Some(m), true) => (Arc::new(add_finalizer(ctx, &api, &d).await?), Ok((m, None))),
         (None, false) => {
             let outcome = allocate(ctx, &machines, &d).await?;
             (d, outcome.map(|(m, decision)| (m, Some(decision))))

@@ -237,6 +237,9 @@ mod tests {
             .map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap()))
             .collect();
         assert_eq!(types, [("BMCReachable", "True"), (READY, "False")]);
-        assert!(p.get("power").is_none(), "the agent's fields are not sent: {p}");
+        assert!(
+            p.get("power").is_none(),
+            "the agent's fields are not sent: {p}"
+        );
     }
 }

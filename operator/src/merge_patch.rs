@@ -78,8 +78,10 @@ mod tests {
 
     #[test]
     fn arrays_go_whole() {
-        let old = json!({"conditions": [{"type": "Ready", "status": "True"}, {"type": "BMCReachable"}]});
-        let new = json!({"conditions": [{"type": "Ready", "status": "False"}, {"type": "BMCReachable"}]});
+        let old =
+            json!({"conditions": [{"type": "Ready", "status": "True"}, {"type": "BMCReachable"}]});
+        let new =
+            json!({"conditions": [{"type": "Ready", "status": "False"}, {"type": "BMCReachable"}]});
         assert_eq!(diff(&old, &new), Some(new.clone()));
     }
 
@@ -87,7 +89,10 @@ mod tests {
     fn applying_the_diff_gives_the_new_value() {
         let cases = [
             (json!({}), json!({"a": {"b": 1}})),
-            (json!({"a": {"b": 1, "c": [1, 2]}}), json!({"a": {"c": [2]}, "d": "x"})),
+            (
+                json!({"a": {"b": 1, "c": [1, 2]}}),
+                json!({"a": {"c": [2]}, "d": "x"}),
+            ),
             (json!({"a": 1}), json!({})),
             (json!({"a": {"b": {"c": 1}}}), json!({"a": {"b": 2}})),
         ];

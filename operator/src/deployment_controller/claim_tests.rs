@@ -4,8 +4,8 @@
 
 use ironpool_crds::deployment::{DeploymentSpec, ErasePolicy, Image, ImageFormat};
 use ironpool_crds::machine::{
-    BootIntent, BootPurpose, BootTarget, Hardware, InventorySummary, MachinePhase,
-    MachineSpec, MachineStatus, OperationKind, OperationResult,
+    BootIntent, BootPurpose, BootTarget, Hardware, InventorySummary, MachinePhase, MachineSpec,
+    MachineStatus, OperationKind, OperationResult,
 };
 use ironpool_crds::{Deployment, LocalObjectRef, Machine};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
