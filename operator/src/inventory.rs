@@ -116,19 +116,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let mut m = Machine::new(
-            "r1-u07",
-            MachineSpec {
-                bmc: None,
-                boot_mac_address: "52:54:00:00:00:07".into(),
-                boot_mode: Default::default(),
-                architecture: Default::default(),
-                root_device_hints: None,
-                maintenance: None,
-                broken: None,
-                description: None,
-            },
-        );
+        let mut m = Machine::new("r1-u07", MachineSpec::for_boot_mac("52:54:00:00:00:07"));
         m.metadata.uid = Some("uid-7".into());
         m.metadata.resource_version = Some("41".into());
         m.status = Some(MachineStatus {

@@ -185,19 +185,7 @@ mod tests {
     }
 
     fn machine() -> Machine {
-        let mut m = Machine::new(
-            "m1",
-            MachineSpec {
-                bmc: None,
-                boot_mac_address: "52:54:00:00:00:01".into(),
-                boot_mode: Default::default(),
-                architecture: Default::default(),
-                root_device_hints: None,
-                maintenance: None,
-                broken: None,
-                description: None,
-            },
-        );
+        let mut m = Machine::new("m1", MachineSpec::for_boot_mac("52:54:00:00:00:01"));
         m.status = Some(MachineStatus {
             phase: Some(MachinePhase::Ready),
             power: Some(PowerStatus {

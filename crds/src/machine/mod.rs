@@ -160,6 +160,22 @@ pub struct MachineSpec {
     pub description: Option<String>,
 }
 
+impl MachineSpec {
+    /// A server known only by the MAC it PXE-boots from: no BMC, UEFI, x86_64, no hints.
+    pub fn for_boot_mac(mac: impl Into<String>) -> Self {
+        MachineSpec {
+            bmc: None,
+            boot_mac_address: mac.into(),
+            boot_mode: BootMode::default(),
+            architecture: Architecture::default(),
+            root_device_hints: None,
+            maintenance: None,
+            broken: None,
+            description: None,
+        }
+    }
+}
+
 /// Baseboard management controller of a Machine.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

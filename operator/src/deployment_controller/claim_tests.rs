@@ -14,19 +14,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use super::*;
 
 fn ready_machine() -> Machine {
-    let mut m = Machine::new(
-        "m1",
-        MachineSpec {
-            bmc: None,
-            boot_mac_address: "52:54:00:00:00:01".into(),
-            boot_mode: Default::default(),
-            architecture: Default::default(),
-            root_device_hints: None,
-            maintenance: None,
-            broken: None,
-            description: None,
-        },
-    );
+    let mut m = Machine::new("m1", MachineSpec::for_boot_mac("52:54:00:00:00:01"));
     m.metadata.generation = Some(1);
     let then = Timestamp::from_second(1_800_000_000).unwrap();
     m.status = Some(MachineStatus {
