@@ -32,7 +32,7 @@ fn machines_in(ctx: &Context, ns: &str) -> Vec<Arc<Machine>> {
     ctx.machines
         .state()
         .into_iter()
-        .filter(|m| m.namespace().as_deref() == Some(ns))
+        .filter(|m| m.metadata.namespace.as_deref() == Some(ns))
         .collect()
 }
 
@@ -538,7 +538,7 @@ fn deployments_of(ctx: &Context, m: &Machine) -> Vec<ObjectRef<Deployment>> {
     // waking all Pending ones for each of thousands of listed machines would only burn CPU.
     let free = selection::is_free(m) && ctx.synced();
     for d in ctx.deployments.state() {
-        if d.namespace().as_deref() != Some(ns.as_str()) {
+        if d.metadata.namespace.as_deref() != Some(ns.as_str()) {
             continue;
         }
         let status = d.status.as_ref();
