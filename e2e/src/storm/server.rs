@@ -15,8 +15,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use super::dhcp::{self, Stage};
+use super::fleet::{Fleet, Mode};
 use super::redfish::Power;
-use super::{Fleet, Mode};
 
 /// One simulated server.
 pub struct Server {
@@ -75,6 +75,11 @@ impl Server {
         mac_text(&self.client.mac)
     }
 
+    /// Records that this server reached `step` in its current boot.
+    fn step(&self, f: &Fleet, step: &str) {
+        f.step(&self.mac(), self.boots.load(Ordering::Relaxed), step);
+    }
+
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<tokio::task::JoinHandle<()>>> {
         self.boot
             .lock()
@@ -102,26 +107,26 @@ impl Server {
                 return;
             };
             let started = Instant::now();
-            fleet.step(&me, "start");
+            me.step(&fleet, "start");
             let outcome = me.boot(&fleet).await;
-            fleet.report(&me, started.elapsed(), outcome);
+            fleet.report(&me.mac(), started.elapsed(), outcome);
         }));
     }
 
     async fn boot(&self, f: &Fleet) -> Result<String> {
         let fw = f.hub.lease(&self.client, Stage::Firmware).await?;
-        f.lease_seen(self, fw.ip, fw.prefix).await?;
-        f.step(self, "dhcp");
+        f.lease_seen(&self.mac(), fw.ip).await?;
+        self.step(f, "dhcp");
         let size = super::tftp::fetch(fw.ip, fw.next_server, &fw.bootfile, &f.tftp)
             .await
             .with_context(|| format!("TFTP {} from {}", fw.bootfile, fw.next_server))?;
         if size == 0 {
             bail!("TFTP {} was empty", fw.bootfile);
         }
-        f.step(self, "tftp");
+        self.step(f, "tftp");
         let ipxe = f.hub.lease(&self.client, Stage::Ipxe).await?;
-        f.lease_seen(self, ipxe.ip, ipxe.prefix).await?;
-        f.step(self, "ipxe-dhcp");
+        f.lease_seen(&self.mac(), ipxe.ip).await?;
+        self.step(f, "ipxe-dhcp");
         let ip = ipxe.ip;
         let mut url = ipxe.bootfile.clone();
         if !url.starts_with("http://") {
@@ -134,7 +139,7 @@ impl Server {
             }
             match interpret(&script) {
                 Script::Chain { sleep, url: next } => {
-                    f.step(self, "script-wait");
+                    self.step(f, "script-wait");
                     tokio::time::sleep(Duration::from_secs(sleep)).await;
                     url = next;
                 }
@@ -143,10 +148,10 @@ impl Server {
                     args,
                     initrd,
                 } => {
-                    f.step(self, "script");
+                    self.step(f, "script");
                     get(ip, &kernel, 0).await?;
                     get(ip, &initrd, 0).await?;
-                    f.step(self, "kernel+initrd");
+                    self.step(f, "kernel+initrd");
                     return self.ramdisk(f, &args).await;
                 }
                 Script::Off => {
@@ -190,8 +195,8 @@ impl Server {
             .and_then(|a| a.parse().ok())
             .context("no ironpool.attempt=")?;
         let lease = f.hub.lease(&self.client, Stage::Ramdisk).await?;
-        f.lease_seen(self, lease.ip, lease.prefix).await?;
-        f.step(self, "ramdisk-dhcp");
+        f.lease_seen(&self.mac(), lease.ip).await?;
+        self.step(f, "ramdisk-dhcp");
         let ip = lease.ip;
         let api = format!("{base}/api/v1/machines/{}", self.mac().replace(':', "-"));
         let inventory = inventory(self);
@@ -203,7 +208,7 @@ impl Server {
             Some(&inventory),
         )
         .await?;
-        f.step(self, "inventory");
+        self.step(f, "inventory");
         let plan = call(ip, "GET", &format!("{api}/plan"), &token, None).await?;
         let plan: serde_json::Value = serde_json::from_str(&plan).context("reading the plan")?;
         let purpose = plan["purpose"].as_str().unwrap_or("").to_string();
@@ -225,7 +230,7 @@ impl Server {
             Some(&serde_json::to_vec(&result)?),
         )
         .await?;
-        f.step(self, "result");
+        self.step(f, "result");
         Ok(format!("{purpose} attempt {attempt}: {step}"))
     }
 }
