@@ -9,7 +9,7 @@
 //! reconcile writes the same inventory again and finishes; nothing is lost, because
 //! `hardware` is cleared only in the write that sets the summary.
 
-use ironpool_crds::machine::{Hardware, InventorySummary};
+use ironpool_crds::machine::{Hardware, InventorySummary, apply_object};
 use ironpool_crds::{Machine, MachineInventory};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -26,18 +26,8 @@ pub const MIGRATION_MANAGER: &str = "ironpool-inventory-migration";
 
 /// The MachineInventory that holds `hardware` of Machine `m`, as an apply patch.
 pub fn inventory_object(m: &Machine, hardware: &Hardware) -> serde_json::Value {
-    let mut metadata = json!({"name": m.name_any()});
-    if let Some(uid) = m.uid() {
-        metadata["ownerReferences"] = json!([{
-            "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine",
-            "name": m.name_any(), "uid": uid, "controller": true,
-        }]);
-    }
-    json!({
-        "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "MachineInventory",
-        "metadata": metadata,
-        "spec": {"hardware": hardware},
-    })
+    let ns = m.namespace().unwrap_or_default();
+    apply_object(&ns, &m.name_any(), m.uid().as_deref(), hardware, None)
 }
 
 /// The status patch that finishes the move of `hardware` out of Machine `m`: the summary

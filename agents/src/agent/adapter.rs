@@ -156,26 +156,6 @@ impl ApiReportSink {
     }
 }
 
-/// The MachineInventory a commissioning of `m` writes: named like the Machine and owned
-/// by it, so it is deleted with it (and travels with it under `clusterctl move`).
-pub fn inventory_object(m: &MachineView, hardware: &Hardware) -> serde_json::Value {
-    let mut metadata = json!({"name": m.name, "namespace": m.namespace});
-    if !m.uid.is_empty() {
-        metadata["ownerReferences"] = json!([{
-            "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine",
-            "name": m.name, "uid": m.uid, "controller": true,
-        }]);
-    }
-    json!({
-        "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "MachineInventory",
-        "metadata": metadata,
-        "spec": {
-            "hardware": hardware,
-            "collectedAt": k8s_openapi::jiff::Timestamp::now().to_string(),
-        },
-    })
-}
-
 impl ReportSink for ApiReportSink {
     fn inventory<'a>(
         &'a self,
@@ -192,7 +172,14 @@ impl ReportSink for ApiReportSink {
             // The full inventory first, then the summary that says it is there: the
             // operator reads a commissioning as done from the summary. Both are applies, so
             // a report repeated after a failure between them writes the same again.
-            let object = inventory_object(m, &hardware);
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let object = ironpool_crds::machine::apply_object(
+                &m.namespace,
+                &m.name,
+                Some(&m.uid),
+                &hardware,
+                Some(&now),
+            );
             let api: Api<MachineInventory> = Api::namespaced(self.client.clone(), &m.namespace);
             api.patch(
                 &m.name,

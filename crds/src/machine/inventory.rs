@@ -121,6 +121,34 @@ impl InventorySummary {
     }
 }
 
+/// The server-side apply object of the MachineInventory that holds `hardware` for Machine
+/// `namespace/name` (UID `uid`, its owner when known), taken at `collected_at` (RFC 3339).
+/// The agent writes it after a commissioning; the operator when it moves a pre-split
+/// `status.hardware`.
+pub fn apply_object(
+    namespace: &str,
+    name: &str,
+    uid: Option<&str>,
+    hardware: &Hardware,
+    collected_at: Option<&str>,
+) -> serde_json::Value {
+    let mut metadata = serde_json::json!({"name": name, "namespace": namespace});
+    if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+        metadata["ownerReferences"] = serde_json::json!([{
+            "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine",
+            "name": name, "uid": uid, "controller": true,
+        }]);
+    }
+    let mut spec = serde_json::json!({"hardware": hardware});
+    if let Some(at) = collected_at {
+        spec["collectedAt"] = serde_json::json!(at);
+    }
+    serde_json::json!({
+        "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "MachineInventory",
+        "metadata": metadata, "spec": spec,
+    })
+}
+
 fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }

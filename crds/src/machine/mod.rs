@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use hardware::{Cpu, Disk, DiskType, Hardware, Nic, PciDevice, SystemInfo};
-pub use inventory::{InventorySummary, MachineInventory, MachineInventorySpec};
+pub use inventory::{InventorySummary, MachineInventory, MachineInventorySpec, apply_object};
 pub use status::{
     BOOT_RECORD_LIMIT, BootApplied, BootIntent, BootPurpose, BootRecord, BootStep, BootTarget,
     FailureReason, MachinePhase, MachineStatus, Operation, OperationKind, OperationResult,
