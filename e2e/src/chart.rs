@@ -103,3 +103,94 @@ pub fn write_token_kubeconfig(cp: &ControlPlane, path: &Path, token: &str) -> Re
     file.write_all(serde_json::to_string_pretty(&doc)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
+
+/// Creates the objects of one chart template (`helm template --show-only TEMPLATE`) as
+/// `helm install` of release `release` in `namespace` would, for tests and benchmarks that
+/// run the binaries outside the chart but need one of its cluster objects.
+pub fn apply_template(
+    cp: &ControlPlane,
+    release: &str,
+    namespace: &str,
+    template: &str,
+    set: &[&str],
+) -> Result<()> {
+    let mut command = helm(cp)?;
+    command.args(["template", release]).arg(chart_dir()).args([
+        "-n",
+        namespace,
+        "--show-only",
+        template,
+    ]);
+    for value in set {
+        command.args(["--set", value]);
+    }
+    let rendered = kubectl_ok(&mut command).with_context(|| format!("helm template {template}"))?;
+    let file = cp
+        .dir()
+        .join(format!("{release}-{}", template.replace('/', "-")));
+    std::fs::write(&file, rendered).with_context(|| format!("writing {}", file.display()))?;
+    kubectl_ok(
+        cp.kubectl()
+            .args(["apply", "--server-side", "-f"])
+            .arg(&file),
+    )
+    .with_context(|| format!("kubectl apply of {template}"))?;
+    Ok(())
+}
+
+/// Installs the chart's release-finalizer MutatingAdmissionPolicy (`templates/release-finalizer.yaml`)
+/// and waits until the apiserver applies it: until a dry-run create of a Deployment in
+/// `namespace` comes back with the finalizer (the policy is loaded a moment after it is
+/// created). Dry runs store nothing, so no Deployment is left holding the finalizer.
+pub async fn install_release_finalizer_policy(
+    cp: &ControlPlane,
+    client: &Client,
+    namespace: &str,
+) -> Result<()> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    apply_template(
+        cp,
+        "ironpool",
+        "ironpool-system",
+        "templates/release-finalizer.yaml",
+        &[],
+    )?;
+    let gvk = GroupVersionKind::gvk("metal.ironpool.dev", "v1alpha1", "Deployment");
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk(&gvk));
+    let probe: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Deployment",
+        "metadata": {"name": "release-finalizer-probe"},
+        "spec": {"machineSelector": {"matchLabels": {"probe": "true"}},
+                 "image": {"url": "http://images.test/probe.raw", "format": "raw",
+                           "checksum": format!("sha256:{}", "0".repeat(64))}},
+    }))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let made = api
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..PostParams::default()
+                },
+                &probe,
+            )
+            .await
+            .context("dry-run create of a probe Deployment")?;
+        if made
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "metal.ironpool.dev/release")
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the release-finalizer policy was not applied to a Deployment create within 60s"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

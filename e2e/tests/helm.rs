@@ -152,6 +152,8 @@ fn renders_what_the_values_ask_for() {
         "PodDisruptionBudget/t-ironpool-operator",
         "Service/t-ironpool-operator-metrics",
         "ValidatingAdmissionPolicy/t-ironpool-ironpool-system-spec-guard",
+        "MutatingAdmissionPolicy/t-ironpool-ironpool-system-release-finalizer",
+        "MutatingAdmissionPolicyBinding/t-ironpool-ironpool-system-release-finalizer",
     ] {
         assert!(
             all.contains(&want.to_string()),
@@ -245,6 +247,20 @@ fn renders_what_the_values_ask_for() {
     );
     assert!(!all.iter().any(|k| k.contains("agent")), "{all:?}");
     assert!(out.contains("--namespace=dc-a") && out.contains("ironpool-operator:dev"));
+    // With watchNamespace the release-finalizer policy is for that namespace only; off, the
+    // operator adds the finalizer itself.
+    assert!(
+        out.contains("expression: request.namespace == 'dc-a'"),
+        "the release-finalizer policy is not limited to the watched namespace"
+    );
+    let (ok, out, err) = template(&["releaseFinalizer.admissionPolicy=false"]);
+    assert!(ok, "{err}");
+    assert!(
+        !kinds(&out)
+            .iter()
+            .any(|k| k.starts_with("MutatingAdmissionPolicy")),
+        "releaseFinalizer.admissionPolicy=false still renders the policy"
+    );
 }
 
 /// `helm template | kubectl apply --dry-run=server -f -`: every object the chart renders is
@@ -353,6 +369,42 @@ fn install_upgrade_uninstall() {
         "the agent token Secret is missing or short"
     );
 
+    // The apiserver gives every new Deployment the release finalizer (the chart's
+    // MutatingAdmissionPolicy; loaded a moment after install, hence the retries). A
+    // server-side dry run runs admission and stores nothing.
+    let deployment = cp.dir().join("release-finalizer-probe.yaml");
+    std::fs::write(
+        &deployment,
+        format!(
+            "apiVersion: metal.ironpool.dev/v1alpha1\nkind: Deployment\nmetadata:\n  name: probe\n  namespace: {ns}\n\
+             spec:\n  machineSelector: {{matchLabels: {{probe: \"true\"}}}}\n  image: {{url: http://images.test/p.raw, format: raw, checksum: \"sha256:{}\"}}\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (ok, finalizers, err) = run(cp
+            .kubectl()
+            .args([
+                "create",
+                "--dry-run=server",
+                "-o",
+                "jsonpath={.metadata.finalizers}",
+                "-f",
+            ])
+            .arg(&deployment));
+        assert!(ok, "{err}");
+        if finalizers.contains("metal.ironpool.dev/release") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a new Deployment did not get the release finalizer within 60 s: {finalizers:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
     // An upgrade changes what it says and keeps the generated token.
     let mut upgrade = helm(cp).unwrap();
     upgrade.args(["upgrade", "ip"]).arg(chart_dir()).args([
@@ -418,6 +470,10 @@ fn install_upgrade_uninstall() {
         ("clusterrole/ip-ironpool-operator", false),
         (
             "validatingadmissionpolicy/ip-ironpool-ironpool-helm-spec-guard",
+            false,
+        ),
+        (
+            "mutatingadmissionpolicy/ip-ironpool-ironpool-helm-release-finalizer",
             false,
         ),
     ] {

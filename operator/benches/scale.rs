@@ -334,6 +334,13 @@ async fn main() {
         .args(["delete", "namespace", &base_ns, "--wait=false"])
         .output();
 
+    // As the chart installs it: the apiserver adds the release finalizer to every new
+    // Deployment (MutatingAdmissionPolicy), so the operator need not write it. Installed
+    // after the baseline's creates, so the baseline's Deployments go with their namespace.
+    ironpool_e2e::chart::install_release_finalizer_policy(&cp, &client, &ns)
+        .await
+        .unwrap();
+
     // Machines, created before the operator starts.
     let t = Instant::now();
     stream::iter(0..machines_n)
@@ -464,6 +471,14 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     eprintln!("  t={:>5.1}s caches synced", synced.as_secs_f64());
+    // `IRONPOOL_BENCH_PPROF=FILE`: a 10 s CPU profile of kube-apiserver during allocation
+    // (its /debug/pprof endpoint; read with `go tool pprof -top FILE`).
+    let pprof = std::env::var_os("IRONPOOL_BENCH_PPROF").map(|file| {
+        let mut cmd = cp.kubectl();
+        cmd.args(["get", "--raw", "/debug/pprof/profile?seconds=10"]);
+        cmd.stdout(std::fs::File::create(file).unwrap());
+        cmd.spawn().unwrap()
+    });
     // Follow the Deployments with one watch (listing all of them every second would load
     // the apiserver being measured): done when every one names a machine, none twice.
     let mut holders: BTreeMap<String, String> = BTreeMap::new();
@@ -510,6 +525,9 @@ async fn main() {
         - (calls.load(Ordering::Relaxed) - calls_before) as f64;
     let breakdown = apiserver_breakdown(&cp);
     let peak = rss_kib(pid, "VmHWM:").max(peak_commission);
+    if let Some(mut p) = pprof {
+        let _ = p.wait();
+    }
     let kept = std::env::temp_dir().join("ironpool-bench-operator.log");
     if std::fs::copy(cp.dir().join("operator.log"), &kept).is_ok() {
         eprintln!("operator log kept in {}", kept.display());
@@ -597,6 +615,27 @@ async fn main() {
             "| {c} reconciles in all / mean duration | {n} / {:.1} ms |",
             1000.0 * sum / n.max(1.0)
         );
+    }
+    // What each write carries: the size of an allocated Machine and its Deployment as the
+    // apiserver stores them (JSON), and how much of it is managedFields.
+    let m0 = machines.get("m00000").await.unwrap();
+    let d0 = deployments.get("d00000").await.unwrap();
+    let size = |v: serde_json::Value| {
+        let all = serde_json::to_vec(&v).unwrap().len();
+        let mf = serde_json::to_vec(&v["metadata"]["managedFields"])
+            .unwrap()
+            .len();
+        let status = serde_json::to_vec(&v["status"]).unwrap().len();
+        format!("{all} bytes (status {status}, managedFields {mf})")
+    };
+    println!(
+        "| size of an allocated Machine / its Deployment | {} / {} |",
+        size(serde_json::to_value(&m0).unwrap()),
+        size(serde_json::to_value(&d0).unwrap())
+    );
+    if std::env::var_os("IRONPOOL_BENCH_DUMP").is_some() {
+        eprintln!("{}", serde_json::to_string_pretty(&m0).unwrap());
+        eprintln!("{}", serde_json::to_string_pretty(&d0).unwrap());
     }
     println!("\napiserver requests during allocation, per Deployment (the bench's own included)");
     println!("| request | per Deployment |");

@@ -418,6 +418,8 @@ pub fn deployment_for(
         labels.insert(CLUSTER_NAME_LABEL.to_string(), c.clone());
     }
     d.metadata.labels = Some(labels);
+    // Born with the release finalizer: the Deployment controller need not add it.
+    d.metadata.finalizers = Some(vec![crate::deployment_controller::FINALIZER.to_string()]);
     d.metadata.owner_references = Some(vec![OwnerReference {
         api_version: IronpoolMachine::api_version(&()).into_owned(),
         kind: IronpoolMachine::kind(&()).into_owned(),

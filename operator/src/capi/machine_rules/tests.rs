@@ -241,6 +241,11 @@ fn bootstrap_data_makes_one_owned_deployment() {
     );
     assert_eq!(dep.labels()[CLUSTER_NAME_LABEL], "c1");
     assert_eq!(dep.labels()[IRONPOOL_MACHINE_LABEL], "md-0-abc");
+    // Born with the release finalizer, so no write adds it later.
+    assert_eq!(
+        dep.finalizers(),
+        [crate::deployment_controller::FINALIZER.to_string()]
+    );
 }
 
 #[test]
