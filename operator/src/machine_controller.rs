@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use ironpool_crds::deployment::Image;
-use ironpool_crds::machine::{BootStep, MachinePhase};
+use ironpool_crds::machine::{BootStep, MachinePhase, Operation, OperationKind, OperationResult};
 use ironpool_crds::{Deployment, Machine};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
@@ -126,6 +126,12 @@ async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> 
             m.resource_version(),
             written.resource_version(),
         );
+        if let (lifecycle::OperationChange::Finish(result, _), Some(op)) = (
+            &decision.operation,
+            m.status.as_ref().and_then(|s| s.last_operation.as_ref()),
+        ) {
+            observe_operation(&ctx, op, *result, now);
+        }
         let changed_phase = obs.phase != Some(decision.phase);
         if changed_phase {
             ctx.metrics
@@ -165,6 +171,27 @@ async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> 
     Ok(decision
         .requeue_after
         .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Records a finished operation's duration (`ironpool_operation_duration_seconds`), from
+/// its `started` to `now`, retries included.
+fn observe_operation(ctx: &Context, op: &Operation, result: OperationResult, now: Timestamp) {
+    let result = match result {
+        OperationResult::Succeeded => "Succeeded",
+        OperationResult::Failed => "Failed",
+        OperationResult::Running => return,
+    };
+    let operation = match op.kind {
+        OperationKind::Enlist => "Enlist",
+        OperationKind::Commission => "Commission",
+        OperationKind::Deploy => "Deploy",
+        OperationKind::Release => "Release",
+    };
+    let seconds = now.duration_since(op.started.0).as_secs_f64().max(0.0);
+    ctx.metrics
+        .operation_seconds
+        .get_or_create(&crate::metrics::OperationLabels { operation, result })
+        .observe(seconds);
 }
 
 fn error_policy(m: Arc<Machine>, e: &Error, ctx: Arc<Context>) -> Action {

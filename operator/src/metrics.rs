@@ -31,6 +31,15 @@ pub struct PhaseLabel {
     pub phase: &'static str,
 }
 
+/// Labels: a finished Machine operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// Enlist, Commission, Deploy, Release or Erase.
+    pub operation: &'static str,
+    /// Succeeded or Failed.
+    pub result: &'static str,
+}
+
 /// The operator's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -48,6 +57,9 @@ pub struct Metrics {
     pub transitions: Family<PhaseLabel, Counter>,
     /// From Deployment creation to a machine allocated.
     pub allocation_seconds: Histogram,
+    /// Machine operations (commissioning, deploy, erase...) from start to finish, retries
+    /// included, by operation and result.
+    pub operation_seconds: Family<OperationLabels, Histogram>,
     /// 1 while this replica leads.
     pub leader: Gauge,
     /// Seconds from taking the lead until the Machine and Deployment caches held their
@@ -68,6 +80,11 @@ impl Metrics {
             machines: Family::default(),
             transitions: Family::default(),
             allocation_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
+            // 5 s to about 11 hours: a ramdisk commissioning takes a minute or two, an
+            // image write or a full-disk erase hours.
+            operation_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(5.0, 2.0, 14))
+            }),
             leader: Gauge::default(),
             caches_synced_seconds: Gauge::default(),
         };
@@ -102,6 +119,11 @@ impl Metrics {
             "allocation_duration_seconds",
             "Time from Deployment creation to machine allocated",
             m.allocation_seconds.clone(),
+        );
+        r.register(
+            "operation_duration_seconds",
+            "Machine operations (Commission, Deploy, Erase...) from start to finish, by operation and result",
+            m.operation_seconds.clone(),
         );
         r.register(
             "leader",

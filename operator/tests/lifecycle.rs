@@ -42,7 +42,7 @@ async fn full_lifecycle_walk() {
     let c = client(cp).await;
     let machines: Api<Machine> = Api::namespaced(c.clone(), &ns);
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns);
-    let _op = Operator::start(cp, &ns, "op-walk", &[]);
+    let op = Operator::start(cp, &ns, "op-walk", &[]);
     create(&machines, &machine("m1", 1, "gpu")).await;
 
     // New -> Commissioning: the operator asks for the ramdisk.
@@ -61,6 +61,20 @@ async fn full_lifecycle_walk() {
         ready_reason(&m).starts_with("Ready"),
         "{}",
         ready_reason(&m)
+    );
+
+    // The commissioning's duration is in its histogram, once.
+    let metrics = op.metrics();
+    assert!(
+        metrics.contains(
+            "ironpool_operation_duration_seconds_count{operation=\"Commission\",result=\"Succeeded\"} 1\n"
+        ),
+        "no finished commissioning in ironpool_operation_duration_seconds:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("operation_duration"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     // Ready -> Allocated -> Deploying -> Deployed.

@@ -29,6 +29,8 @@ pub fn cluster() -> &'static ControlPlane {
 pub struct Operator {
     pub child: Child,
     pub identity: String,
+    /// Its log (stdout and stderr).
+    pub log: std::path::PathBuf,
 }
 
 impl Operator {
@@ -117,7 +119,35 @@ impl Operator {
         Operator {
             child,
             identity: identity.to_string(),
+            log,
         }
+    }
+
+    /// Its `/metrics` text, from the address it logged when it started serving.
+    pub fn metrics(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // The line carries the bound address (text or JSON logs, maybe with colour codes).
+        let bound = log
+            .lines()
+            .find(|l| l.contains("serving /metrics"))
+            .and_then(|l| l.split("127.0.0.1:").nth(1))
+            .map(|rest| {
+                let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                format!("127.0.0.1:{port}")
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no serving /metrics line in {}:\n{}",
+                    self.log.display(),
+                    log.lines().take(5).collect::<Vec<_>>().join("\n")
+                )
+            });
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{bound}/metrics")])
+            .output()
+            .expect("curl runs");
+        assert!(out.status.success(), "GET http://{bound}/metrics failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// SIGKILL: no cleanup, no Lease release.
