@@ -23,6 +23,7 @@ mod client;
 pub mod cluster;
 pub mod clusterctl;
 mod control_plane;
+pub mod dashboard;
 pub mod lab;
 pub mod netlab;
 pub mod node;

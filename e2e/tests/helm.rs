@@ -25,6 +25,13 @@ fn run(command: &mut Command) -> (bool, String, String) {
     )
 }
 
+/// Whether the default rendering has the Grafana dashboard ConfigMap.
+fn all_default_has_dashboard() -> bool {
+    let (ok, out, err) = template(&[]);
+    assert!(ok, "{err}");
+    out.contains("name: t-ironpool-dashboard")
+}
+
 /// `helm template` with `--set` values.
 fn template(set: &[&str]) -> (bool, String, String) {
     let mut command = helm(cp()).unwrap();
@@ -253,6 +260,26 @@ fn renders_what_the_values_ask_for() {
         out.contains("expression: request.namespace == 'dc-a'"),
         "the release-finalizer policy is not limited to the watched namespace"
     );
+    // The Grafana dashboard: off by default; on, a ConfigMap with the sidecar's label whose
+    // JSON is the chart's dashboard file unchanged.
+    assert!(!all_default_has_dashboard());
+    let (ok, out, err) = template(&[
+        "grafanaDashboard.enabled=true",
+        "grafanaDashboard.namespace=monitoring",
+    ]);
+    assert!(ok, "{err}");
+    let doc = out
+        .split("\n---")
+        .find(|d| d.contains("name: t-ironpool-dashboard"))
+        .expect("a dashboard ConfigMap");
+    let cm: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["namespace"], "monitoring");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: serde_json::Value =
+        serde_json::from_str(cm["data"]["ironpool-fleet.json"].as_str().unwrap()).unwrap();
+    assert_eq!(json, ironpool_e2e::dashboard::load().unwrap());
+
     let (ok, out, err) = template(&["releaseFinalizer.admissionPolicy=false"]);
     assert!(ok, "{err}");
     assert!(

@@ -225,6 +225,31 @@ fn helm_install_runs_the_operator_and_the_agent_on_a_real_node() {
         names.len(),
         per_instance.len()
     );
+    // The chart's Grafana dashboard: every query is one this Prometheus accepts, and every
+    // metric it reads is a family the pods' /metrics really export (with its type's suffix).
+    let mut families = std::collections::BTreeMap::new();
+    for target in targets.iter().copied().chain([agent_target.as_str()]) {
+        let text = String::from_utf8(curl(&[&format!("http://{target}/metrics")])).unwrap();
+        families.extend(ironpool_e2e::dashboard::families(&text));
+    }
+    let dashboard = ironpool_e2e::dashboard::load().unwrap();
+    let missing = ironpool_e2e::dashboard::unexported(&dashboard, &families);
+    assert!(
+        missing.is_empty(),
+        "dashboard queries read metrics no pod exports:\n{}",
+        missing.join("\n")
+    );
+    let queries = ironpool_e2e::dashboard::queries(&dashboard);
+    for (title, expr) in &queries {
+        if let Err(e) = prometheus.query(&ironpool_e2e::dashboard::for_prometheus(expr)) {
+            panic!("dashboard panel {title:?}: Prometheus refuses {expr}: {e:#}");
+        }
+    }
+    eprintln!(
+        "dashboard: {} queries, all accepted by Prometheus, over {} exported families",
+        queries.len(),
+        families.len()
+    );
     drop(prometheus);
 
     // The agent (hostNetwork) binds DHCP and TFTP, HTTP boot and metrics on the node, and
