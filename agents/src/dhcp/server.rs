@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dhcproto::v4::{Message, MessageType};
-use dhcproto::{Decodable, Decoder, Encodable};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -221,7 +221,7 @@ impl DhcpServer {
             return;
         };
         let dest = self.dest(to);
-        let Ok(bytes) = reply.to_vec() else {
+        let Some(bytes) = encode(&reply) else {
             self.metrics.packet(label, "encode_error");
             return;
         };
@@ -394,6 +394,14 @@ pub fn decode(bytes: &[u8]) -> Option<Message> {
     (usize::from(msg.hlen()) <= 16).then_some(msg)
 }
 
+/// Encodes a reply into a buffer sized for it at once (`to_vec` grows from empty, five
+/// reallocations for a 300-byte reply).
+fn encode(reply: &Message) -> Option<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(576);
+    reply.encode(&mut Encoder::new(&mut bytes)).ok()?;
+    Some(bytes)
+}
+
 /// A second, blocking-API handle of `socket` (a dup of the same descriptor, so the same
 /// bound address and options), for sends from the journal's writer thread.
 fn std_clone(socket: &UdpSocket) -> Result<std::net::UdpSocket, DhcpError> {
@@ -415,7 +423,7 @@ fn send_blocking(
     metrics: &DhcpMetrics,
     label: &'static str,
 ) {
-    let Ok(bytes) = reply.to_vec() else {
+    let Some(bytes) = encode(reply) else {
         metrics.packet(label, "encode_error");
         return;
     };
