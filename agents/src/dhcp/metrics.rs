@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
 
 /// Labels of `ironpool_dhcp_packets_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -15,9 +16,15 @@ pub struct PacketLabels {
     pub outcome: String,
 }
 
+/// A packet counter by its message type and outcome labels.
+type Resolved = (&'static str, &'static str, Counter);
+
 /// The DHCP server's metrics. Cheap to clone (shared counters).
 #[derive(Clone, Debug, Default)]
 pub struct DhcpMetrics {
+    /// The packet counters already looked up, by label pair: counting a packet is then a
+    /// short scan and an atomic add, not two label Strings and a hash of them per packet.
+    resolved: Arc<Mutex<Vec<Resolved>>>,
     /// Packets by message type and outcome.
     pub packets: Family<PacketLabels, Counter>,
     /// Journal fsyncs (each one a group commit).
@@ -83,7 +90,29 @@ impl DhcpMetrics {
     }
 
     /// Counts one packet.
-    pub fn packet(&self, msg_type: &str, outcome: &str) {
+    pub fn packet(&self, msg_type: &'static str, outcome: &'static str) {
+        let Ok(mut resolved) = self.resolved.lock() else {
+            return self.count_slow(msg_type, outcome);
+        };
+        if let Some((_, _, c)) = resolved
+            .iter()
+            .find(|(m, o, _)| *m == msg_type && *o == outcome)
+        {
+            c.inc();
+            return;
+        }
+        let counter = self
+            .packets
+            .get_or_create(&PacketLabels {
+                msg_type: msg_type.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .clone();
+        counter.inc();
+        resolved.push((msg_type, outcome, counter));
+    }
+
+    fn count_slow(&self, msg_type: &str, outcome: &str) {
         self.packets
             .get_or_create(&PacketLabels {
                 msg_type: msg_type.to_string(),

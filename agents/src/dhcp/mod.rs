@@ -7,6 +7,7 @@ pub mod config;
 pub mod journal;
 pub mod leases;
 pub mod metrics;
+pub mod outbox;
 pub mod pipeline;
 pub mod probe;
 pub mod pxe;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dhcproto::v4::{Message, MessageType};
-use dhcproto::{Decodable, Decoder, Encodable};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal::{JournalHandle, Record};
 use super::metrics::DhcpMetrics;
+use super::outbox::{Outbox, Outgoing};
 use super::pipeline::{Decision, Effect, ReplyTo, Request, ServerState, handle};
 use super::probe::{ProbeResult, Prober};
 use super::{DhcpError, DhcpEvent, MacAddr};
@@ -63,6 +64,9 @@ pub struct DhcpServer {
     /// MACs whose OFFER waits for a probe (their retransmitted DISCOVERs are dropped).
     probing: Arc<Mutex<HashSet<MacAddr>>>,
 }
+
+/// Datagrams handled per wake-up of the socket loop before its replies are flushed.
+const RECV_BATCH: usize = 64;
 
 /// Addresses probed for one DISCOVER before giving up on it (the client will ask again).
 const PROBE_ROUNDS: usize = 4;
@@ -129,81 +133,37 @@ impl DhcpServer {
         let durable_sender = Arc::new(std_clone(&socket)?);
         let inflight = Arc::new(AtomicUsize::new(0));
         let mut buf = vec![0u8; 4096];
+        let mut outbox = Outbox::default();
         loop {
-            let (len, _peer) = tokio::select! {
+            tokio::select! {
                 () = token.cancelled() => break,
-                r = socket.recv_from(&mut buf) => match r {
-                    Ok(x) => x,
+                r = socket.readable() => if let Err(e) = r {
+                    tracing::warn!(error = %e, "DHCP receive failed");
+                    continue;
+                },
+            }
+            // Everything already queued on the socket (up to RECV_BATCH datagrams) is
+            // handled in this one wake-up, and the replies that need no journal leave
+            // together with one sendmmsg.
+            for _ in 0..RECV_BATCH {
+                let len = match socket.try_recv_from(&mut buf) {
+                    Ok((len, _peer)) => len,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "DHCP receive failed");
-                        continue;
+                        break;
                     }
-                },
-            };
-            let received = Instant::now();
-            let Some(msg) = decode(buf.get(..len).unwrap_or(&[])) else {
-                self.metrics.packet("malformed", "dropped");
-                continue;
-            };
-            let label = type_label(&msg);
-            if self.prober.is_some() && self.is_probing(&msg) {
-                self.metrics.packet(label, "probing");
-                continue;
+                };
+                let packet = buf.get(..len).unwrap_or(&[]);
+                self.on_packet(
+                    packet,
+                    interface_ip,
+                    &durable_sender,
+                    &inflight,
+                    &mut outbox,
+                );
             }
-            let decision = self.decide(&msg, interface_ip);
-            if decision.probe.is_some()
-                && let (Some(prober), Some(mac)) =
-                    (self.prober.clone(), MacAddr::from_chaddr(msg.chaddr()))
-            {
-                let probing = ProbingGuard::new(&self.probing, mac);
-                let (this, sender) = (self.clone(), Arc::clone(&durable_sender));
-                tokio::spawn(async move {
-                    let _probing = probing;
-                    this.offer_after_probe(&prober, msg, interface_ip, decision, &sender)
-                        .await;
-                });
-                continue;
-            }
-            self.metrics.packet(label, decision.outcome.label());
-            let durable = self.durable_record(&decision);
-            let Decision { reply, event, .. } = decision;
-            if let Some(ev) = event {
-                self.emit(ev);
-            }
-            let Some((reply, to)) = reply else {
-                continue;
-            };
-            let dest = self.dest(to);
-            let Some((journal, record)) = durable else {
-                send(&socket, &reply, dest, &self.metrics, label).await;
-                continue;
-            };
-            let (sender, metrics, deadline) = (
-                Arc::clone(&durable_sender),
-                self.metrics.clone(),
-                self.deadline,
-            );
-            let pending = Arc::clone(&inflight);
-            pending.fetch_add(1, Ordering::SeqCst);
-            let then = Box::new(move |r: Result<(), String>| {
-                match r {
-                    Ok(()) if received.elapsed() <= deadline => {
-                        send_blocking(&sender, &reply, dest, &metrics, label);
-                    }
-                    Ok(()) => metrics.packet(label, "deadline"),
-                    Err(e) => {
-                        tracing::error!(error = %e, "lease not durable; ACK withheld");
-                        metrics.packet(label, "journal_error");
-                    }
-                }
-                pending.fetch_sub(1, Ordering::SeqCst);
-            });
-            if journal.commit_then(record, then).is_err() {
-                // The callback was dropped unrun with the command.
-                inflight.fetch_sub(1, Ordering::SeqCst);
-                tracing::error!("lease journal closed; ACK withheld");
-                self.metrics.packet(label, "journal_error");
-            }
+            outbox.flush(&self.metrics);
         }
         let until = Instant::now() + self.drain;
         while inflight.load(Ordering::SeqCst) > 0 && Instant::now() < until {
@@ -214,6 +174,95 @@ impl DhcpServer {
             tracing::warn!(left, "DHCP drain timed out; abandoning in-flight replies");
         }
         Ok(())
+    }
+
+    /// Handles one datagram: decode, decide, apply; queues a reply that needs no journal
+    /// in `outbox`, hands a durable one to the journal (its writer thread sends it after
+    /// the group commit), or spawns the probe of the address to offer.
+    fn on_packet(
+        &self,
+        packet: &[u8],
+        interface_ip: Ipv4Addr,
+        durable_sender: &Arc<std::net::UdpSocket>,
+        inflight: &Arc<AtomicUsize>,
+        outbox: &mut Outbox,
+    ) {
+        let received = Instant::now();
+        let Some(msg) = decode(packet) else {
+            self.metrics.packet("malformed", "dropped");
+            return;
+        };
+        let label = type_label(&msg);
+        if self.prober.is_some() && self.is_probing(&msg) {
+            self.metrics.packet(label, "probing");
+            return;
+        }
+        let decision = self.decide(&msg, interface_ip);
+        if decision.probe.is_some()
+            && let (Some(prober), Some(mac)) =
+                (self.prober.clone(), MacAddr::from_chaddr(msg.chaddr()))
+        {
+            let probing = ProbingGuard::new(&self.probing, mac);
+            let (this, sender) = (self.clone(), Arc::clone(durable_sender));
+            tokio::spawn(async move {
+                let _probing = probing;
+                this.offer_after_probe(&prober, msg, interface_ip, decision, &sender)
+                    .await;
+            });
+            return;
+        }
+        self.metrics.packet(label, decision.outcome.label());
+        let durable = self.durable_record(&decision);
+        let Decision { reply, event, .. } = decision;
+        if let Some(ev) = event {
+            self.emit(ev);
+        }
+        let Some((reply, to)) = reply else {
+            return;
+        };
+        let dest = self.dest(to);
+        let Some(bytes) = encode(&reply) else {
+            self.metrics.packet(label, "encode_error");
+            return;
+        };
+        let out = Outgoing {
+            socket: Arc::clone(durable_sender),
+            bytes,
+            dest,
+            label,
+            inflight: None,
+        };
+        let Some((journal, record)) = durable else {
+            outbox.push(out);
+            return;
+        };
+        let (metrics, deadline) = (self.metrics.clone(), self.deadline);
+        let pending = Arc::clone(inflight);
+        pending.fetch_add(1, Ordering::SeqCst);
+        let then = Box::new(move |r: Result<(), String>, outbox: &mut Outbox| {
+            match r {
+                Ok(()) if received.elapsed() <= deadline => {
+                    // In flight until the writer's sendmmsg has handed it to the kernel.
+                    outbox.push(Outgoing {
+                        inflight: Some(pending),
+                        ..out
+                    });
+                    return;
+                }
+                Ok(()) => metrics.packet(label, "deadline"),
+                Err(e) => {
+                    tracing::error!(error = %e, "lease not durable; ACK withheld");
+                    metrics.packet(label, "journal_error");
+                }
+            }
+            pending.fetch_sub(1, Ordering::SeqCst);
+        });
+        if journal.commit_then(record, then).is_err() {
+            // The callback was dropped unrun with the command.
+            inflight.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!("lease journal closed; ACK withheld");
+            self.metrics.packet(label, "journal_error");
+        }
     }
 
     fn is_probing(&self, msg: &Message) -> bool {
@@ -345,6 +394,14 @@ pub fn decode(bytes: &[u8]) -> Option<Message> {
     (usize::from(msg.hlen()) <= 16).then_some(msg)
 }
 
+/// Encodes a reply into a buffer sized for it at once (`to_vec` grows from empty, five
+/// reallocations for a 300-byte reply).
+fn encode(reply: &Message) -> Option<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(576);
+    reply.encode(&mut Encoder::new(&mut bytes)).ok()?;
+    Some(bytes)
+}
+
 /// A second, blocking-API handle of `socket` (a dup of the same descriptor, so the same
 /// bound address and options), for sends from the journal's writer thread.
 fn std_clone(socket: &UdpSocket) -> Result<std::net::UdpSocket, DhcpError> {
@@ -364,30 +421,13 @@ fn send_blocking(
     reply: &Message,
     dest: SocketAddrV4,
     metrics: &DhcpMetrics,
-    label: &str,
+    label: &'static str,
 ) {
-    let Ok(bytes) = reply.to_vec() else {
+    let Some(bytes) = encode(reply) else {
         metrics.packet(label, "encode_error");
         return;
     };
     if let Err(e) = socket.send_to(&bytes, dest) {
-        tracing::warn!(%dest, error = %e, "DHCP send failed");
-        metrics.packet(label, "send_error");
-    }
-}
-
-async fn send(
-    socket: &UdpSocket,
-    reply: &Message,
-    dest: SocketAddrV4,
-    metrics: &DhcpMetrics,
-    label: &str,
-) {
-    let Ok(bytes) = reply.to_vec() else {
-        metrics.packet(label, "encode_error");
-        return;
-    };
-    if let Err(e) = socket.send_to(&bytes, dest).await {
         tracing::warn!(%dest, error = %e, "DHCP send failed");
         metrics.packet(label, "send_error");
     }
