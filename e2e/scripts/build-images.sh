@@ -52,7 +52,8 @@ else
   # The same C compiler as boot-images/build.sh: a different CC_* would make cargo rebuild
   # ring and everything above it each time the other script runs.
   CC_x86_64_unknown_linux_musl=musl-gcc cargo build -q --profile "$PROFILE" --target "$TARGET" \
-    -p ironpool-operator --bin ironpool-operator -p ironpool-agents --bin ironpool-agent >&2
+    -p ironpool-operator --bin ironpool-operator -p ironpool-agents --bin ironpool-agent \
+    -p kubectl-ironpool --bin kubectl-ironpool >&2
   bin_dir="${CARGO_TARGET_DIR:-target}/$TARGET/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")"
   log "binaries built in $(( $(date +%s) - started ))s"
 fi
@@ -63,7 +64,9 @@ rm -rf "$ctx"; mkdir -p "$ctx/operator" "$ctx/agent" "$ctx/pause" "$ctx/boot-ass
 # Symbols and debug info stay out of the images (a stripped binary strips to itself).
 install -m 0755 "$bin_dir/ironpool-operator" "$ctx/operator/"
 install -m 0755 "$bin_dir/ironpool-agent" "$ctx/agent/"
-strip --strip-all "$ctx/operator/ironpool-operator" "$ctx/agent/ironpool-agent"
+# The kubectl plugin ships beside the operator (copy it out of the image to a PATH).
+install -m 0755 "$bin_dir/kubectl-ironpool" "$ctx/operator/"
+strip --strip-all "$ctx/operator/ironpool-operator" "$ctx/operator/kubectl-ironpool" "$ctx/agent/ironpool-agent"
 install -m 0644 /etc/ssl/certs/ca-certificates.crt "$ctx/agent/"
 # The IPMI power driver runs ipmitool (agents/src/bmc/ipmi.rs): Debian's, with the shared
 # libraries ldd names and the dynamic loader, at their own paths under agent/rootfs/.

@@ -167,14 +167,34 @@ fn images_are_small_non_root_static_and_reproducible() {
             );
             continue;
         }
-        // One static binary as the entrypoint, and nothing else but the agent's CA bundle
-        // and ipmitool (with its libraries and loader).
+        // One static binary as the entrypoint, and nothing else but the kubectl plugin beside
+        // the operator, the agent's CA bundle and ipmitool (with its libraries and loader).
         let binary = format!("ironpool-{}", name.to_lowercase());
         assert_eq!(
             config["Entrypoint"],
             serde_json::json!([format!("/{binary}")])
         );
         let mut expected = vec![binary.clone()];
+        if name == "OPERATOR" {
+            // The kubectl plugin ships beside the operator, static too.
+            expected.push("kubectl-ironpool".into());
+            let plugin = image.rootfs.join("kubectl-ironpool");
+            assert!(
+                is_static_elf(&plugin),
+                "kubectl-ironpool is not a static executable"
+            );
+            std::fs::copy(&plugin, binaries.path().join("kubectl-ironpool")).unwrap();
+            let out = Command::new(&plugin)
+                .arg("--version")
+                .env_clear()
+                .output()
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&out.stdout).starts_with("kubectl ironpool "),
+                "kubectl-ironpool --version: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
         if name == "AGENT" {
             expected.extend(["etc", "lib", "lib64", "usr"].map(String::from));
             assert!(
