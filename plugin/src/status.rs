@@ -188,6 +188,15 @@ pub fn summarize(
     s
 }
 
+/// A two-column table of counts by name.
+fn counts(headers: &[&str; 2], by: &BTreeMap<String, usize>) -> String {
+    let rows: Vec<Vec<String>> = by
+        .iter()
+        .map(|(k, n)| vec![k.clone(), n.to_string()])
+        .collect();
+    table(headers, &rows)
+}
+
 /// The summary as tables.
 pub fn render(s: &Summary) -> String {
     let mut out = String::new();
@@ -196,27 +205,15 @@ pub fn render(s: &Summary) -> String {
         .as_deref()
         .map_or("all namespaces".to_string(), |n| format!("namespace {n}"));
     out.push_str(&format!("{} Machines in {scope}\n\n", s.machines));
-    let phases: Vec<Vec<String>> = s
-        .phases
-        .iter()
-        .map(|(p, n)| vec![p.clone(), n.to_string()])
-        .collect();
-    out.push_str(&table(&["PHASE", "MACHINES"], &phases));
-    let power: Vec<Vec<String>> = s
-        .power
-        .iter()
-        .map(|(p, n)| vec![p.clone(), n.to_string()])
-        .collect();
+    out.push_str(&counts(&["PHASE", "MACHINES"], &s.phases));
     out.push('\n');
-    out.push_str(&table(&["POWER", "MACHINES"], &power));
+    out.push_str(&counts(&["POWER", "MACHINES"], &s.power));
     if !s.deployments.is_empty() {
-        let deps: Vec<Vec<String>> = s
-            .deployments
-            .iter()
-            .map(|(p, n)| vec![p.clone(), n.to_string()])
-            .collect();
         out.push('\n');
-        out.push_str(&table(&["DEPLOYMENT PHASE", "DEPLOYMENTS"], &deps));
+        out.push_str(&counts(
+            &["DEPLOYMENT PHASE", "DEPLOYMENTS"],
+            &s.deployments,
+        ));
     }
     if !s.subnets.is_empty() {
         let rows: Vec<Vec<String>> = s
