@@ -184,14 +184,10 @@ async fn intents_apply_exactly_once_even_across_a_restart_mid_operation() {
     .expect("second reset sent");
     a.abort();
     let _ = a.await;
-    let m = api.get("m1").await.unwrap();
     assert_eq!(
-        m.metadata
-            .annotations
-            .unwrap_or_default()
-            .get(APPLYING_ATTEMPT)
-            .map(String::as_str),
-        Some("2")
+        applying(&api, "m1").await,
+        Some(2),
+        "the marker precedes the action"
     );
     assert_eq!(applied(&api, "m1").await, 1);
     proxy
@@ -205,12 +201,10 @@ async fn intents_apply_exactly_once_even_across_a_restart_mid_operation() {
         2,
         "the restarted agent must not cycle attempt 2 again"
     );
-    let m = api.get("m1").await.unwrap();
-    assert!(
-        !m.metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key(APPLYING_ATTEMPT)
+    assert_eq!(
+        applying(&api, "m1").await,
+        None,
+        "the bootApplied write removes the marker"
     );
 
     // Attempt 3: off, once (once the machine is on again: an Off machine needs nothing).
@@ -223,7 +217,74 @@ async fn intents_apply_exactly_once_even_across_a_restart_mid_operation() {
     wait_applied(&api, "m1", 3).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(proxy.count(r#"{"ResetType":"ForceOff"}"#), 1);
+    assert_eq!(applying(&api, "m1").await, None, "an off is not marked");
+
+    // Upgrade: an older agent died after recording attempt 4 in the annotation (and the
+    // machine is on): the new agent must not cycle it again, and removes the annotation.
     b.abort();
+    let _ = b.await;
+    // As the older agent wrote it: a metadata apply under the agent's field manager.
+    let mark = json!({"apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine",
+        "metadata": {"name": "m1", "annotations": {APPLYING_ATTEMPT: "4"}}});
+    api.patch(
+        "m1",
+        &PatchParams::apply("ironpool-agent").force(),
+        &Patch::Apply(&mark),
+    )
+    .await
+    .unwrap();
+    power_on(emu.port).await;
+    intent(&api, "m1", "Ramdisk", 4).await;
+    let c = start(&client, &ns);
+    wait_applied(&api, "m1", 4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        restarts(),
+        2,
+        "an annotation from an older agent is honoured"
+    );
+    let cleared = eventually(Duration::from_secs(10), || async {
+        let m = api.get("m1").await.ok()?;
+        (!m.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(APPLYING_ATTEMPT))
+        .then_some(())
+    })
+    .await;
+    assert!(cleared.is_some(), "the old annotation was not removed");
+    c.abort();
+}
+
+async fn applying(api: &Api<Machine>, name: &str) -> Option<i64> {
+    let m = api.get(name).await.unwrap();
+    m.status?.boot_applying.map(|a| a.attempt)
+}
+
+/// Powers the emulated system on behind the agent's back, and waits until it reads On.
+async fn power_on(port: u16) {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"ResetType":"On"}"#,
+            &format!(
+                "http://127.0.0.1:{port}/redfish/v1/Systems/{UUID}/Actions/ComputerSystem.Reset"
+            ),
+        ])
+        .status()
+        .await
+        .unwrap();
+    assert!(out.success());
+    eventually(Duration::from_secs(20), || async {
+        (emulator_power(port).await == "On").then_some(())
+    })
+    .await
+    .expect("the machine never came on");
 }
 
 fn condition(m: &Machine) -> Option<(String, String, String)> {

@@ -343,7 +343,8 @@ fn launch(
     let server_url = format!("https://{address}:{apiserver_port}");
     let kubeconfig = dir.join("kubeconfig");
     client::write_admin_kubeconfig(&kubeconfig, &server_url, &pki)?;
-    let apiserver_args = apiserver_args(dir, &pki, etcd_port, address, apiserver_port);
+    let mut apiserver_args = apiserver_args(dir, &pki, etcd_port, address, apiserver_port);
+    apiserver_args.extend(audit_args(dir)?);
     let env: Vec<(&str, &str)> = options
         .apiserver_env
         .iter()
@@ -466,6 +467,29 @@ fn etcd_args(dir: &Path, pki: &PkiFiles, client_port: u16, peer_port: u16) -> Ve
         "--peer-client-cert-auth=true".to_owned(),
         "--unsafe-no-fsync=true".to_owned(),
     ]
+}
+
+/// With `IRONPOOL_AUDIT_LOG=<file>`, kube-apiserver writes one JSON line per write request
+/// (Metadata level: verb, URI with its `fieldManager`, user agent, response code) to that
+/// file. A diagnostic for counting who writes what (the boot-storm breakdown); it costs
+/// apiserver CPU, so measurements are taken without it.
+fn audit_args(dir: &Path) -> Result<Vec<String>> {
+    let Some(log) = std::env::var_os("IRONPOOL_AUDIT_LOG") else {
+        return Ok(Vec::new());
+    };
+    let policy = dir.join("audit-policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+         - level: Metadata\n  verbs: [create, update, patch, delete]\n- level: None\n",
+    )
+    .with_context(|| format!("writing {}", policy.display()))?;
+    Ok(vec![
+        path_arg("audit-policy-file", &policy),
+        path_arg("audit-log-path", Path::new(&log)),
+        "--audit-log-format=json".to_owned(),
+        "--audit-log-mode=batch".to_owned(),
+    ])
 }
 
 fn apiserver_args(

@@ -171,6 +171,13 @@ impl Context {
         }
     }
 
+    /// Records that the store's copy of `key` at `version` is known to be stale (a write
+    /// preconditioned on it met a 409): [`Context::behind`] holds reconciles of that copy
+    /// back until the newer one arrives.
+    pub fn stale(&self, key: String, version: Option<String>) {
+        self.wrote_over(key, version, None);
+    }
+
     /// Whether the store's copy of `key` at `version` is older than our own last write to it:
     /// acting on it would repeat that write (or fail on its precondition). The watch event
     /// of our write brings the object back soon.

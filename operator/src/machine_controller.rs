@@ -119,7 +119,17 @@ async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> 
     let next = machine_status::next_status(&m, &decision, now);
     if next != machine_status::operator_fields(m.status.as_ref()) {
         let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
-        let written = machine_status::apply(&api, &m, &next).await?;
+        let written = match machine_status::apply(&api, &m, &next).await {
+            Ok(w) => w,
+            Err(e @ Error::Conflict(_)) => {
+                // The Machine changed since the store's copy (an agent wrote): a retry from
+                // that copy meets the same precondition. Wait for the newer version, whose
+                // watch event brings this Machine back, instead of writing again.
+                ctx.stale(format!("Machine/{}", key(&*m)), m.resource_version());
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         ctx.wrote(NAME);
         ctx.wrote_over(
             format!("Machine/{}", key(&*m)),

@@ -1,10 +1,20 @@
 //! The boot flight recorder: every step a known MAC takes (DHCP, TFTP, HTTP) is appended
 //! to its Machine's `status.boot` (the last [`BOOT_RECORD_LIMIT`] steps) by server-side
-//! apply as `ironpool-agent-boot`, batched to at most one write per Machine per debounce
-//! interval, and the milestones (DHCPAck, ScriptFetched, RamdiskCheckIn, OSBooted) become
-//! rate-limited Events, so `kubectl describe bmm` shows where a boot stopped.
+//! apply as `ironpool-agent-boot`, so `kubectl describe bmm` shows where a boot stopped,
+//! and the check-ins (RamdiskCheckIn, OSBooted) become rate-limited Events.
+//!
+//! Batching: a Machine's steps wait until the oldest of them is one window old and then go
+//! in one write, so a whole boot (a dozen steps in a second or two) is one or two writes,
+//! not one per step; an `OSBooted` step, which the operator reads to call a deployment
+//! done, is written at once with whatever waits beside it. Up to [`IN_FLIGHT`] writes run
+//! at once (one per Machine at a time, so each extends the list the last one wrote) while
+//! steps keep being accepted: a slow apiserver makes batches bigger, it does not stop the
+//! recorder reading its queue. A step is diagnostics, not
+//! state: an agent killed (SIGKILL) loses the steps of the last window that were not yet
+//! written (SIGTERM writes them first); nothing reads them to decide anything but
+//! `OSBooted`, which the OS's check-in retries until it is acknowledged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use ironpool_crds::Machine;
@@ -15,6 +25,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::MANAGER_BOOT;
@@ -25,6 +36,8 @@ use crate::dhcp::MacAddr;
 const EVENT_INTERVAL: Duration = Duration::from_secs(30);
 /// How often due writes are checked.
 const TICK: Duration = Duration::from_millis(100);
+/// `status.boot` writes in flight at once.
+const IN_FLIGHT: usize = 8;
 
 /// One step a MAC took.
 #[derive(Clone, Debug)]
@@ -53,11 +66,12 @@ impl FlightRecorder {
     }
 }
 
-/// Whether a step is a milestone worth an Event, and its reason.
+/// Whether a step is a milestone worth an Event, and its reason: the two moments a
+/// machine reaches Ironpool's own software (the ramdisk, the deployed OS). The network
+/// steps before them (DHCPAck, ScriptFetched, ...) are in `status.boot` only: an Event
+/// each repeated what the flight recorder already shows, at one write per boot step.
 pub fn event_reason(step: BootStep) -> Option<&'static str> {
     match step {
-        BootStep::DhcpAck => Some("DHCPAck"),
-        BootStep::ScriptFetched => Some("ScriptFetched"),
         BootStep::RamdiskCheckIn => Some("RamdiskCheckIn"),
         BootStep::OsBooted => Some("OSBooted"),
         _ => None,
@@ -74,23 +88,49 @@ pub fn merged(base: &[BootRecord], new: &[BootRecord]) -> Vec<BootRecord> {
 
 type Key = (String, String);
 
+/// Whether a step is written without waiting for its window: the operator reads
+/// `OSBooted` to move a Machine to Deployed.
+pub fn urgent(step: BootStep) -> bool {
+    step == BootStep::OsBooted
+}
+
+/// Steps of one Machine waiting to be written.
+#[derive(Default)]
+struct Pending {
+    /// When the oldest of them was recorded.
+    since: Option<Instant>,
+    /// Whether one of them is [`urgent`].
+    urgent: bool,
+    records: Vec<BootRecord>,
+}
+
+/// Whether steps waiting since `since` are due at `now`: the window is over, one of them
+/// is urgent, or everything is being flushed.
+pub fn due(since: Instant, urgent: bool, all: bool, now: Instant, window: Duration) -> bool {
+    all || urgent || now.duration_since(since) >= window
+}
+
 struct Task {
     client: Client,
     stores: Stores,
     events: Recorder,
-    debounce: Duration,
-    pending: HashMap<Key, Vec<BootRecord>>,
+    window: Duration,
+    pending: HashMap<Key, Pending>,
     history: HashMap<Key, Vec<BootRecord>>,
-    last_write: HashMap<Key, Instant>,
     last_event: HashMap<(Key, &'static str), Instant>,
+    writing: HashSet<Key>,
 }
 
+/// A finished write: the Machine, the list written, the steps it carried, the result.
+type Written = (Key, Vec<BootRecord>, Pending, Result<(), kube::Error>);
+
 /// Starts the recorder; it flushes what is pending and stops when `cancel` fires.
+/// `window` is how long a Machine's first unwritten step waits for the steps after it.
 pub fn spawn(
     client: Client,
     stores: Stores,
     node: &str,
-    debounce: Duration,
+    window: Duration,
     cancel: CancellationToken,
 ) -> (FlightRecorder, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(4096);
@@ -102,11 +142,11 @@ pub fn spawn(
         events: Recorder::new(client.clone(), reporter),
         client,
         stores,
-        debounce,
+        window,
         pending: HashMap::new(),
         history: HashMap::new(),
-        last_write: HashMap::new(),
         last_event: HashMap::new(),
+        writing: HashSet::new(),
     };
     (FlightRecorder { tx }, tokio::spawn(task.run(rx, cancel)))
 }
@@ -114,6 +154,7 @@ pub fn spawn(
 impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<Step>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(TICK);
+        let mut writes: JoinSet<Written> = JoinSet::new();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -121,13 +162,29 @@ impl Task {
                     Some(s) => self.accept(s),
                     None => break,
                 },
-                _ = tick.tick() => self.flush(false).await,
+                Some(done) = writes.join_next() => {
+                    if let Ok(w) = done {
+                        self.finished(w);
+                    }
+                }
+                _ = tick.tick() => self.start_due(&mut writes, false),
             }
         }
         while let Ok(s) = rx.try_recv() {
             self.accept(s);
         }
-        self.flush(true).await;
+        // Shutdown: what is in flight, then everything left.
+        while let Some(done) = writes.join_next().await {
+            if let Ok(w) = done {
+                self.finished(w);
+            }
+        }
+        self.start_due(&mut writes, true);
+        while let Some(done) = writes.join_next().await {
+            if let Ok(w) = done {
+                self.finished(w);
+            }
+        }
     }
 
     fn accept(&mut self, s: Step) {
@@ -141,7 +198,10 @@ impl Task {
             detail: detail.clone(),
             at: MicroTime(k8s_openapi::jiff::Timestamp::now()),
         };
-        self.pending.entry(key.clone()).or_default().push(record);
+        let p = self.pending.entry(key.clone()).or_default();
+        p.since.get_or_insert_with(Instant::now);
+        p.urgent |= urgent(s.step);
+        p.records.push(record);
         if let Some(reason) = event_reason(s.step) {
             let now = Instant::now();
             let due = self
@@ -176,21 +236,25 @@ impl Task {
         });
     }
 
-    async fn flush(&mut self, all: bool) {
+    /// Starts the writes that are due, urgent ones first, up to [`IN_FLIGHT`] (all of
+    /// them when `all`), never two at once for one Machine.
+    fn start_due(&mut self, writes: &mut JoinSet<Written>, all: bool) {
         let now = Instant::now();
-        let due: Vec<Key> = self
+        let mut due: Vec<(bool, Instant, Key)> = self
             .pending
-            .keys()
-            .filter(|k| {
-                all || self
-                    .last_write
-                    .get(*k)
-                    .is_none_or(|at| now.duration_since(*at) >= self.debounce)
+            .iter()
+            .filter(|(k, _)| !self.writing.contains(*k))
+            .filter_map(|(k, p)| {
+                let since = p.since?;
+                due(since, p.urgent, all, now, self.window).then(|| (!p.urgent, since, k.clone()))
             })
-            .cloned()
             .collect();
-        for key in due {
-            let Some(new) = self.pending.remove(&key) else {
+        due.sort();
+        for (_, _, key) in due {
+            if !all && writes.len() >= IN_FLIGHT {
+                break;
+            }
+            let Some(p) = self.pending.remove(&key) else {
                 continue;
             };
             let base = self.history.get(&key).cloned().unwrap_or_else(|| {
@@ -200,34 +264,53 @@ impl Task {
                     .and_then(|m| m.status.as_ref().map(|s| s.boot.clone()))
                     .unwrap_or_default()
             });
-            let list = merged(&base, &new);
-            self.last_write.insert(key.clone(), now);
-            match self.write(&key, &list).await {
-                Ok(()) => {
-                    self.history.insert(key, list);
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 => {
-                    self.history.remove(&key);
-                }
-                Err(e) => {
-                    tracing::warn!(machine = %key.1, error = %e, "writing status.boot; will retry");
-                    self.pending.insert(key, new);
-                }
-            }
+            let list = merged(&base, &p.records);
+            let client = self.client.clone();
+            self.writing.insert(key.clone());
+            writes.spawn(async move {
+                let r = write(client, &key, &list).await;
+                (key, list, p, r)
+            });
         }
     }
 
-    async fn write(&self, key: &Key, list: &[BootRecord]) -> Result<(), kube::Error> {
-        let api: Api<Machine> = Api::namespaced(self.client.clone(), &key.0);
-        let patch = json!({
-            "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine",
-            "status": {"boot": list},
-        });
-        let pp = PatchParams::apply(MANAGER_BOOT).force();
-        api.patch_status(&key.1, &pp, &Patch::Apply(&patch))
-            .await
-            .map(|_| ())
+    fn finished(&mut self, (key, list, p, result): Written) {
+        self.writing.remove(&key);
+        match result {
+            Ok(()) => {
+                self.history.insert(key, list);
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                self.history.remove(&key);
+            }
+            Err(e) => {
+                tracing::warn!(machine = %key.1, error = %e, "writing status.boot; will retry");
+                // Back in front of whatever arrived meanwhile, due again in a window.
+                let mut back = Pending {
+                    since: Some(Instant::now()),
+                    urgent: p.urgent,
+                    records: p.records,
+                };
+                if let Some(newer) = self.pending.remove(&key) {
+                    back.urgent |= newer.urgent;
+                    back.records.extend(newer.records);
+                }
+                self.pending.insert(key, back);
+            }
+        }
     }
+}
+
+async fn write(client: Client, key: &Key, list: &[BootRecord]) -> Result<(), kube::Error> {
+    let api: Api<Machine> = Api::namespaced(client, &key.0);
+    let patch = json!({
+        "apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine",
+        "status": {"boot": list},
+    });
+    let pp = PatchParams::apply(MANAGER_BOOT).force();
+    api.patch_status(&key.1, &pp, &Patch::Apply(&patch))
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]
@@ -254,8 +337,32 @@ mod tests {
     }
 
     #[test]
+    fn steps_wait_for_their_window_unless_urgent() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(2);
+        assert!(!due(t0, false, false, t0 + Duration::from_millis(1999), w));
+        assert!(due(t0, false, false, t0 + w, w));
+        assert!(due(t0, true, false, t0, w), "OSBooted goes at once");
+        assert!(due(t0, false, true, t0, w), "a flush at shutdown takes all");
+        assert!(urgent(BootStep::OsBooted));
+        assert!(!urgent(BootStep::RamdiskCheckIn));
+    }
+
+    #[test]
     fn milestones_have_event_reasons() {
-        assert_eq!(event_reason(BootStep::DhcpAck), Some("DHCPAck"));
-        assert_eq!(event_reason(BootStep::DhcpDiscover), None);
+        assert_eq!(
+            event_reason(BootStep::RamdiskCheckIn),
+            Some("RamdiskCheckIn")
+        );
+        assert_eq!(event_reason(BootStep::OsBooted), Some("OSBooted"));
+        for step in [
+            BootStep::DhcpDiscover,
+            BootStep::DhcpAck,
+            BootStep::TftpRead,
+            BootStep::ScriptFetched,
+            BootStep::AssetFetched,
+        ] {
+            assert_eq!(event_reason(step), None, "{step:?} is in status.boot only");
+        }
     }
 }

@@ -29,8 +29,9 @@ use crate::http::{self, BootEvent, HttpMetrics, HttpServer, ImageCache, ScriptCo
 use crate::tftp::TftpMetrics;
 use crate::tftp::{TftpEvent, TftpServer};
 
-/// At most one `status.boot` write per Machine per this interval.
-const BOOT_DEBOUNCE: Duration = Duration::from_millis(500);
+/// How long a Machine's first unwritten boot step waits for the steps after it (so a boot
+/// is one or two `status.boot` writes; an `OSBooted` step goes at once).
+const BOOT_WINDOW: Duration = Duration::from_secs(2);
 
 /// Runs the agent until `root` is cancelled, then drains for at most `config.drain`.
 pub async fn run(
@@ -81,7 +82,7 @@ pub async fn run(
         client.clone(),
         stores.clone(),
         &config.node_name,
-        BOOT_DEBOUNCE,
+        BOOT_WINDOW,
         root.clone(),
     );
     tasks.spawn(async move {

@@ -21,6 +21,13 @@ pub fn pending(intent: Option<&BootIntent>, applied: Option<&BootApplied>) -> Op
     (intent.attempt > done).then_some(intent.attempt)
 }
 
+/// Whether `action` must be recorded as in flight before it is sent. A power-on or a cycle
+/// sent twice boots the machine twice; an off sent twice leaves it off, so a restart may
+/// simply send it again.
+pub fn needs_marker(action: PowerAction) -> bool {
+    !matches!(action, PowerAction::Off | PowerAction::GracefulOff)
+}
+
 /// The steps for `target` when the machine's power is `power`.
 ///
 /// `resumed` means an earlier run recorded that it was about to send the power action of
@@ -83,6 +90,14 @@ mod tests {
         assert_eq!(pending(Some(&intent(3)), applied(2).as_ref()), Some(3));
         assert_eq!(pending(Some(&intent(3)), applied(3).as_ref()), None);
         assert_eq!(pending(Some(&intent(2)), applied(3).as_ref()), None);
+    }
+
+    #[test]
+    fn only_actions_that_boot_are_marked() {
+        assert!(needs_marker(Cycle));
+        assert!(needs_marker(On));
+        assert!(!needs_marker(Off));
+        assert!(!needs_marker(GracefulOff));
     }
 
     #[test]

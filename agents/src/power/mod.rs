@@ -2,11 +2,14 @@
 //! attempt, syncs observed power periodically, and reports BMC reachability in the
 //! `BMCReachable` condition.
 //!
-//! Exactly once: before sending the power action of attempt N the controller records N
-//! in the annotation `metal.ironpool.dev/applying-attempt`; after it, it writes
-//! `status.bootApplied.attempt = N` and removes the annotation. A controller that starts
-//! and finds the annotation equal to the pending attempt knows the action may have
-//! landed, and only finishes idempotently (see [`decide::plan`]).
+//! Exactly once: before sending a power action that boots the machine (on, cycle) for
+//! attempt N the controller records `status.bootApplying.attempt = N`; after it, one status
+//! write records `status.bootApplied.attempt = N` and, by leaving the marker out of the
+//! server-side apply, removes it: two status writes per boot, no metadata write. A
+//! controller that starts and finds the marker (or the `metal.ironpool.dev/applying-attempt`
+//! annotation older agents wrote) equal to the pending attempt knows the action may have
+//! landed, and only finishes idempotently (see [`decide::plan`]). An off is not marked:
+//! sent again after a restart it still leaves the machine off.
 
 mod context;
 pub mod decide;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use ironpool_crds::Machine;
-use ironpool_crds::machine::{BootApplied, PowerState};
+use ironpool_crds::machine::{BootApplied, BootApplying, PowerState};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -62,6 +62,7 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Ctx>) -> Result<Action, P
                 &machine,
                 None,
                 None,
+                existing_marker(&machine),
                 &Reachability::no_credentials(detail.clone()),
             )
             .await?;
@@ -71,7 +72,17 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Ctx>) -> Result<Action, P
     let (driver, fresh) = match ctx.driver(&key, &bmc_spec, &creds, &found.version) {
         Ok(d) => d,
         Err(PowerError::Bmc(e)) => {
-            write_status(&ctx, &api, &machine, None, None, &Reachability::failed(&e)).await?;
+            let marker = existing_marker(&machine);
+            write_status(
+                &ctx,
+                &api,
+                &machine,
+                None,
+                None,
+                marker,
+                &Reachability::failed(&e),
+            )
+            .await?;
             return Err(e.into());
         }
         Err(e) => return Err(e),
@@ -90,10 +101,22 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Ctx>) -> Result<Action, P
     let pending = decide::pending(status.boot_intent.as_ref(), status.boot_applied.as_ref())
         .filter(|a| ctx.applied(&key).is_none_or(|done| *a > done));
     let held = machine.spec.maintenance == Some(true) || machine.spec.broken == Some(true);
+    // The in-flight marker as status holds it; apply() replaces it when it records a new
+    // one, and every status write carries it until one records its attempt as applied.
+    let mut applying = status.boot_applying.clone();
 
     let outcome = match (pending, status.boot_intent.as_ref()) {
         (Some(attempt), Some(intent)) if !held => {
-            apply(&ctx, &api, &machine, driver.as_ref(), intent, attempt).await
+            apply(
+                &ctx,
+                &api,
+                &machine,
+                driver.as_ref(),
+                intent,
+                attempt,
+                &mut applying,
+            )
+            .await
         }
         _ if ctx.sync_due(&key) => sync(driver.as_ref(), &ctx)
             .await
@@ -107,11 +130,22 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Ctx>) -> Result<Action, P
     match outcome {
         Ok((power, applied)) => {
             let r = Reachability::reachable(driver.kind().as_str());
-            write_status(&ctx, &api, &machine, Some(power), applied.as_ref(), &r).await?;
-            if applied.as_ref().map(|a| a.attempt)
-                != status.boot_applied.as_ref().map(|a| a.attempt)
-            {
-                clear_annotation(&ctx, &api, &name).await?;
+            let marker = status::still_applying(applying.as_ref(), applied.as_ref());
+            write_status(
+                &ctx,
+                &api,
+                &machine,
+                Some(power),
+                applied.as_ref(),
+                marker,
+                &r,
+            )
+            .await?;
+            let applied_now = applied.as_ref().map(|a| a.attempt)
+                != status.boot_applied.as_ref().map(|a| a.attempt);
+            if applied_now && status::applying_annotation(&machine).is_some() {
+                // Left by an agent from before the marker moved into status.
+                clear_annotation(&api, &name).await?;
             }
             if let Some(a) = &applied {
                 ctx.remember_applied(&key, a.attempt);
@@ -131,12 +165,15 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Ctx>) -> Result<Action, P
             }
             let unknown = status::power(PowerState::Unknown, now());
             let power = (!matches!(e, BmcError::Unsupported { .. })).then_some(unknown);
+            // The marker stays: the action may have landed before the failure.
+            let marker = status::still_applying(applying.as_ref(), status.boot_applied.as_ref());
             write_status(
                 &ctx,
                 &api,
                 &machine,
                 power,
                 status.boot_applied.as_ref(),
+                marker,
                 &Reachability::failed(&e),
             )
             .await?;
@@ -165,10 +202,12 @@ async fn apply(
     driver: &dyn PowerDriver,
     intent: &ironpool_crds::machine::BootIntent,
     attempt: i64,
+    applying: &mut Option<BootApplying>,
 ) -> Result<(ironpool_crds::machine::PowerStatus, Option<BootApplied>), BmcError> {
     let name = machine.name_any();
     let power = timed(ctx, driver, "power_state", driver.power_state()).await?;
-    let resumed = status::applying_attempt(machine) == Some(attempt);
+    let resumed = applying.as_ref().map(|a| a.attempt) == Some(attempt)
+        || status::applying_annotation(machine) == Some(attempt);
     let steps = decide::plan(intent.target, machine.spec.boot_mode, power, resumed);
     info!(machine = %name, attempt, target = ?intent.target, ?power, resumed, ?steps, "applying boot intent");
     let mut expected = power;
@@ -178,9 +217,16 @@ async fn apply(
                 timed(ctx, driver, "set_boot_device", driver.set_boot_device(b)).await?
             }
             Step::Power(action) => {
-                // Record before acting: a restart from here on never sends it twice.
-                if !resumed {
-                    mark_applying(ctx, api, &name, attempt).await?;
+                // Record before acting: a restart from here on never sends it twice. An
+                // Off needs no record: sending it again cannot boot the machine twice.
+                if !resumed && decide::needs_marker(action) {
+                    let marker = BootApplying {
+                        attempt,
+                        since: Some(now()),
+                    };
+                    mark_applying(ctx, api, machine, power, driver.kind().as_str(), &marker)
+                        .await?;
+                    *applying = Some(marker);
                 }
                 send_power(ctx, driver, &name, attempt, action).await?;
                 expected = match action {
@@ -235,17 +281,31 @@ async fn send_power(
     .await
 }
 
+/// Writes the in-flight marker into status (with the power just read and the condition,
+/// so the apply carries every field this manager owns).
 async fn mark_applying(
     ctx: &Ctx,
     api: &Api<Machine>,
-    name: &str,
-    attempt: i64,
+    machine: &Machine,
+    power: PowerState,
+    driver: &str,
+    marker: &BootApplying,
 ) -> Result<(), BmcError> {
+    let existing = machine.status.as_ref();
+    let applied = existing.and_then(|s| s.boot_applied.as_ref());
+    let r = Reachability::reachable(driver);
+    let condition = status::condition(machine, &r, now());
+    ctx.config.metrics.status_writes.inc();
     let pp = PatchParams::apply(&ctx.config.field_manager).force();
-    api.patch(
-        name,
+    api.patch_status(
+        &machine.name_any(),
         &pp,
-        &Patch::Apply(status::annotation_patch(name, Some(attempt))),
+        &Patch::Apply(status::patch(
+            Some(status::power(power, now())),
+            applied,
+            Some(marker),
+            condition,
+        )),
     )
     .await
     .map(drop)
@@ -253,12 +313,19 @@ async fn mark_applying(
     .map_err(|e| BmcError::Setup(format!("cannot record the attempt before acting: {e}")))
 }
 
-async fn clear_annotation(ctx: &Ctx, api: &Api<Machine>, name: &str) -> Result<(), PowerError> {
-    let pp = PatchParams::apply(&ctx.config.field_manager).force();
+/// The marker status holds, kept by writes that record no new attempt.
+fn existing_marker(machine: &Machine) -> Option<&BootApplying> {
+    let st = machine.status.as_ref()?;
+    status::still_applying(st.boot_applying.as_ref(), st.boot_applied.as_ref())
+}
+
+/// Removes the applying-attempt annotation an older agent left (a merge patch: it
+/// removes the key whichever manager set it).
+async fn clear_annotation(api: &Api<Machine>, name: &str) -> Result<(), PowerError> {
     api.patch(
         name,
-        &pp,
-        &Patch::Apply(status::annotation_patch(name, None)),
+        &PatchParams::default(),
+        &Patch::Merge(status::annotation_removal()),
     )
     .await?;
     Ok(())
@@ -270,13 +337,14 @@ async fn write_status(
     machine: &Machine,
     power: Option<ironpool_crds::machine::PowerStatus>,
     applied: Option<&BootApplied>,
+    applying: Option<&BootApplying>,
     r: &Reachability,
 ) -> Result<(), PowerError> {
     let existing = machine.status.as_ref();
     let power = power.or_else(|| existing.and_then(|s| s.power.clone()));
     let applied = applied.or_else(|| existing.and_then(|s| s.boot_applied.as_ref()));
     let condition = status::condition(machine, r, now());
-    if status::unchanged(machine, power.as_ref(), applied, &condition) {
+    if status::unchanged(machine, power.as_ref(), applied, applying, &condition) {
         return Ok(());
     }
     ctx.config.metrics.status_writes.inc();
@@ -284,7 +352,7 @@ async fn write_status(
     api.patch_status(
         &machine.name_any(),
         &pp,
-        &Patch::Apply(status::patch(power, applied, condition)),
+        &Patch::Apply(status::patch(power, applied, applying, condition)),
     )
     .await?;
     Ok(())

@@ -1,9 +1,11 @@
-//! What the power controller writes: the agent-owned status fields and the
-//! `BMCReachable` condition, by server-side apply; and the applying-attempt annotation.
+//! What the power controller writes: the agent-owned status fields (power, bootApplied,
+//! the in-flight marker bootApplying) and the `BMCReachable` condition, by server-side
+//! apply. Agents before the marker moved into status kept it in the applying-attempt
+//! annotation; it is still read, and removed once its attempt is applied.
 
 use ironpool_crds::Machine;
 use ironpool_crds::conditions::{self, Status};
-use ironpool_crds::machine::{BootApplied, PowerState, PowerStatus};
+use ironpool_crds::machine::{BootApplied, BootApplying, PowerState, PowerStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Value, json};
 
@@ -12,7 +14,8 @@ use crate::bmc::BmcError;
 /// The condition type the controller owns.
 pub const BMC_REACHABLE: &str = "BMCReachable";
 
-/// Annotation recording the attempt whose power action may have been sent.
+/// Annotation in which older agents recorded the attempt whose power action may have been
+/// sent (now `status.bootApplying`); still honoured, and removed when found.
 pub const APPLYING_ATTEMPT: &str = "metal.ironpool.dev/applying-attempt";
 
 /// Why the BMC is or is not reachable, as the condition says it.
@@ -100,6 +103,7 @@ pub fn unchanged(
     machine: &Machine,
     power: Option<&PowerStatus>,
     applied: Option<&BootApplied>,
+    applying: Option<&BootApplying>,
     condition: &Condition,
 ) -> bool {
     let Some(st) = machine.status.as_ref() else {
@@ -111,6 +115,7 @@ pub fn unchanged(
         _ => false,
     };
     let same_applied = applied.map(|a| a.attempt) == st.boot_applied.as_ref().map(|a| a.attempt);
+    let same_applying = applying.map(|a| a.attempt) == st.boot_applying.as_ref().map(|a| a.attempt);
     let same_condition = st.conditions.iter().any(|c| {
         c.type_ == condition.type_
             && c.status == condition.status
@@ -118,15 +123,17 @@ pub fn unchanged(
             && c.message == condition.message
             && c.observed_generation == condition.observed_generation
     });
-    same_power && same_applied && same_condition
+    same_power && same_applied && same_applying && same_condition
 }
 
 /// The whole agent-owned part of status that this controller writes. Every apply carries
-/// all of it (power, bootApplied, the condition): server-side apply removes owned fields
-/// an apply leaves out.
+/// all of it (power, bootApplied, bootApplying, the condition): server-side apply removes
+/// owned fields an apply leaves out, which is how the write of `bootApplied` removes the
+/// marker (pass `applying: None`).
 pub fn patch(
     power: Option<PowerStatus>,
     applied: Option<&BootApplied>,
+    applying: Option<&BootApplying>,
     condition: Condition,
 ) -> Value {
     let mut status = serde_json::Map::new();
@@ -135,6 +142,9 @@ pub fn patch(
     }
     if let Some(a) = applied {
         status.insert("bootApplied".into(), json!(a));
+    }
+    if let Some(a) = applying {
+        status.insert("bootApplying".into(), json!(a));
     }
     status.insert("conditions".into(), json!([condition]));
     json!({
@@ -152,21 +162,22 @@ pub fn power(state: PowerState, now: Time) -> PowerStatus {
     }
 }
 
-/// The metadata apply that sets (Some) or removes (None) the applying-attempt annotation.
-pub fn annotation_patch(name: &str, attempt: Option<i64>) -> Value {
-    let annotations = match attempt {
-        Some(a) => json!({ APPLYING_ATTEMPT: a.to_string() }),
-        None => json!({}),
-    };
-    json!({
-        "apiVersion": "metal.ironpool.dev/v1alpha1",
-        "kind": "Machine",
-        "metadata": { "name": name, "annotations": annotations },
-    })
+/// The metadata merge patch that removes the applying-attempt annotation.
+pub fn annotation_removal() -> Value {
+    json!({ "metadata": { "annotations": { APPLYING_ATTEMPT: null } } })
 }
 
-/// The attempt an earlier run was applying, from the annotation.
-pub fn applying_attempt(machine: &Machine) -> Option<i64> {
+/// The marker to keep in a status write that records `applied`: none once its attempt is
+/// applied (the write then removes it), else as it is.
+pub fn still_applying<'a>(
+    applying: Option<&'a BootApplying>,
+    applied: Option<&BootApplied>,
+) -> Option<&'a BootApplying> {
+    applying.filter(|m| applied.is_none_or(|a| a.attempt < m.attempt))
+}
+
+/// The attempt an older agent was applying, from the annotation.
+pub fn applying_annotation(machine: &Machine) -> Option<i64> {
     machine
         .metadata
         .annotations
@@ -194,9 +205,14 @@ mod tests {
                 attempt: 2,
                 applied_at: None,
             }),
+            None,
             c,
         );
         assert_eq!(p["status"]["bootApplied"]["attempt"], 2);
+        assert!(
+            p["status"].get("bootApplying").is_none(),
+            "omitted = removed"
+        );
         assert_eq!(p["status"]["conditions"][0]["reason"], "Reachable");
         assert_eq!(p["status"]["power"]["state"], "On");
     }
@@ -211,7 +227,7 @@ mod tests {
         let ok = Reachability::reachable("redfish");
         let c = condition(&m, &ok, t(10));
         let on = power(PowerState::On, t(10));
-        assert!(!unchanged(&m, Some(&on), None, &c), "no status yet");
+        assert!(!unchanged(&m, Some(&on), None, None, &c), "no status yet");
         m.status = Some(
             serde_json::from_value(json!({
                 "power": {"state": "On", "lastSync": "1970-01-01T00:00:10Z"},
@@ -226,17 +242,51 @@ mod tests {
         };
         let later = condition(&m, &ok, t(99));
         let on_later = power(PowerState::On, t(99));
-        assert!(unchanged(&m, Some(&on_later), Some(&applied), &later));
+        assert!(unchanged(&m, Some(&on_later), Some(&applied), None, &later));
         let off = power(PowerState::Off, t(99));
-        assert!(!unchanged(&m, Some(&off), Some(&applied), &later));
+        assert!(!unchanged(&m, Some(&off), Some(&applied), None, &later));
+        let marker = BootApplying {
+            attempt: 2,
+            since: None,
+        };
+        assert!(
+            !unchanged(&m, Some(&on_later), Some(&applied), Some(&marker), &later),
+            "a new marker is a change"
+        );
         let next = BootApplied {
             attempt: 2,
             applied_at: None,
         };
-        assert!(!unchanged(&m, Some(&on_later), Some(&next), &later));
+        assert!(!unchanged(&m, Some(&on_later), Some(&next), None, &later));
         let e = BmcError::Authentication { host: "h".into() };
         let failed = condition(&m, &Reachability::failed(&e), t(99));
-        assert!(!unchanged(&m, Some(&on_later), Some(&applied), &failed));
+        assert!(!unchanged(
+            &m,
+            Some(&on_later),
+            Some(&applied),
+            None,
+            &failed
+        ));
+    }
+
+    #[test]
+    fn the_marker_goes_with_the_write_that_applies_its_attempt() {
+        let marker = BootApplying {
+            attempt: 3,
+            since: None,
+        };
+        let applied = |attempt| BootApplied {
+            attempt,
+            applied_at: None,
+        };
+        assert_eq!(still_applying(Some(&marker), None), Some(&marker));
+        assert_eq!(
+            still_applying(Some(&marker), Some(&applied(2))),
+            Some(&marker)
+        );
+        assert_eq!(still_applying(Some(&marker), Some(&applied(3))), None);
+        assert_eq!(still_applying(Some(&marker), Some(&applied(4))), None);
+        assert_eq!(still_applying(None, Some(&applied(1))), None);
     }
 
     #[test]
@@ -252,14 +302,10 @@ mod tests {
     }
 
     #[test]
-    fn annotation_is_set_and_cleared() {
+    fn the_old_annotation_is_removed_by_name() {
         assert_eq!(
-            annotation_patch("m", Some(3))["metadata"]["annotations"][APPLYING_ATTEMPT],
-            "3"
-        );
-        assert_eq!(
-            annotation_patch("m", None)["metadata"]["annotations"],
-            json!({})
+            annotation_removal()["metadata"]["annotations"][APPLYING_ATTEMPT],
+            Value::Null
         );
     }
 }

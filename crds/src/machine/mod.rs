@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 pub use hardware::{Cpu, Disk, DiskType, Hardware, Nic, PciDevice, SystemInfo};
 pub use inventory::{InventorySummary, MachineInventory, MachineInventorySpec, apply_object};
 pub use status::{
-    BOOT_RECORD_LIMIT, BootApplied, BootIntent, BootPurpose, BootRecord, BootStep, BootTarget,
-    FailureReason, MachinePhase, MachineStatus, Operation, OperationKind, OperationResult,
-    PowerState, PowerStatus, ProvisioningReport, ProvisioningStep,
+    BOOT_RECORD_LIMIT, BootApplied, BootApplying, BootIntent, BootPurpose, BootRecord, BootStep,
+    BootTarget, FailureReason, MachinePhase, MachineStatus, Operation, OperationKind,
+    OperationResult, PowerState, PowerStatus, ProvisioningReport, ProvisioningStep,
 };
 
 use crate::cel::{self, rule};

@@ -38,6 +38,13 @@ pub struct MachineStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_applied: Option<BootApplied>,
 
+    /// The attempt whose power action the agent is about to send or has sent, written
+    /// before the action and removed by the write of `bootApplied`: an agent that finds it
+    /// equal to the pending attempt knows the action may have landed and never sends it
+    /// again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_applying: Option<BootApplying>,
+
     /// Boot flight recorder: the last steps the machine took on the provisioning network
     /// (DHCP, TFTP, iPXE script, ramdisk check-in), newest last. Answers "where did the
     /// boot stop?".
@@ -202,6 +209,17 @@ pub struct BootApplied {
     /// When the BMC accepted the boot device and power actions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<Time>,
+}
+
+/// A power action of a boot intent attempt that may be in flight.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootApplying {
+    /// The `bootIntent.attempt` whose power action may have been sent.
+    pub attempt: i64,
+    /// When the agent recorded it, just before sending the action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
 }
 
 /// One step of the boot flight recorder.

@@ -3,7 +3,8 @@
 //! half alone against the agent and against dnsmasq + nginx. Prints a Markdown report.
 //!
 //! `boot-storm [N] [--debug]` (default 200) runs the benchmark with release builds of the
-//! operator and agent (`--debug`: the debug builds the tests use); `boot-storm fleet ...`
+//! operator and agent (`--debug`: the debug builds the tests use; `--full-only`: only the
+//! runs to Ready, not the serving half); `boot-storm fleet ...`
 //! is the fleet process it starts inside the fleet's network namespace.
 
 use std::process::ExitCode;
@@ -35,7 +36,9 @@ async fn run(args: Vec<String>) -> Result<()> {
     }
     let release = !args.iter().any(|a| a == "--debug");
     let n: u32 = match args.iter().find(|a| !a.starts_with("--")) {
-        Some(a) => a.parse().context("usage: boot-storm [servers] [--debug]")?,
+        Some(a) => a
+            .parse()
+            .context("usage: boot-storm [servers] [--debug] [--full-only]")?,
         None => 200,
     };
     let exe = std::env::current_exe()?;
@@ -44,7 +47,8 @@ async fn run(args: Vec<String>) -> Result<()> {
         "[boot-storm] {n} servers; files and logs in {}",
         dir.display()
     );
-    let results = storm::report::run(&exe, &dir, n, release).await?;
+    let full_only = args.iter().any(|a| a == "--full-only");
+    let results = storm::report::run(&exe, &dir, n, release, full_only).await?;
     println!("{}", storm::report::markdown(&results));
     Ok(())
 }

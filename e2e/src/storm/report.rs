@@ -18,10 +18,10 @@ pub struct Results {
     pub alone: Full,
     /// N at once.
     pub storm: Full,
-    /// Serving half against the agent.
-    pub agent_serve: Serve,
-    /// Serving half against dnsmasq + nginx.
-    pub peer_serve: Serve,
+    /// Serving half against the agent (None with `--full-only`).
+    pub agent_serve: Option<Serve>,
+    /// Serving half against dnsmasq + nginx (None with `--full-only`).
+    pub peer_serve: Option<Serve>,
 }
 
 /// Checks what the correctness test asserts: every server Ready, on a Machine with its
@@ -52,7 +52,14 @@ pub fn check(f: &Full) -> Result<()> {
 }
 
 /// Runs everything with `n` servers; `exe` is the `boot-storm` binary (for `fleet`).
-pub async fn run(exe: &Path, dir: &Path, n: u32, release: bool) -> Result<Results> {
+/// `full_only` stops after the two runs to Ready (no serving-half comparison).
+pub async fn run(
+    exe: &Path,
+    dir: &Path,
+    n: u32,
+    release: bool,
+    full_only: bool,
+) -> Result<Results> {
     let mut env = Env::start(dir, release)?;
     let timeout = Duration::from_secs(1200);
     eprintln!("[boot-storm] 1 server alone");
@@ -66,9 +73,18 @@ pub async fn run(exe: &Path, dir: &Path, n: u32, release: bool) -> Result<Result
     let (alone, storm) = with_stats(alone, fleet_a, storm, fleet_b)?;
     check(&storm)?;
     eprintln!(
-        "[boot-storm] {n}: all Ready in {:.2}s; serving half against the agent",
+        "[boot-storm] {n}: all Ready in {:.2}s",
         storm.wall.as_secs_f64()
     );
+    if full_only {
+        return Ok(Results {
+            alone,
+            storm,
+            agent_serve: None,
+            peer_serve: None,
+        });
+    }
+    eprintln!("[boot-storm] serving half against the agent");
     env.stop_operator()?;
     let pids: Vec<_> = bench::ironpool_pids(&env)
         .into_iter()
@@ -102,8 +118,8 @@ pub async fn run(exe: &Path, dir: &Path, n: u32, release: bool) -> Result<Result
     Ok(Results {
         alone,
         storm,
-        agent_serve,
-        peer_serve,
+        agent_serve: Some(agent_serve),
+        peer_serve: Some(peer_serve),
     })
 }
 
@@ -147,6 +163,20 @@ fn milestone_table(s: &mut String, a: &Full, b: &Full) {
             percentile(&mut many, 0.9),
             percentile(&mut many, 1.0)
         );
+    }
+}
+
+impl Results {
+    /// The one-alone run's writes by resource, on one line.
+    fn alone_writes_line(&self) -> Option<String> {
+        let w = &self.alone.writes;
+        (!w.is_empty()).then(|| {
+            let parts: Vec<String> = w.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+            format!(
+                "\napiserver writes of the one-alone run: {}.",
+                parts.join(", ")
+            )
+        })
     }
 }
 
@@ -214,15 +244,24 @@ pub fn markdown(r: &Results) -> String {
     for (k, v) in &b.rss {
         let _ = writeln!(s, "- {k} peak RSS: {v:.1} MiB");
     }
-    let _ = writeln!(
-        s,
-        "\n| serving half, {n} servers | wall | DHCP retransmits | TFTP timeouts / gaps | server CPU | failed |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
-    for (name, x) in [
-        ("Ironpool agent", &r.agent_serve),
-        ("dnsmasq + nginx", &r.peer_serve),
-    ] {
+    if let Some(x) = &r.alone_writes_line() {
+        let _ = writeln!(s, "{x}");
+    }
+    let serves: Vec<(&str, &Serve)> = [
+        ("Ironpool agent", r.agent_serve.as_ref()),
+        ("dnsmasq + nginx", r.peer_serve.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(n, x)| Some((n, x?)))
+    .collect();
+    if !serves.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n| serving half, {n} servers | wall | DHCP retransmits | TFTP timeouts / gaps | server CPU | failed |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+    }
+    for (name, x) in serves.iter().copied() {
         let cpu: Vec<String> = x.cpu.iter().map(|(k, v)| format!("{k} {v:.2} s")).collect();
         let _ = writeln!(
             s,
@@ -235,10 +274,17 @@ pub fn markdown(r: &Results) -> String {
             x.failures.len()
         );
     }
+    let none = Vec::new();
     for (name, f) in [
         ("storm", &b.failures),
-        ("Ironpool serving half", &r.agent_serve.failures),
-        ("dnsmasq + nginx", &r.peer_serve.failures),
+        (
+            "Ironpool serving half",
+            r.agent_serve.as_ref().map_or(&none, |x| &x.failures),
+        ),
+        (
+            "dnsmasq + nginx",
+            r.peer_serve.as_ref().map_or(&none, |x| &x.failures),
+        ),
     ] {
         if !f.is_empty() {
             let _ = writeln!(s, "\nFailed boots, {name} ({}), first 5:", f.len());
