@@ -425,8 +425,9 @@ fn wait_for_port(server: &mut Server, port: u16, timeout: Duration) -> Result<()
     loop {
         if let Some(status) = server.exited()? {
             bail!(
-                "{} exited ({status}) before listening on port {port}",
-                server.name()
+                "{} exited ({status}) before listening on port {port}{}",
+                server.name(),
+                disk_full_hint(server)
             );
         }
         if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
@@ -439,6 +440,17 @@ fn wait_for_port(server: &mut Server, port: u16, timeout: Duration) -> Result<()
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A sentence for an early exit caused by a full disk: etcd reports ENOSPC only as
+/// `PathError=&{write <file> 28}` in its log, which does not say "disk full".
+fn disk_full_hint(server: &Server) -> &'static str {
+    if server.log_contains("no space left on device") || server.log_contains(" 28})") {
+        "; its log shows a write that failed with ENOSPC: the disk is full, free space \
+         (target/ and ~/.cache/go-build are the large ones) and run again"
+    } else {
+        ""
     }
 }
 
