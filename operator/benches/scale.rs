@@ -311,6 +311,59 @@ async fn plain_writes(
     (t.elapsed(), cp_cpu() - cp_before)
 }
 
+/// The same apiserver's cost of each request kind an allocation makes, one kind at a time
+/// with no operator watching: `n` merge patches of the allocated Machines' status (one small
+/// field, as the claim is a merge patch), and `n` Events created (the allocation's Event).
+/// Control plane CPU seconds of each.
+async fn request_costs(
+    machines: &Api<Machine>,
+    events: &Api<k8s_openapi::api::core::v1::Event>,
+    events_ns: &str,
+    n: usize,
+    cp_cpu: &dyn Fn() -> f64,
+) -> (f64, f64) {
+    let names: Vec<String> = machines
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.deployment_ref.is_some())
+        })
+        .map(|m| m.name_any())
+        .take(n)
+        .collect();
+    let before = cp_cpu();
+    stream::iter(names.iter())
+        .for_each_concurrent(concurrency(), |name| async move {
+            let patch = json!({"status": {"power": {"state": "Off", "lastSync": Timestamp::now().to_string()}}});
+            machines
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        })
+        .await;
+    let machine_cpu = (cp_cpu() - before) / names.len().max(1) as f64;
+    let before = cp_cpu();
+    stream::iter(0..n)
+        .for_each_concurrent(concurrency(), |i| async move {
+            let event: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({
+                "metadata": {"generateName": "d-"},
+                "involvedObject": {"apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Deployment", "name": format!("d{i:05}"), "namespace": events_ns},
+                "reason": "Allocated", "message": format!("allocated machine m{i:05}"), "type": "Normal",
+                "source": {"component": "ironpool-operator"}, "count": 1,
+                "firstTimestamp": Timestamp::now().to_string(), "lastTimestamp": Timestamp::now().to_string()}))
+            .unwrap();
+            events.create(&PostParams::default(), &event).await.unwrap();
+        })
+        .await;
+    let event_cpu = (cp_cpu() - before) / n.max(1) as f64;
+    (machine_cpu, event_cpu)
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<usize> = std::env::args()
@@ -537,6 +590,12 @@ async fn main() {
         - requests_before
         - (calls.load(Ordering::Relaxed) - calls_before) as f64;
     let breakdown = apiserver_breakdown(&cp);
+    let events_per_allocation = breakdown
+        .iter()
+        .filter(|(k, _)| k.starts_with("POST events"))
+        .map(|(k, v)| v - breakdown_before.get(k).copied().unwrap_or(0.0))
+        .sum::<f64>()
+        / deployments_n as f64;
     let peak = rss_kib(pid, "VmHWM:").max(peak_commission);
     if let Some(mut p) = pprof {
         let _ = p.wait();
@@ -546,10 +605,18 @@ async fn main() {
         eprintln!("operator log kept in {}", kept.display());
     }
     let _ = op.kill();
+    let _ = op.wait();
     let after_ns = cp.create_namespace("baseline-after").await.unwrap();
     let (baseline_after, cp_baseline_after) =
         plain_writes(&client, &after_ns, deployments_n, &cp_cpu).await;
-    let _ = op.wait();
+    let (machine_write_cpu, event_cpu) = request_costs(
+        &machines,
+        &Api::namespaced(client.clone(), &after_ns),
+        &after_ns,
+        deployments_n,
+        &cp_cpu,
+    )
+    .await;
 
     println!(
         "\nironpool-operator scale benchmark ({machines_n} Machines, {deployments_n} Deployments, real kube-apiserver + etcd on this machine)"
@@ -598,6 +665,21 @@ async fn main() {
         1000.0 * cp_baseline / deployments_n as f64,
         1000.0 * cp_baseline_after / deployments_n as f64,
         1000.0 * cp_alloc / deployments_n as f64
+    );
+    // What the allocation's own requests cost when nothing watches: its floor in CPU.
+    let plain_cpu = (cp_baseline + cp_baseline_after) / 2.0 / deployments_n as f64;
+    let floor = machine_write_cpu + plain_cpu + events_per_allocation * event_cpu;
+    println!(
+        "| kube-apiserver + etcd CPU of the allocation's requests alone: a Machine status merge patch / a Deployment status write / an Event | {:.2} ms / {:.2} ms / {:.2} ms |",
+        1000.0 * machine_write_cpu,
+        1000.0 * plain_cpu,
+        1000.0 * event_cpu
+    );
+    println!(
+        "| their sum per allocation ({events_per_allocation:.2} Events), the floor without watches / measured per allocation | {:.2} ms = {:.2}x a plain write / {:.2}x |",
+        1000.0 * floor,
+        floor / plain_cpu,
+        cp_alloc / deployments_n as f64 / plain_cpu
     );
     // The two baselines bracket the allocation; their mean is the yardstick (one window
     // alone moves with whatever else the machine does at that moment).
