@@ -554,6 +554,20 @@ const CASES: &[Case] = &[
         "bootMACAddress is immutable",
     ),
     case(
+        "power not On or Off",
+        MACHINE,
+        &[("spec.power", "Sideways")],
+        "spec.power",
+        r#"supported values: "On", "Off""#,
+    ),
+    case(
+        "empty power-cycle request",
+        MACHINE,
+        &[("spec.powerCycleRequest", "''")],
+        "spec.powerCycleRequest",
+        "should be at least 1 chars long",
+    ),
+    case(
         "unknown field (server-side apply)",
         MACHINE,
         &[("spec.bmcAddress", "ipmi://10.0.0.1")],

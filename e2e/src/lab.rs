@@ -982,12 +982,18 @@ impl Lab {
                 ])
                 .arg(&file),
         )?;
-        let patch =
-            serde_json::json!({"spec": {"bmc": {"credentialsSecretRef": {"name": secret}}}});
+        self.patch_machine(
+            i,
+            &serde_json::json!({"spec": {"bmc": {"credentialsSecretRef": {"name": secret}}}}),
+        )
+    }
+
+    /// Merge-patches machine `i`'s Machine as a person does with `kubectl patch`.
+    pub fn patch_machine(&self, i: usize, patch: &Value) -> Result<()> {
         cluster::kubectl_ok(self.cp.kubectl().args([
             "patch",
             "machine.metal.ironpool.dev",
-            &machine,
+            &self.machines[i].machine_name(),
             "-n",
             NAMESPACE,
             "--type",
@@ -996,6 +1002,19 @@ impl Lab {
             &patch.to_string(),
         ]))?;
         Ok(())
+    }
+
+    /// When the deployed OS of machine `i` last checked in (the newest `OSBooted` of its
+    /// flight recorder), as the recorder spells it.
+    pub fn os_booted_at(&self, i: usize) -> Result<Option<String>> {
+        let m = self.get_json(
+            "machine.metal.ironpool.dev",
+            &self.machines[i].machine_name(),
+        )?;
+        Ok(m.pointer("/status/boot")
+            .and_then(Value::as_array)
+            .and_then(|b| b.iter().rev().find(|r| r["step"] == "OSBooted"))
+            .and_then(|r| r["at"].as_str().map(str::to_string)))
     }
 
     /// Per-phase wall times of every machine's last deployment, and our share.

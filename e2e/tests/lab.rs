@@ -14,6 +14,8 @@
 //!    Deployed; released, it is erased and Ready again; a correct Deployment (raw image)
 //!    made while its BMC password is mistyped says so in its own status
 //!    (BMCAuthenticationFailed), and deploys once the Secret is fixed;
+//!    then the deployed UEFI machine is power-cycled once by a `spec.powerCycleRequest`, and
+//!    powered off and on again by `spec.power`, each through its real Redfish BMC;
 //! 4. the UEFI machine is released with Quick erase and returns to Ready with its disk's
 //!    partition table and signatures wiped;
 //! 5. Cluster API (the real core manager and CABPK, installed by clusterctl) scales a
@@ -288,6 +290,8 @@ fn machines_are_enlisted_commissioned_deployed_and_released() {
     assert!(booted.contains("proof-of-user-data bios-1"), "{booted}");
     check_address(&lab, "bios-1", &booted);
 
+    power_as_a_person_asks(&lab, uefi);
+
     // 4. Release with erase.
     assert_eq!(
         &disk_head(&lab, uefi, 512)[510..],
@@ -307,6 +311,74 @@ fn machines_are_enlisted_commissioned_deployed_and_released() {
     eprintln!("{}", lab.table().unwrap());
 
     cluster_api(&mut lab);
+}
+
+/// 3b. A person's power on a Deployed machine (what `kubectl ironpool power` writes): one
+/// reboot per `powerCycleRequest`, then off (and it stays Deployed, saying so), then on;
+/// each carried out by the agent through the real BMC, each reboot seen as the OS checking
+/// in again.
+fn power_as_a_person_asks(lab: &Lab, i: usize) {
+    let vm = lab.machines[i].vm.clone();
+    let checked_in = lab.os_booted_at(i).unwrap();
+    let before = power_events(lab, &vm).len();
+    let started = std::time::Instant::now();
+    lab.patch_machine(
+        i,
+        &serde_json::json!({"spec": {"powerCycleRequest": "lab-cycle-1"}}),
+    )
+    .unwrap();
+    lab.wait_for("the deployed OS rebooted once", 10 * MIN, |l| {
+        let m = machine(l, i);
+        Ok(m["status"]["powerCycleHandled"] == "lab-cycle-1"
+            && l.os_booted_at(i)? != checked_in
+            && ready(&m).0 == "Deployed")
+    })
+    .unwrap();
+    eprintln!(
+        "[lab] power cycle to the OS checking in again: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let events = power_events(lab, &vm);
+    assert_eq!(
+        events.len() - before,
+        1,
+        "one power action for the cycle: {:?}",
+        &events[before..]
+    );
+
+    lab.patch_machine(i, &serde_json::json!({"spec": {"power": "Off"}}))
+        .unwrap();
+    lab.wait_for("the deployed machine is off as asked", 5 * MIN, |l| {
+        let m = machine(l, i);
+        Ok(m["status"]["power"]["state"] == "Off" && ready(&m).0 == "PoweredOff")
+    })
+    .unwrap();
+    let d = lab
+        .get_json(
+            "deployment.metal.ironpool.dev",
+            &machine(lab, i)["status"]["deploymentRef"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+        .unwrap();
+    assert_eq!(ready(&d).0, "PoweredOff", "{d}");
+    assert_eq!(d["status"]["phase"], "Deployed", "{d}");
+
+    let off_since = lab.os_booted_at(i).unwrap();
+    lab.patch_machine(i, &serde_json::json!({"spec": {"power": "On"}}))
+        .unwrap();
+    lab.wait_for("the deployed OS is back on", 10 * MIN, |l| {
+        let m = machine(l, i);
+        Ok(l.os_booted_at(i)? != off_since
+            && m["status"]["power"]["state"] == "On"
+            && ready(&m).0 == "Deployed")
+    })
+    .unwrap();
+    eprintln!(
+        "[lab] cycle, off and on again: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// The lab's Cluster API Machines: name -> (phase, creation time, nodeRef).

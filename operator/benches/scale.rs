@@ -41,18 +41,12 @@ fn machine(i: usize) -> Machine {
         &format!("m{i:05}"),
         MachineSpec {
             bmc: None,
-            boot_mac_address: format!(
+            ..MachineSpec::for_boot_mac(format!(
                 "52:54:00:{:02x}:{:02x}:{:02x}",
                 (i >> 16) & 0xff,
                 (i >> 8) & 0xff,
                 i & 0xff
-            ),
-            boot_mode: Default::default(),
-            architecture: Default::default(),
-            root_device_hints: None,
-            maintenance: None,
-            broken: None,
-            description: None,
+            ))
         },
     );
     m.metadata.labels = Some([("pool".to_string(), "bench".to_string())].into());

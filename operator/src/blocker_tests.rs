@@ -33,13 +33,8 @@ fn machine(issued_ago: i64, applied_ago: Option<i64>) -> Machine {
                 },
                 insecure_skip_verify: false,
             }),
-            boot_mac_address: "52:54:00:00:00:07".into(),
-            boot_mode: Default::default(),
             architecture: Architecture::X86_64,
-            root_device_hints: None,
-            maintenance: None,
-            broken: None,
-            description: None,
+            ..MachineSpec::for_boot_mac("52:54:00:00:00:07".into())
         },
     );
     m.status = Some(MachineStatus {

@@ -41,7 +41,14 @@ pub fn progress(m: &Machine) -> Option<Progress> {
                 "allocated; deploying next".into(),
             ));
         }
-        MachinePhase::Deployed => return Some(step("Deployed", Some(100), "Deployed".into())),
+        MachinePhase::Deployed => {
+            // Powered off or rebooting as a person asked: still deployed, and saying so.
+            let summary = match conditions::get(&st.conditions, READY) {
+                Some(c) if c.reason != "Deployed" => format!("Deployed ({})", c.reason),
+                _ => "Deployed".into(),
+            };
+            return Some(step("Deployed", Some(100), summary));
+        }
         _ => {}
     }
     if phase == MachinePhase::FailedDeployment {
@@ -186,6 +193,15 @@ pub fn allocated(
         .as_ref()
         .and_then(|st| conditions::get(&st.conditions, READY));
     let (status, reason, message) = match (phase, blocked, ready) {
+        (DeploymentPhase::Deployed, _, Some(c)) if c.reason != "Deployed" => (
+            if c.status == "True" {
+                Status::True
+            } else {
+                Status::False
+            },
+            c.reason.clone(),
+            format!("machine {}: {}", m.name_any(), c.message),
+        ),
         (DeploymentPhase::Deployed, _, _) => (
             Status::True,
             "Deployed".to_string(),

@@ -93,6 +93,10 @@ pub struct Observation {
     pub maintenance: bool,
     /// spec.broken.
     pub broken: bool,
+    /// spec.power is Off.
+    pub wants_off: bool,
+    /// spec.powerCycleRequest when it differs from status.powerCycleHandled.
+    pub power_cycle: Option<String>,
     /// metadata.generation differs from status.observedGeneration.
     pub spec_changed: bool,
     /// The current boot intent.
@@ -168,6 +172,8 @@ pub struct Decision {
     pub release: bool,
     /// Ready condition and event.
     pub report: Report,
+    /// Record this spec.powerCycleRequest as carried out (its reboot intent is issued).
+    pub power_cycle_handled: Option<String>,
     /// Look again after this long (a timeout expires then), if nothing changes before.
     pub requeue_after: Option<Duration>,
 }
@@ -179,6 +185,7 @@ impl Decision {
             || self.intent.is_some()
             || self.operation != OperationChange::Keep
             || self.release
+            || self.power_cycle_handled.is_some()
     }
 }
 

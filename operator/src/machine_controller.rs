@@ -74,6 +74,12 @@ pub fn observation(m: &Machine, deployment: Option<DeploymentView>, now: Timesta
         phase: st.and_then(|s| s.phase),
         maintenance: m.spec.maintenance == Some(true),
         broken: m.spec.broken == Some(true),
+        wants_off: m.spec.wants_off(),
+        power_cycle: m
+            .spec
+            .power_cycle_request
+            .clone()
+            .filter(|r| st.and_then(|s| s.power_cycle_handled.as_ref()) != Some(r)),
         spec_changed: st
             .and_then(|s| s.observed_generation)
             .is_some_and(|g| Some(g) != m.metadata.generation),

@@ -23,6 +23,7 @@ pub fn operator_fields(status: Option<&MachineStatus>) -> MachineStatus {
         boot_intent: s.boot_intent.clone(),
         deployment_ref: s.deployment_ref.clone(),
         last_operation: s.last_operation.clone(),
+        power_cycle_handled: s.power_cycle_handled.clone(),
         conditions: s
             .conditions
             .iter()
@@ -49,6 +50,9 @@ pub fn next_status(m: &Machine, d: &Decision, now: Timestamp) -> MachineStatus {
     }
     if d.release {
         s.deployment_ref = None;
+    }
+    if let Some(request) = &d.power_cycle_handled {
+        s.power_cycle_handled = Some(request.clone());
     }
     s.last_operation = match &d.operation {
         OperationChange::Keep => s.last_operation,
@@ -91,11 +95,12 @@ pub fn next_status(m: &Machine, d: &Decision, now: Timestamp) -> MachineStatus {
 }
 
 /// The operator's fields, in the JSON of a Machine status.
-const OPERATOR_KEYS: [&str; 5] = [
+const OPERATOR_KEYS: [&str; 6] = [
     "phase",
     "bootIntent",
     "deploymentRef",
     "lastOperation",
+    "powerCycleHandled",
     "observedGeneration",
 ];
 

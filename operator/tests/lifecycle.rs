@@ -325,3 +325,127 @@ async fn restart_mid_transition_resumes_without_repeating() {
     );
     agent.stop.cancel();
 }
+
+/// A person's power on a Deployed machine (`spec.power`, `spec.powerCycleRequest`, what
+/// `kubectl ironpool power` writes): off and staying off, on again, one cycle per request,
+/// and the Deployment saying so.
+#[tokio::test]
+async fn deployed_machine_follows_a_persons_power() {
+    let cp = cluster();
+    let ns = cp.create_namespace("power").await.unwrap();
+    let c = client(cp).await;
+    let machines: Api<Machine> = Api::namespaced(c.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns);
+    let _op = Operator::start(cp, &ns, "op-power", &[]);
+    let agent = SimAgent::start(machines.clone(), Duration::from_millis(200));
+    create(&machines, &machine("p1", 71, "pw")).await;
+    wait_phase(&machines, "p1", P::Ready, T).await;
+    create(
+        &deployments,
+        &deployment("app", "pw", "os-v1.raw", ErasePolicy::Quick),
+    )
+    .await;
+    let m = wait_phase(&machines, "p1", P::Deployed, T).await;
+    let run_attempt = intent(&m).2;
+    let spec = |v: serde_json::Value| {
+        let machines = machines.clone();
+        async move {
+            machines
+                .patch("p1", &PatchParams::default(), &Patch::Merge(&v))
+                .await
+                .unwrap();
+        }
+    };
+    let deployment_reason = || async {
+        let d = deployments.get("app").await.ok()?;
+        let c = d
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")?
+            .clone();
+        Some((c.status, c.reason))
+    };
+
+    // Off: an Off intent for Stop, carried out; the machine stays Deployed and says why.
+    spec(serde_json::json!({"spec": {"power": "Off"}})).await;
+    let m = eventually(T, "powered off as asked", || async {
+        let m = machines.get("p1").await.ok()?;
+        let st = m.status.as_ref()?;
+        (st.power.as_ref()?.state == ironpool_crds::machine::PowerState::Off
+            && ready_reason(&m).starts_with("PoweredOff"))
+        .then_some(m)
+    })
+    .await;
+    assert_eq!(
+        intent(&m),
+        (BootTarget::Off, BootPurpose::Stop, run_attempt + 1)
+    );
+    assert_eq!(phase(&m), Some(P::Deployed));
+    eventually(T, "the Deployment names the power-off", || async {
+        (deployment_reason().await? == ("True".into(), "PoweredOff".into())).then_some(())
+    })
+    .await;
+
+    // A cycle request while off does not cycle (the plugin refuses it; the operator waits,
+    // unrecorded).
+    spec(serde_json::json!({"spec": {"powerCycleRequest": "while-off"}})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = machines.get("p1").await.unwrap();
+    assert_eq!(intent(&m).2, run_attempt + 1, "cycled while off");
+    assert_eq!(m.status.as_ref().unwrap().power_cycle_handled, None);
+
+    // On: the deployed OS boots again, and that boot answers the pending request: one
+    // boot, not two.
+    spec(serde_json::json!({"spec": {"power": "On"}})).await;
+    let m = eventually(T, "booted again", || async {
+        let m = machines.get("p1").await.ok()?;
+        (intent(&m) == (BootTarget::Disk, BootPurpose::Run, run_attempt + 2)
+            && ready_reason(&m).starts_with("Deployed"))
+        .then_some(m)
+    })
+    .await;
+    assert_eq!(phase(&m), Some(P::Deployed));
+    assert_eq!(
+        m.status.as_ref().unwrap().power_cycle_handled.as_deref(),
+        Some("while-off")
+    );
+
+    // Cycle: one new Disk/Run attempt per request value, recorded; the same value again
+    // does nothing.
+    spec(serde_json::json!({"spec": {"powerCycleRequest": "2026-12-07T11:00:00Z"}})).await;
+    let m = eventually(T, "cycled once", || async {
+        let m = machines.get("p1").await.ok()?;
+        (m.status.as_ref()?.power_cycle_handled.as_deref() == Some("2026-12-07T11:00:00Z")
+            && ready_reason(&m).starts_with("Deployed"))
+        .then_some(m)
+    })
+    .await;
+    assert_eq!(
+        intent(&m),
+        (BootTarget::Disk, BootPurpose::Run, run_attempt + 3)
+    );
+    spec(serde_json::json!({"spec": {"description": "touched"}})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = machines.get("p1").await.unwrap();
+    assert_eq!(
+        intent(&m).2,
+        run_attempt + 3,
+        "the same request cycled twice"
+    );
+    assert_eq!(
+        deployment_reason().await,
+        Some(("True".into(), "Deployed".into()))
+    );
+    let cycles = agent
+        .applied
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| a.machine == "p1" && a.attempt > run_attempt)
+        .map(|a| format!("{}/{}", a.target, a.purpose))
+        .collect::<Vec<_>>();
+    assert_eq!(cycles, ["Off/Stop", "Disk/Run", "Disk/Run"]);
+    agent.stop.cancel();
+}

@@ -13,13 +13,14 @@ use kube::Client;
 mod describe;
 mod enlist;
 mod output;
+mod power;
 mod release;
 mod status;
 mod watch;
 
 use output::Format;
 
-/// kubectl ironpool: fleet status, live progress, machine timelines, release and enlist.
+/// kubectl ironpool: fleet status, live progress, machine timelines, release, enlist and power.
 #[derive(Parser, Debug)]
 #[command(name = "kubectl ironpool", version)]
 struct Cli {
@@ -55,6 +56,9 @@ enum Verb {
     Release(release::Args),
     /// Enlist a server by its boot MAC (and BMC), as a new Machine the operator commissions.
     Enlist(enlist::Args),
+    /// Power a Deployed machine on, off (it stays off) or cycle it once, through its spec
+    /// (`spec.power`, `spec.powerCycleRequest`); the agent drives the BMC.
+    Power(power::Args),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -93,5 +97,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Verb::Release(args) => release::run(&client, &ns, &args, cli.output, &mut out).await,
         Verb::Enlist(args) => enlist::run(&client, &ns, &args, cli.output, &mut out).await,
+        Verb::Power(args) => power::run(&client, &ns, &args, cli.output, &mut out).await,
     }
 }

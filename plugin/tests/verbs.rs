@@ -376,7 +376,61 @@ async fn every_verb_against_a_real_apiserver() {
         json!({"machine": "r1-u02", "deployment": "db", "erase": "Quick"})
     );
 
+    // power: written into the spec; refused where it does not apply, saying what to do.
+    machines
+        .patch(
+            "r1-u04",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"bmc": {"address": "ipmi://10.0.0.4", "credentialsSecretRef": {"name": "bmc-4"}}}})),
+        )
+        .await
+        .unwrap();
+    set_status(
+        &machines,
+        "r1-u04",
+        json!({"phase": "Deployed", "power": {"state": "On"}, "deploymentRef": {"name": "api"},
+        "conditions": ready("True", "Deployed", "the deployed OS runs from disk")}),
+    )
+    .await;
+    fails(
+        &ns,
+        &["power", "off", "nope"],
+        "",
+        &["machine nope not found"],
+    );
+    fails(
+        &ns,
+        &["power", "on", "r1-u01"],
+        "",
+        &["machine r1-u01 has no BMC", "add spec.bmc"],
+    );
+    fails(
+        &ns,
+        &["power", "cycle", "enlisted-52-54-00-aa-bb-02"],
+        "",
+        &["is New: the lifecycle decides its power until it is Deployed"],
+    );
+    let out = ok(&ns, &["power", "off", "r1-u04"]);
+    assert!(out.contains("machine r1-u04: powering off"), "{out}");
+    let spec = |m: Machine| serde_json::to_value(m.spec).unwrap();
+    assert_eq!(spec(machines.get("r1-u04").await.unwrap())["power"], "Off");
+    fails(
+        &ns,
+        &["power", "cycle", "r1-u04"],
+        "",
+        &["powered off as asked", "kubectl ironpool power on r1-u04"],
+    );
+    ok(&ns, &["power", "on", "r1-u04"]);
+    assert_eq!(spec(machines.get("r1-u04").await.unwrap())["power"], "On");
+    let cycled: Value =
+        serde_json::from_str(&ok(&ns, &["power", "cycle", "r1-u04", "-o", "json"])).unwrap();
+    let request = spec(machines.get("r1-u04").await.unwrap())["powerCycleRequest"].clone();
+    assert!(request.is_string(), "no powerCycleRequest: {request}");
+    assert_eq!(
+        cycled,
+        json!({"machine": "r1-u04", "action": "cycle", "patch": {"spec": {"powerCycleRequest": request}}})
+    );
     // Bad command line: clap's usage error, exit 2.
-    let (code, _, err) = plugin(&ns, &["power"], "");
+    let (code, _, err) = plugin(&ns, &["power", "sideways", "r1-u04"], "");
     assert_eq!(code, 2, "{err}");
 }

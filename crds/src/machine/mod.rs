@@ -154,6 +154,22 @@ pub struct MachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broken: Option<bool>,
 
+    /// Power of a Deployed machine: On (the default) runs the deployed OS; Off powers it
+    /// off and keeps it off until this is set back to On, which boots the deployed OS
+    /// again. Only a Deployed machine follows it: while commissioning, deploying or erasing
+    /// the lifecycle decides power, and a Ready machine stays off. A machine deployed again
+    /// while this is Off is powered off once its OS has checked in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<DesiredPower>,
+
+    /// Power-cycle a Deployed machine once: set this to a new value (e.g. the current time)
+    /// and Ironpool reboots the deployed OS, then records the value in
+    /// `status.powerCycleHandled`. The same value never cycles twice; a machine whose
+    /// `power` is Off is not cycled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub power_cycle_request: Option<String>,
+
     /// Free-form note for people, e.g. why the machine is broken or in maintenance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
@@ -171,9 +187,25 @@ impl MachineSpec {
             root_device_hints: None,
             maintenance: None,
             broken: None,
+            power: None,
+            power_cycle_request: None,
             description: None,
         }
     }
+
+    /// Whether a person asked for the machine to be off (`spec.power: Off`).
+    pub fn wants_off(&self) -> bool {
+        self.power == Some(DesiredPower::Off)
+    }
+}
+
+/// Desired power of a Deployed machine.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DesiredPower {
+    /// Run the deployed OS.
+    On,
+    /// Powered off.
+    Off,
 }
 
 /// Baseboard management controller of a Machine.

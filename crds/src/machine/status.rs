@@ -80,6 +80,11 @@ pub struct MachineStatus {
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 
+    /// The `spec.powerCycleRequest` the operator last carried out (by issuing a reboot
+    /// intent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_cycle_handled: Option<String>,
+
     /// The metadata.generation of the spec the operator last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -161,7 +166,7 @@ pub struct BootIntent {
     /// Ramdisk (network boot into the Ironpool ramdisk), Disk (boot the installed OS) or
     /// Off (power off).
     pub target: BootTarget,
-    /// Why: Enlist, Commission, Deploy, Erase (ramdisk), Run (disk) or Idle (off).
+    /// Why: Enlist, Commission, Deploy, Erase (ramdisk), Run (disk), Idle or Stop (off).
     pub purpose: BootPurpose,
     /// Increases by one for every new intent; the agent applies each attempt once.
     #[schemars(range(min = 1))]
@@ -198,6 +203,8 @@ pub enum BootPurpose {
     Run,
     /// Stay powered off, ready for allocation.
     Idle,
+    /// Stay powered off as a person asked (spec.power: Off on a Deployed machine).
+    Stop,
 }
 
 /// The boot intent attempt the agent last carried out.

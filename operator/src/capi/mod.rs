@@ -158,13 +158,8 @@ pub(crate) fn test_server(name: &str, zone: Option<&str>) -> Machine {
         name,
         MachineSpec {
             bmc: None,
-            boot_mac_address: "52:54:00:00:00:01".into(),
-            boot_mode: Default::default(),
             architecture: Architecture::X86_64,
-            root_device_hints: None,
-            maintenance: None,
-            broken: None,
-            description: None,
+            ..MachineSpec::for_boot_mac("52:54:00:00:00:01".into())
         },
     );
     if let Some(z) = zone {

@@ -32,6 +32,8 @@ fn deploying(
         phase: Some(P::Deploying),
         maintenance: false,
         broken: false,
+        wants_off: false,
+        power_cycle: None,
         spec_changed: false,
         intent: Some(BootIntent {
             target: BootTarget::Ramdisk,

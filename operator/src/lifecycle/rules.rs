@@ -33,6 +33,10 @@ const OFF_IDLE: NewIntent = NewIntent {
     target: BootTarget::Off,
     purpose: BootPurpose::Idle,
 };
+const OFF_STOP: NewIntent = NewIntent {
+    target: BootTarget::Off,
+    purpose: BootPurpose::Stop,
+};
 
 /// The next phase and actions for a machine.
 pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
@@ -98,6 +102,7 @@ fn stay(phase: P, report: Report) -> Decision {
         operation: Op::Keep,
         release: false,
         report,
+        power_cycle_handled: None,
         requeue_after: None,
     }
 }
@@ -118,13 +123,17 @@ fn intent_is(obs: &Observation, want: NewIntent) -> bool {
         .is_some_and(|i| i.target == want.target && i.purpose == want.purpose)
 }
 
-/// How long the current intent has been out.
-fn intent_age(obs: &Observation) -> Duration {
-    let issued = obs
-        .intent
+/// When the current intent was issued.
+fn issued_at(obs: &Observation) -> Option<k8s_openapi::jiff::Timestamp> {
+    obs.intent
         .as_ref()
         .and_then(|i| i.issued_at.as_ref())
-        .map(|t| t.0);
+        .map(|t| t.0)
+}
+
+/// How long the current intent has been out.
+fn intent_age(obs: &Observation) -> Duration {
+    let issued = issued_at(obs);
     match issued {
         Some(t) if obs.now > t => obs.now.duration_since(t).unsigned_abs(),
         _ => Duration::ZERO,
@@ -281,6 +290,14 @@ const READY: &str = "ready to deploy";
 const DEPLOYED: &str = "the deployed OS runs from disk";
 const BOOTING_OS: &str = "image written; booting it from disk";
 const POWERING_OFF: &str = "releasing: powering off";
+const POWERED_OFF: &str =
+    "deployed, powered off as asked (spec.power: Off); set spec.power to On to boot it again";
+const POWERING_ON: &str = "booting the deployed OS again (spec.power: On)";
+const BOOTING_DEPLOYED_OS: &str = "booting the deployed OS from disk; waiting for it to check in";
+
+fn power_cycling(request: &str) -> String {
+    format!("power-cycling the deployed OS (spec.powerCycleRequest {request:?})")
+}
 
 fn erasing(erase: ErasePolicy) -> String {
     format!("releasing: erasing disks ({erase:?})")
@@ -428,15 +445,7 @@ fn deploying(obs: &Observation, policy: &Policy) -> Decision {
         );
     }
     if intent_is(obs, DISK_RUN) {
-        let issued = obs
-            .intent
-            .as_ref()
-            .and_then(|i| i.issued_at.as_ref())
-            .map(|t| t.0);
-        if obs
-            .os_booted_at
-            .is_some_and(|b| issued.is_none_or(|i| b >= i))
-        {
+        if os_booted_since_intent(obs) {
             let d = stay(P::Deployed, report(true, "Deployed", DEPLOYED));
             return Decision {
                 operation: Op::Finish(OperationResult::Succeeded, "deployed".into()),
@@ -465,12 +474,74 @@ fn deployed(obs: &Observation, policy: &Policy) -> Decision {
         Some(DeploymentView::Active { image }) if operation_image(obs) != Some(image.as_str()) => {
             start_deploy(image, policy)
         }
-        Some(DeploymentView::Active { .. }) => {
-            stay(P::Deployed, report(true, "Deployed", DEPLOYED))
-        }
+        Some(DeploymentView::Active { .. }) => deployed_power(obs, policy),
         Some(DeploymentView::Releasing { erase }) => start_release(*erase, policy),
         None => start_release(ErasePolicy::Quick, policy),
     }
+}
+
+/// A Deployed machine follows `spec.power` and `spec.powerCycleRequest`; the phase stays
+/// Deployed throughout (the Deployment keeps its machine).
+fn deployed_power(obs: &Observation, policy: &Policy) -> Decision {
+    if obs.wants_off {
+        let d = stay(P::Deployed, report(true, "PoweredOff", POWERED_OFF));
+        return if intent_is(obs, OFF_STOP) {
+            d
+        } else {
+            with_intent(d, OFF_STOP)
+        };
+    }
+    if intent_is(obs, OFF_STOP) {
+        // The boot from disk also answers a cycle asked for while it was off: one boot.
+        let mut d = with_intent(
+            stay(P::Deployed, report(true, "BootingOS", POWERING_ON)),
+            DISK_RUN,
+        );
+        d.power_cycle_handled = obs.power_cycle.clone();
+        return d;
+    }
+    if let Some(request) = &obs.power_cycle {
+        let mut d = with_intent(
+            stay(
+                P::Deployed,
+                report(true, "PowerCycling", power_cycling(request)),
+            ),
+            DISK_RUN,
+        );
+        d.power_cycle_handled = Some(request.clone());
+        return d;
+    }
+    if intent_is(obs, DISK_RUN) && !os_booted_since_intent(obs) {
+        // Powered on again or cycled: the OS has not checked in since.
+        if intent_age(obs) >= policy.boot_timeout {
+            return stay(
+                P::Deployed,
+                warning(
+                    "OSNotCheckedIn",
+                    format!(
+                        "the deployed OS did not check in within {}s of being powered on; \
+                         look at the machine's console, or set spec.powerCycleRequest to a \
+                         new value to cycle it again",
+                        policy.boot_timeout.as_secs()
+                    ),
+                ),
+            );
+        }
+        return wait(
+            obs,
+            P::Deployed,
+            policy.boot_timeout,
+            report(true, "BootingOS", BOOTING_DEPLOYED_OS),
+        );
+    }
+    stay(P::Deployed, report(true, "Deployed", DEPLOYED))
+}
+
+/// Whether the deployed OS checked in after the current intent was issued.
+fn os_booted_since_intent(obs: &Observation) -> bool {
+    let issued = issued_at(obs);
+    obs.os_booted_at
+        .is_some_and(|b| issued.is_none_or(|i| b >= i))
 }
 
 fn start_release(erase: ErasePolicy, policy: &Policy) -> Decision {

@@ -25,6 +25,8 @@ fn base(phase: Option<P>) -> Observation {
         phase,
         maintenance: false,
         broken: false,
+        wants_off: false,
+        power_cycle: None,
         spec_changed: false,
         intent: None,
         applied_attempt: None,
@@ -103,6 +105,12 @@ trait Obs: Sized {
         o.applied_attempt = Some(attempt);
         o
     }
+    fn power(self, wants_off: bool, power_cycle: Option<&str>) -> Observation {
+        let mut o = self.o();
+        o.wants_off = wants_off;
+        o.power_cycle = power_cycle.map(str::to_string);
+        o
+    }
     fn flags(self, maintenance: bool, broken: bool, spec_changed: bool) -> Observation {
         let mut o = self.o();
         o.maintenance = maintenance;
@@ -161,6 +169,7 @@ const DEPL: Option<(T, Pu)> = Some((T::Ramdisk, Pu::Deploy));
 const ERASE: Option<(T, Pu)> = Some((T::Ramdisk, Pu::Erase));
 const RUN: Option<(T, Pu)> = Some((T::Disk, Pu::Run));
 const OFF: Option<(T, Pu)> = Some((T::Off, Pu::Idle));
+const STOP: Option<(T, Pu)> = Some((T::Off, Pu::Stop));
 
 fn cases() -> Vec<(&'static str, Observation, Want)> {
     let p = Policy::default();
@@ -458,6 +467,65 @@ fn cases() -> Vec<(&'static str, Observation, Want)> {
                 .op(K::Deploy, R::Succeeded, 0)
                 .hw(),
             want(P::Deployed, None, "keep", false, "Deployed"),
+        ),
+        (
+            "spec.power Off powers a deployed machine off",
+            ph(P::Deployed)
+                .active(IMG)
+                .intent(T::Disk, Pu::Run, 6, 100)
+                .booted(50)
+                .power(true, None),
+            want(P::Deployed, STOP, "keep", false, "PoweredOff"),
+        ),
+        (
+            "powered off as asked stays off",
+            ph(P::Deployed)
+                .active(IMG)
+                .intent(T::Off, Pu::Stop, 7, 10)
+                .booted(50)
+                .power(true, Some("c1")),
+            want(P::Deployed, None, "keep", false, "PoweredOff"),
+        ),
+        (
+            "spec.power On boots the deployed OS again",
+            ph(P::Deployed)
+                .active(IMG)
+                .intent(T::Off, Pu::Stop, 7, 10)
+                .booted(50),
+            want(P::Deployed, RUN, "keep", false, "BootingOS"),
+        ),
+        (
+            "waiting for the OS after power-on",
+            ph(P::Deployed)
+                .active(IMG)
+                .intent(T::Disk, Pu::Run, 8, 10)
+                .booted(50),
+            want(P::Deployed, None, "keep", false, "BootingOS"),
+        ),
+        (
+            "the OS checked in after power-on",
+            ph(P::Deployed)
+                .active(IMG)
+                .intent(T::Disk, Pu::Run, 8, 10)
+                .booted(5),
+            want(P::Deployed, None, "keep", false, "Deployed"),
+        ),
+        (
+            "the OS never checked in after power-on stays Deployed with a warning",
+            ph(P::Deployed)
+                .active(IMG)
+                .intent(T::Disk, Pu::Run, 8, boot_to)
+                .booted(boot_to + 50),
+            want(P::Deployed, None, "keep", false, "OSNotCheckedIn"),
+        ),
+        (
+            "a new power-cycle request reboots once",
+            ph(P::Deployed)
+                .active(IMG)
+                .intent(T::Disk, Pu::Run, 6, 100)
+                .booted(50)
+                .power(false, Some("c1")),
+            want(P::Deployed, RUN, "keep", false, "PowerCycling"),
         ),
         (
             "image change redeploys",
@@ -868,4 +936,31 @@ fn a_check_in_earlier_in_the_intents_second_is_not_the_new_one() {
     // A check-in after the issue time, in the same second, is the new one.
     obs.os_booted_at = Some(issued + k8s_openapi::jiff::SignedDuration::from_millis(100));
     assert_eq!(decide(&obs, &Policy::default()).phase, P::Deployed);
+}
+
+#[test]
+fn a_power_cycle_request_is_recorded_with_its_reboot_intent() {
+    let obs = ph(P::Deployed)
+        .active(IMG)
+        .intent(T::Disk, Pu::Run, 6, 100)
+        .booted(50)
+        .power(false, Some("2026-12-07T11:00:00Z"));
+    let d = decide(&obs, &Policy::default());
+    assert_eq!(
+        d.power_cycle_handled.as_deref(),
+        Some("2026-12-07T11:00:00Z")
+    );
+    assert!(d.transitions_from(&obs));
+    // Off wins over a cycle: the request waits, unrecorded.
+    let off = decide(&obs.clone().power(true, Some("x")), &Policy::default());
+    assert_eq!(off.power_cycle_handled, None);
+    assert_eq!(off.report.reason, "PoweredOff");
+    // Back on with the request still there: the one boot from disk answers it.
+    let on = ph(P::Deployed)
+        .active(IMG)
+        .intent(T::Off, Pu::Stop, 7, 10)
+        .power(false, Some("x"));
+    let d = decide(&on, &Policy::default());
+    assert_eq!(d.intent.map(|i| (i.target, i.purpose)), RUN);
+    assert_eq!(d.power_cycle_handled.as_deref(), Some("x"));
 }

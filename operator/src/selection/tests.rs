@@ -23,13 +23,8 @@ fn machine(
         name,
         MachineSpec {
             bmc: None,
-            boot_mac_address: "52:54:00:00:00:01".into(),
-            boot_mode: Default::default(),
             architecture: Architecture::X86_64,
-            root_device_hints: None,
-            maintenance: None,
-            broken: None,
-            description: None,
+            ..MachineSpec::for_boot_mac("52:54:00:00:00:01".into())
         },
     );
     m.metadata.labels = Some(BTreeMap::from([("pool".to_string(), pool.to_string())]));

@@ -180,17 +180,11 @@ pub fn machine(name: &str, mac_suffix: u8, pool: &str) -> Machine {
                 credentials_secret_ref: SecretRef { name: "bmc".into() },
                 insecure_skip_verify: false,
             }),
-            boot_mac_address: format!(
+            ..MachineSpec::for_boot_mac(format!(
                 "52:54:00:00:{:02x}:{:02x}",
                 mac_suffix / 100,
                 mac_suffix % 100
-            ),
-            boot_mode: Default::default(),
-            architecture: Default::default(),
-            root_device_hints: None,
-            maintenance: None,
-            broken: None,
-            description: None,
+            ))
         },
     );
     m.metadata.labels = Some([("pool".to_string(), pool.to_string())].into());
