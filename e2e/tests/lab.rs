@@ -353,14 +353,9 @@ fn power_as_a_person_asks(lab: &Lab, i: usize) {
         Ok(m["status"]["power"]["state"] == "Off" && ready(&m).0 == "PoweredOff")
     })
     .unwrap();
+    let held_by = machine(lab, i)["status"]["deploymentRef"]["name"].clone();
     let d = lab
-        .get_json(
-            "deployment.metal.ironpool.dev",
-            &machine(lab, i)["status"]["deploymentRef"]["name"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        )
+        .get_json("deployment.metal.ironpool.dev", held_by.as_str().unwrap())
         .unwrap();
     assert_eq!(ready(&d).0, "PoweredOff", "{d}");
     assert_eq!(d["status"]["phase"], "Deployed", "{d}");

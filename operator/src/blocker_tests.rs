@@ -34,7 +34,7 @@ fn machine(issued_ago: i64, applied_ago: Option<i64>) -> Machine {
                 insecure_skip_verify: false,
             }),
             architecture: Architecture::X86_64,
-            ..MachineSpec::for_boot_mac("52:54:00:00:00:07".into())
+            ..MachineSpec::for_boot_mac("52:54:00:00:00:07")
         },
     );
     m.status = Some(MachineStatus {

@@ -159,7 +159,7 @@ pub(crate) fn test_server(name: &str, zone: Option<&str>) -> Machine {
         MachineSpec {
             bmc: None,
             architecture: Architecture::X86_64,
-            ..MachineSpec::for_boot_mac("52:54:00:00:00:01".into())
+            ..MachineSpec::for_boot_mac("52:54:00:00:00:01")
         },
     );
     if let Some(z) = zone {

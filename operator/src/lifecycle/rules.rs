@@ -292,12 +292,9 @@ const BOOTING_OS: &str = "image written; booting it from disk";
 const POWERING_OFF: &str = "releasing: powering off";
 const POWERED_OFF: &str =
     "deployed, powered off as asked (spec.power: Off); set spec.power to On to boot it again";
-const POWERING_ON: &str = "booting the deployed OS again (spec.power: On)";
-const BOOTING_DEPLOYED_OS: &str = "booting the deployed OS from disk; waiting for it to check in";
-
-fn power_cycling(request: &str) -> String {
-    format!("power-cycling the deployed OS (spec.powerCycleRequest {request:?})")
-}
+/// Entering and waiting say the same, so that waiting writes nothing.
+const BOOTING_DEPLOYED_OS: &str = "powered on or cycled as asked (spec.power, \
+     spec.powerCycleRequest): booting the deployed OS from disk, waiting for it to check in";
 
 fn erasing(erase: ErasePolicy) -> String {
     format!("releasing: erasing disks ({erase:?})")
@@ -494,7 +491,7 @@ fn deployed_power(obs: &Observation, policy: &Policy) -> Decision {
     if intent_is(obs, OFF_STOP) {
         // The boot from disk also answers a cycle asked for while it was off: one boot.
         let mut d = with_intent(
-            stay(P::Deployed, report(true, "BootingOS", POWERING_ON)),
+            stay(P::Deployed, report(true, "BootingOS", BOOTING_DEPLOYED_OS)),
             DISK_RUN,
         );
         d.power_cycle_handled = obs.power_cycle.clone();
@@ -502,10 +499,7 @@ fn deployed_power(obs: &Observation, policy: &Policy) -> Decision {
     }
     if let Some(request) = &obs.power_cycle {
         let mut d = with_intent(
-            stay(
-                P::Deployed,
-                report(true, "PowerCycling", power_cycling(request)),
-            ),
+            stay(P::Deployed, report(true, "BootingOS", BOOTING_DEPLOYED_OS)),
             DISK_RUN,
         );
         d.power_cycle_handled = Some(request.clone());

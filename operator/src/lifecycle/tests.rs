@@ -472,6 +472,7 @@ fn cases() -> Vec<(&'static str, Observation, Want)> {
             "spec.power Off powers a deployed machine off",
             ph(P::Deployed)
                 .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
                 .intent(T::Disk, Pu::Run, 6, 100)
                 .booted(50)
                 .power(true, None),
@@ -481,6 +482,7 @@ fn cases() -> Vec<(&'static str, Observation, Want)> {
             "powered off as asked stays off",
             ph(P::Deployed)
                 .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
                 .intent(T::Off, Pu::Stop, 7, 10)
                 .booted(50)
                 .power(true, Some("c1")),
@@ -490,6 +492,7 @@ fn cases() -> Vec<(&'static str, Observation, Want)> {
             "spec.power On boots the deployed OS again",
             ph(P::Deployed)
                 .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
                 .intent(T::Off, Pu::Stop, 7, 10)
                 .booted(50),
             want(P::Deployed, RUN, "keep", false, "BootingOS"),
@@ -498,6 +501,7 @@ fn cases() -> Vec<(&'static str, Observation, Want)> {
             "waiting for the OS after power-on",
             ph(P::Deployed)
                 .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
                 .intent(T::Disk, Pu::Run, 8, 10)
                 .booted(50),
             want(P::Deployed, None, "keep", false, "BootingOS"),
@@ -506,6 +510,7 @@ fn cases() -> Vec<(&'static str, Observation, Want)> {
             "the OS checked in after power-on",
             ph(P::Deployed)
                 .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
                 .intent(T::Disk, Pu::Run, 8, 10)
                 .booted(5),
             want(P::Deployed, None, "keep", false, "Deployed"),
@@ -514,6 +519,7 @@ fn cases() -> Vec<(&'static str, Observation, Want)> {
             "the OS never checked in after power-on stays Deployed with a warning",
             ph(P::Deployed)
                 .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
                 .intent(T::Disk, Pu::Run, 8, boot_to)
                 .booted(boot_to + 50),
             want(P::Deployed, None, "keep", false, "OSNotCheckedIn"),
@@ -522,10 +528,11 @@ fn cases() -> Vec<(&'static str, Observation, Want)> {
             "a new power-cycle request reboots once",
             ph(P::Deployed)
                 .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
                 .intent(T::Disk, Pu::Run, 6, 100)
                 .booted(50)
                 .power(false, Some("c1")),
-            want(P::Deployed, RUN, "keep", false, "PowerCycling"),
+            want(P::Deployed, RUN, "keep", false, "BootingOS"),
         ),
         (
             "image change redeploys",
@@ -858,6 +865,9 @@ fn apply(obs: &Observation, d: &Decision) -> Observation {
     if d.release {
         next.deployment = None;
     }
+    if d.power_cycle_handled.is_some() {
+        next.power_cycle = None;
+    }
     next.operation = match &d.operation {
         OperationChange::Keep => obs.operation.clone(),
         OperationChange::Start(kind, image) => Some(Operation {
@@ -942,6 +952,7 @@ fn a_check_in_earlier_in_the_intents_second_is_not_the_new_one() {
 fn a_power_cycle_request_is_recorded_with_its_reboot_intent() {
     let obs = ph(P::Deployed)
         .active(IMG)
+        .op(K::Deploy, R::Succeeded, 0)
         .intent(T::Disk, Pu::Run, 6, 100)
         .booted(50)
         .power(false, Some("2026-12-07T11:00:00Z"));
@@ -958,6 +969,7 @@ fn a_power_cycle_request_is_recorded_with_its_reboot_intent() {
     // Back on with the request still there: the one boot from disk answers it.
     let on = ph(P::Deployed)
         .active(IMG)
+        .op(K::Deploy, R::Succeeded, 0)
         .intent(T::Off, Pu::Stop, 7, 10)
         .power(false, Some("x"));
     let d = decide(&on, &Policy::default());

@@ -24,7 +24,7 @@ fn machine(
         MachineSpec {
             bmc: None,
             architecture: Architecture::X86_64,
-            ..MachineSpec::for_boot_mac("52:54:00:00:00:01".into())
+            ..MachineSpec::for_boot_mac("52:54:00:00:00:01")
         },
     );
     m.metadata.labels = Some(BTreeMap::from([("pool".to_string(), pool.to_string())]));
