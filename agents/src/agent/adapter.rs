@@ -6,7 +6,7 @@
 
 use futures::future::BoxFuture;
 use ironpool_crds::deployment::ImageFormat;
-use ironpool_crds::machine::{Hardware, InventorySummary, ProvisioningReport};
+use ironpool_crds::machine::{Hardware, InventorySummary, ProvisioningReport, ProvisioningStep};
 use ironpool_crds::{Deployment, Machine, MachineInventory, Subnet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
@@ -80,6 +80,12 @@ pub fn view(
         boot_mode: machine.spec.boot_mode,
         architecture: machine.spec.architecture,
         intent: machine.status.as_ref().and_then(|s| s.boot_intent.clone()),
+        deployed_attempt: machine
+            .status
+            .as_ref()
+            .and_then(|s| s.provisioning.as_ref())
+            .filter(|p| p.step == ProvisioningStep::Succeeded)
+            .map(|p| p.attempt),
         root_device_hints: machine.spec.root_device_hints.clone(),
         erase: deployment.map(|d| d.spec.erase).unwrap_or_default(),
         deploy: deployment.and_then(|d| deploy_inputs(d, subnet, mac)),

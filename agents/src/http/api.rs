@@ -178,9 +178,12 @@ impl OsCheckIn {
     }
 }
 
-/// Checks an OS check-in for `mac`: the OS written by Deploy attempt `n` boots under the
-/// Disk intent `n + 1`, so the token must be the OS token of the current Disk attempt
-/// minus one. Returns the Machine and the Deploy attempt; the error is the 401 message.
+/// Checks an OS check-in for `mac`: the token must be the OS token of the Deploy attempt
+/// that wrote the disk, the attempt whose ramdisk last reported success (the OS of Deploy
+/// attempt `n` first boots under the Disk intent `n + 1`; a person's power-on or cycle
+/// issues later Disk attempts for the same OS). Without that report, the current Disk
+/// attempt minus one. Returns the Machine and the Deploy attempt; the error is the 401
+/// message.
 pub fn authenticate_os(
     keys: &TokenKey,
     mac: &MacAddr,
@@ -200,7 +203,10 @@ pub fn authenticate_os(
     let who = format!("Machine {}/{}", m.namespace, m.name);
     match &m.intent {
         Some(i) if i.target == BootTarget::Disk => {
-            let deployed = i.attempt - 1;
+            let deployed = m
+                .deployed_attempt
+                .filter(|&d| d < i.attempt)
+                .unwrap_or(i.attempt - 1);
             if keys.verify_os(mac, deployed, token) {
                 return Ok((m, deployed));
             }

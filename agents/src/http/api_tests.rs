@@ -185,6 +185,14 @@ fn os_check_in_authentication_table() {
         let err = authenticate_os(&k, &MAC, machine, token.as_deref()).unwrap_err();
         assert!(err.contains(want), "{err:?} should contain {want:?}");
     }
+    // Powered on or cycled twice since Deploy attempt 3 wrote it (Disk intent 6): still
+    // the OS of attempt 3, and only that one.
+    let mut cycled = with_intent(BootTarget::Disk, BootPurpose::Run, 6);
+    cycled.deployed_attempt = Some(3);
+    let (_, attempt) = authenticate_os(&k, &MAC, Some(cycled.clone()), Some(&os3)).unwrap();
+    assert_eq!(attempt, 3);
+    let err = authenticate_os(&k, &MAC, Some(cycled), Some(&k.derive_os(&MAC, 5))).unwrap_err();
+    assert!(err.contains("Deploy attempt 3"), "{err}");
 }
 
 #[test]

@@ -23,6 +23,7 @@ impl MachineView {
             boot_mode: BootMode::Uefi,
             architecture: Architecture::X86_64,
             intent: None,
+            deployed_attempt: None,
             root_device_hints: None,
             erase: ErasePolicy::Quick,
             deploy: None,

@@ -29,6 +29,10 @@ pub struct MachineView {
     pub architecture: Architecture,
     /// `status.bootIntent`, if the operator has set one.
     pub intent: Option<BootIntent>,
+    /// The attempt whose ramdisk last reported success (`status.provisioning`): under a
+    /// Disk intent, the Deploy attempt that wrote the OS on the disk, however many times a
+    /// person has powered it on or cycled it since (each a new Disk attempt).
+    pub deployed_attempt: Option<i64>,
     /// `spec.rootDeviceHints` (a Deployment's storage hints override them in `deploy`).
     pub root_device_hints: Option<RootDeviceHints>,
     /// How to erase disks when the purpose is Erase (from the Deployment being released).
