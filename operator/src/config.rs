@@ -68,6 +68,11 @@ pub struct Config {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "IRONPOOL_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Serve the read-only fleet web view on this address (off when unset). Every
+    /// request needs a bearer token the apiserver accepts (TokenReview) for a user who may
+    /// list Machines in the watched namespace (SubjectAccessReview).
+    #[arg(long, env = "IRONPOOL_WEB_LISTEN")]
+    pub web_listen: Option<SocketAddr>,
     /// Log format.
     #[arg(long, env = "IRONPOOL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -158,5 +163,6 @@ mod tests {
         assert_eq!(c.lease_duration, Duration::from_secs(3));
         assert!(!c.policy().auto_commission);
         assert_eq!(c.policy().retries, 2);
+        assert_eq!(c.web_listen, None, "the web view is off by default");
     }
 }

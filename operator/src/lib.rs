@@ -20,3 +20,4 @@ pub mod restore;
 pub mod selection;
 pub mod streams;
 pub mod subnet_controller;
+pub mod web;

@@ -10,7 +10,7 @@ use ironpool_operator::config::{Config, LogFormat};
 use ironpool_operator::context::Context;
 use ironpool_operator::metrics::Metrics;
 use ironpool_operator::streams::SharedWatch;
-use ironpool_operator::{capi, deployment_controller, machine_controller, subnet_controller};
+use ironpool_operator::{capi, deployment_controller, machine_controller, subnet_controller, web};
 use ironpool_runtime::http;
 use ironpool_runtime::leader::{LeaderElector, LeaseConfig};
 use kube::runtime::{Controller, watcher};
@@ -160,6 +160,18 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(%bound, identity, "serving /metrics, /healthz, /readyz");
+    // The web view serves on every replica, leader or standby, from its own watches.
+    let web_task = match config.web_listen {
+        Some(addr) => {
+            let (bound, task) =
+                web::serve(addr, client.clone(), config.namespace.clone(), root.clone())
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} for the web view"))?;
+            tracing::info!(%bound, "serving the fleet web view");
+            Some(task)
+        }
+        None => None,
+    };
 
     let lease = LeaseConfig {
         lease_duration: config.lease_duration,
@@ -170,6 +182,9 @@ async fn main() -> anyhow::Result<()> {
     let elector = LeaderElector::new(client.clone(), lease);
     let Some(term) = elector.acquire(&root).await? else {
         http_task.await.ok();
+        if let Some(t) = web_task {
+            t.await.ok();
+        }
         return Ok(());
     };
     tracing::info!(identity, "leading");
@@ -207,5 +222,8 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not release the Lease; the standby takes over when it expires");
     }
     http_task.await.ok();
+    if let Some(t) = web_task {
+        t.await.ok();
+    }
     Ok(())
 }
