@@ -290,6 +290,61 @@ fn renders_what_the_values_ask_for() {
     );
 }
 
+/// The fleet web view: off by default; on, the flag and port on the operator, a Service,
+/// the review RBAC (cluster-scoped, create only) and Event reads for the machine page.
+#[test]
+fn web_view_renders_only_when_enabled() {
+    let (ok, out, err) = template(&[]);
+    assert!(ok, "{err}");
+    assert!(!out.contains("--web-listen") && !out.contains("tokenreviews"));
+    assert!(!kinds(&out).iter().any(|k| k.contains("-web")));
+    for namespace in ["", "watchNamespace=dc-a"] {
+        let mut set = vec!["operator.web.enabled=true", "operator.web.port=9443"];
+        if !namespace.is_empty() {
+            set.push(namespace);
+        }
+        let (ok, out, err) = template(&set);
+        assert!(ok, "{err}");
+        let all = kinds(&out);
+        for want in [
+            "Service/t-ironpool-operator-web",
+            "ClusterRole/t-ironpool-operator-web-auth",
+            "ClusterRoleBinding/t-ironpool-operator-web-auth",
+        ] {
+            assert!(
+                all.contains(&want.to_string()),
+                "{want} missing from {all:?}"
+            );
+        }
+        assert!(out.contains("- --web-listen=0.0.0.0:9443"), "{out}");
+        assert!(out.contains("containerPort: 9443"));
+        let role = out
+            .split("\n---")
+            .find(|d| {
+                d.contains("name: t-ironpool-operator-web-auth")
+                    && d.contains("kind: ClusterRole\n")
+            })
+            .expect("the web-auth ClusterRole");
+        assert!(
+            role.contains("resources: [tokenreviews]")
+                && role.contains("resources: [subjectaccessreviews]")
+        );
+        assert!(
+            role.lines()
+                .filter(|l| l.contains("verbs:"))
+                .all(|l| l.trim() == "verbs: [create]"),
+            "{role}"
+        );
+        assert!(
+            out.contains("resources: [events]\n    verbs: [list]"),
+            "no Event list for the machine page"
+        );
+    }
+    let (ok, _, err) = template(&["operator.web.port=0"]);
+    assert!(!ok, "port 0 accepted");
+    assert!(err.contains("web"), "{err}");
+}
+
 /// `helm template | kubectl apply --dry-run=server -f -`: every object the chart renders is
 /// valid for this apiserver (the CRDs are installed first, as `helm install` does).
 #[test]

@@ -624,6 +624,11 @@ fn the_binaries_accept_the_flags_the_chart_renders() {
             "ironpool-operator",
             &["watchNamespace=dc-a", "operator.autoCommission=false"][..],
         ),
+        (
+            "operator-deployment.yaml",
+            "ironpool-operator",
+            &["operator.web.enabled=true"][..],
+        ),
         ("agent-daemonset.yaml", "ironpool-agent", &[][..]),
         (
             "agent-daemonset.yaml",
