@@ -738,6 +738,47 @@ impl Lab {
         Ok(())
     }
 
+    /// The fleet web view's URL, from the line the host operator logged (None on Helm, or
+    /// before the operator logged it), after making the ServiceAccount `fleet-viewer` (in
+    /// the lab's namespace) that may read the fleet: sign in with
+    /// `kubectl create token fleet-viewer -n lab`.
+    pub fn web_view_url(&self) -> Result<Option<String>> {
+        if self.node.is_some() {
+            return Ok(None);
+        }
+        let log = std::fs::read_to_string(self.dir.join("operator.log")).unwrap_or_default();
+        let Some(port) = log
+            .lines()
+            .filter(|l| l.contains("serving the fleet web view"))
+            .filter_map(|l| l.split("127.0.0.1:").nth(1))
+            .map(|rest| {
+                rest.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .next_back()
+        else {
+            return Ok(None);
+        };
+        let kubectl = |args: &[&str]| cluster::kubectl_ok(self.cp.kubectl().args(args));
+        kubectl(&["create", "serviceaccount", "fleet-viewer", "-n", NAMESPACE])?;
+        kubectl(&[
+            "create",
+            "clusterrole",
+            "ironpool-fleet-viewer",
+            "--verb=get,list,watch",
+            "--resource=machines.metal.ironpool.dev,subnets.metal.ironpool.dev,deployments.metal.ironpool.dev",
+        ])?;
+        kubectl(&[
+            "create",
+            "clusterrolebinding",
+            "ironpool-fleet-viewer",
+            "--clusterrole=ironpool-fleet-viewer",
+            &format!("--serviceaccount={NAMESPACE}:fleet-viewer"),
+        ])?;
+        Ok(Some(format!("http://127.0.0.1:{port}/")))
+    }
+
     /// Starts (or restarts) the operator on the host; on Helm, waits for its pods.
     pub fn start_operator(&mut self) -> Result<()> {
         if self.node.is_some() {
@@ -748,6 +789,8 @@ impl Lab {
             .env("RUST_LOG", "info,kube=warn")
             .args(["--lease-namespace", NAMESPACE, "--identity", "lab-operator"])
             .args(["--listen", "127.0.0.1:0"])
+            // The fleet web view, on a free port ([`Lab::web_view_url`] reads it back).
+            .args(["--web-listen", "127.0.0.1:0"])
             .args(["--lease-duration", "6s", "--renew-deadline", "4s"])
             .args(["--retry-period", "1s"])
             .args(["--commission-timeout", "10m", "--deploy-timeout", "15m"])

@@ -96,6 +96,13 @@ fn run_lab(state: &std::path::Path, runtime: Runtime) -> Result<()> {
     if runtime == Runtime::Helm {
         println!("  kubectl get pods -n {HELM_NAMESPACE} -o wide   # the Helm release's pods");
     }
+    match lab.web_view_url() {
+        Ok(Some(url)) => println!(
+            "Fleet web view: {url} (sign in with the token of `kubectl create token fleet-viewer -n {NAMESPACE}`)"
+        ),
+        Ok(None) => {}
+        Err(e) => println!("(no fleet web view: {e:#})"),
+    }
     let minutes = |m: u64| std::time::Duration::from_secs(60 * m);
     lab.adopt_enlisted(minutes(10))?;
     lab.wait_all("Ready", minutes(20))?;
