@@ -16,6 +16,8 @@ mod webdriver;
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
+
 use common::*;
 use ironpool_crds::{Machine, Subnet};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -533,6 +535,85 @@ async fn fleet_view_in_a_real_browser() {
     ] {
         assert!(page.contains(part), "Subnet page lacks {part:?}:\n{page}");
     }
+
+    // The same with 200 machines: the new ones arrive in the open table without a reload,
+    // then page load and update latency again.
+    browser.goto(&format!("{base}/"));
+    browser.wait_for(
+        "the table",
+        T,
+        "return window.ironpool && window.ironpool.firstTable !== null",
+    );
+    let bulk = 200 - fleet().len();
+    let status = fleet()[2].2.clone();
+    futures::stream::iter(0..bulk)
+        .for_each_concurrent(16, |i| {
+            let (machines, status) = (machines.clone(), status.clone());
+            async move {
+                let name = format!("bulk-{i:03}");
+                let mut m = machine(&name, 0, "bulk");
+                m.spec.boot_mac_address = format!("52:54:00:01:{:02x}:{:02x}", i / 256, i % 256);
+                create(&machines, &m).await;
+                machines
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"status": status})),
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    browser.wait_for(
+        "200 rows in the open table",
+        T,
+        "return document.querySelectorAll('#machines tbody tr').length === 200",
+    );
+    let mut big_table_ms = Vec::new();
+    for _ in 0..3 {
+        browser.goto(&format!("{base}/?big"));
+        let v = browser.wait_for(
+            "the 200-machine table",
+            T,
+            "return window.ironpool && window.ironpool.firstTable !== null
+               && document.querySelectorAll('#machines tbody tr').length === 200 ? window.ironpool.firstTable : null",
+        );
+        big_table_ms.push(v.as_f64().unwrap());
+    }
+    let mut big_latencies = Vec::new();
+    for phase in ["Deployed", "Releasing", "Ready"] {
+        let before = browser.eval("return window.ironpool.updates.length", json!([]));
+        let sent = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+            * 1000.0;
+        machines
+            .patch_status(
+                "bulk-100",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": {"phase": phase}})),
+            )
+            .await
+            .unwrap();
+        let seen = browser.wait_for(
+            "the phase change in the 200-machine table",
+            T,
+            &format!(
+                "const u = window.ironpool.updates.slice({before}).find(u => u.key === '{ns}/bulk-100' && u.phase === '{phase}');
+                 return u ? u.at : null"
+            ),
+        );
+        big_latencies.push(seen.as_f64().unwrap() - sent);
+    }
+    println!(
+        "fleet view, 200 machines: page load to table drawn median {:.0} ms (runs {:?}); update latency median {:.0} ms (runs {:?})",
+        median(big_table_ms.clone()),
+        big_table_ms.iter().map(|v| v.round()).collect::<Vec<_>>(),
+        median(big_latencies.clone()),
+        big_latencies.iter().map(|v| v.round()).collect::<Vec<_>>(),
+    );
 
     println!(
         "fleet view, {} machines: page load to table drawn median {:.0} ms (runs {:?}), load event {:.0} ms; \
