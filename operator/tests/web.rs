@@ -446,6 +446,20 @@ async fn fleet_view_in_a_real_browser() {
         println!("update {i}: uefi-1 -> {phase} in the page after {ms:.1} ms");
         latencies.push(ms);
     }
+    // A Subnet changing hands shows in the open table too.
+    Api::<Subnet>::namespaced(client(cp).await, &ns)
+        .patch_status(
+            "prov",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"servedBy": {"agent": "lab-node-2"}}})),
+        )
+        .await
+        .unwrap();
+    browser.wait_for(
+        "the new Subnet holder in the page",
+        T,
+        "return document.getElementById('subnets').innerText.includes('lab-node-2')",
+    );
     let loads = browser.eval(
         "return performance.getEntriesByType('navigation').length",
         json!([]),
@@ -529,6 +543,7 @@ async fn fleet_view_in_a_real_browser() {
     for part in [
         "10.77.0.100 – 10.77.0.199",
         "10.77.0.20",
+        "lab-node-2",
         "lab-node-1",
         "bios-1",
         "143 free",

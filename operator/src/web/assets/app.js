@@ -30,6 +30,8 @@
   }
 
   // ---- machine table ----
+  const PHASES = ["New", "Commissioning", "Ready", "Allocated", "Deploying", "Deployed", "Releasing",
+    "FailedCommissioning", "FailedDeployment", "Broken", "Maintenance"];
   const filters = { phase: "", label: "", subnet: "" };
   function matches(m) {
     if (filters.phase && m.phase !== filters.phase) return false;
@@ -52,8 +54,8 @@
   }
   function drawTable() {
     const ms = [...state.machines.values()].sort((a, b) => a.key.localeCompare(b.key));
-    const phases = [...new Set(ms.map((m) => m.phase))].sort();
-    const subnets = [...state.subnets.values()];
+    const phases = PHASES.concat([...new Set(ms.map((m) => m.phase))].filter((p) => !PHASES.includes(p)));
+    const subnets = [...state.subnets.values()].sort((a, b) => a.key.localeCompare(b.key));
     const opt = (v, sel) => `<option${v === sel ? " selected" : ""}>${esc(v)}</option>`;
     view.innerHTML = `<h1>Machines <span class="count" id="count"></span></h1>
       <div class="filters">
@@ -72,6 +74,10 @@
         filters[id.slice(2)] = e.target.value; applyFilters();
       });
     }
+  }
+  function drawSubnets() {
+    const body = view.querySelector("#subnets tbody");
+    if (body) body.innerHTML = [...state.subnets.values()].sort((a, b) => a.key.localeCompare(b.key)).map(subnetRowHTML).join("");
   }
   function subnetRowHTML(s) {
     const a = s.addresses || {};
@@ -216,8 +222,12 @@
     });
     es.addEventListener("subnet", (e) => {
       const s = JSON.parse(e.data);
+      const known = [...state.subnets.values()].some((x) => x.name === s.name);
       state.subnets.set(s.key, s);
-      if (state.route.kind === "table") redrawSoon();
+      // A new name changes the filter's choices; otherwise only the Subnets table changes
+      // (a redraw would take the focus from the filter being typed in).
+      if (state.route.kind === "table" && !known) redrawSoon();
+      else if (state.route.kind === "table") drawSubnets();
       if (state.route.kind === "subnet" && state.route.key === s.key) redrawSoon();
     });
     es.addEventListener("subnet-gone", (e) => { state.subnets.delete(JSON.parse(e.data)); if (state.route.kind === "table") redrawSoon(); });
