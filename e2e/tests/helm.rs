@@ -356,6 +356,7 @@ fn rendered_objects_pass_a_server_side_dry_run() {
     for set in [
         &[][..],
         &["watchNamespace=dc-dry", "operator.replicas=3"][..],
+        &["watchNamespace=dc-dry", "operator.web.enabled=true"][..],
     ] {
         let mut command = helm(cp).unwrap();
         command
