@@ -1050,13 +1050,8 @@ impl Lab {
     /// When the deployed OS of machine `i` last checked in (the newest `OSBooted` of its
     /// flight recorder), as the recorder spells it.
     pub fn os_booted_at(&self, i: usize) -> Result<Option<String>> {
-        let m = self.get_json(
-            "machine.metal.ironpool.dev",
-            &self.machines[i].machine_name(),
-        )?;
-        Ok(m.pointer("/status/boot")
-            .and_then(Value::as_array)
-            .and_then(|b| b.iter().rev().find(|r| r["step"] == "OSBooted"))
+        Ok(self
+            .last_boot_record(i, "OSBooted")?
             .and_then(|r| r["at"].as_str().map(str::to_string)))
     }
 
@@ -1158,6 +1153,13 @@ impl Lab {
 
     /// The detail of the last `step` in the Machine's flight recorder.
     pub fn boot_step(&self, i: usize, step: &str) -> Result<Option<String>> {
+        Ok(self
+            .last_boot_record(i, step)?
+            .map(|r| r["detail"].as_str().unwrap_or_default().to_string()))
+    }
+
+    /// The newest record of `step` in machine `i`'s flight recorder.
+    fn last_boot_record(&self, i: usize, step: &str) -> Result<Option<Value>> {
         let m = self.get_json(
             "machine.metal.ironpool.dev",
             &self.machines[i].machine_name(),
@@ -1165,7 +1167,7 @@ impl Lab {
         Ok(m.pointer("/status/boot")
             .and_then(Value::as_array)
             .and_then(|b| b.iter().rev().find(|r| r["step"] == step))
-            .map(|r| r["detail"].as_str().unwrap_or_default().to_string()))
+            .cloned())
     }
 }
 

@@ -294,12 +294,7 @@ pub async fn run(
     format: Format,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let machines: Api<Machine> = Api::namespaced(client.clone(), ns);
-    let Some(m) = machines.get_opt(name).await? else {
-        anyhow::bail!(
-            "machine {name} not found in namespace {ns}: `kubectl get bmm -n {ns}` lists the machines there (or pass -n)"
-        );
-    };
+    let m = crate::lookup::machine(client, ns, name).await?;
     let inventories: Api<MachineInventory> = Api::namespaced(client.clone(), ns);
     let inv = inventories.get_opt(name).await.unwrap_or(None);
     let events: Api<Event> = Api::namespaced(client.clone(), ns);

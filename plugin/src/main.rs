@@ -12,6 +12,7 @@ use kube::Client;
 
 mod describe;
 mod enlist;
+mod lookup;
 mod output;
 mod power;
 mod release;

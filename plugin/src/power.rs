@@ -140,12 +140,8 @@ pub async fn run(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let name = &args.machine;
+    let m = crate::lookup::machine(client, ns, name).await?;
     let machines: Api<Machine> = Api::namespaced(client.clone(), ns);
-    let Some(m) = machines.get_opt(name).await? else {
-        anyhow::bail!(
-            "machine {name} not found in namespace {ns}: `kubectl get bmm -n {ns}` lists them"
-        );
-    };
     let patch = request(&m, args.action, Timestamp::now()).map_err(|why| anyhow::anyhow!(why))?;
     machines
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -61,12 +61,7 @@ pub async fn run(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let name = &args.machine;
-    let machines: Api<Machine> = Api::namespaced(client.clone(), ns);
-    let Some(m) = machines.get_opt(name).await? else {
-        anyhow::bail!(
-            "machine {name} not found in namespace {ns}: `kubectl get bmm -n {ns}` lists them"
-        );
-    };
+    let m = crate::lookup::machine(client, ns, name).await?;
     let st = m.status.as_ref();
     let phase = st.and_then(|s| s.phase).unwrap_or(MachinePhase::New);
     let Some(held_by) = st
