@@ -480,8 +480,7 @@ fn install_upgrade_uninstall() {
         // Right after the install, the apiserver may not serve the new CRDs' kinds yet
         // ("There can be a delay..."): that, like a policy not yet in effect, is retried.
         assert!(
-            ok || (err.contains("There can be a delay")
-                && std::time::Instant::now() < deadline),
+            ok || (err.contains("There can be a delay") && std::time::Instant::now() < deadline),
             "{err}"
         );
         if ok && finalizers.contains("metal.ironpool.dev/release") {
