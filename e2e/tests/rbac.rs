@@ -92,7 +92,11 @@ fn operator_can_do_what_it_needs_and_no_more() {
         ("yes", format!("patch {D} --subresource=status -n dc-a")),
         // The Deployment finalizer.
         ("yes", format!("patch {D} -n dc-a")),
-        // Moving an old status inventory into its MachineInventory; never deleting one.
+        // Reading a candidate's disks for root-device hints (one get, no list or watch);
+        // moving an old status inventory into its MachineInventory; never deleting one.
+        ("yes", format!("get {I} -n dc-a")),
+        ("no", format!("list {I} -n dc-a")),
+        ("no", format!("watch {I} -A")),
         ("yes", format!("create {I} -n dc-a")),
         ("yes", format!("patch {I} -n dc-a")),
         ("no", format!("delete {I} -n dc-a")),

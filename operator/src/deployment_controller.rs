@@ -9,7 +9,9 @@ use futures::StreamExt;
 use ironpool_crds::conditions::{self, READY, Status};
 use ironpool_crds::deployment::DeploymentPhase;
 use ironpool_crds::machine::{MachinePhase, MachineStatus};
-use ironpool_crds::{Deployment, LocalObjectRef, Machine, Subnet};
+use ironpool_crds::{
+    Deployment, LocalObjectRef, Machine, MachineInventory, RootDeviceHints, Subnet,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -175,7 +177,7 @@ async fn allocate(
     let fitting = match (&d.spec.machine_ref, &d.spec.machine_selector) {
         (Some(r), _) => match refs.iter().find(|m| m.name_any() == r.name) {
             Some(m) if selection::is_free(m) => {
-                if let Some(why) = selection::root_disk_mismatch(m, hints) {
+                if let Some(why) = disk_mismatch(ctx, m, hints).await? {
                     return Ok(Err(format!(
                         "machine {} has no disk matching the root-device hints ({why}); \
                          correct spec.storage.rootDeviceHints or name another machine",
@@ -202,7 +204,7 @@ async fn allocate(
                 )));
             }
         },
-        (None, Some(sel)) => match selection::candidates(sel, hints, &refs) {
+        (None, Some(sel)) => match selection::candidates(sel, &refs) {
             Ok(c) => c,
             Err(why) => return Ok(Err(why)),
         },
@@ -215,17 +217,62 @@ async fn allocate(
         selection::spread(fitting, &d.name_any()),
         Timestamp::now(),
     );
+    let pinned = d.spec.machine_ref.is_some();
+    let mut rejected = Vec::new();
     for m in order {
         if !ctx.reserve(&key(m), &me) {
             continue;
+        }
+        if !pinned {
+            match disk_mismatch(ctx, m, hints).await {
+                Ok(None) => {}
+                Ok(Some(why)) => {
+                    ctx.unreserve(&key(m));
+                    rejected.push(format!("{}: {why}", m.name_any()));
+                    continue;
+                }
+                Err(e) => {
+                    ctx.unreserve(&key(m));
+                    return Err(e);
+                }
+            }
         }
         if let Some(claimed) = claim(ctx, api, m, d).await? {
             return Ok(Ok(claimed));
         }
     }
+    if !rejected.is_empty() && rejected.len() == n {
+        return Ok(Err(selection::no_matching_disk(n, &rejected)));
+    }
     Ok(Err(format!(
         "all {n} fitting machines were taken by other Deployments just now; retrying"
     )))
+}
+
+/// Why `m` has no disk that can take the image under the root-device hints that apply
+/// (`hints`, the Deployment's, else the Machine's own), or `None` when one can or nothing
+/// says (the ramdisk checks again when it writes). The summary in Machine status rules
+/// out what it can; the disks themselves are read from the Machine's MachineInventory.
+async fn disk_mismatch(
+    ctx: &Context,
+    m: &Machine,
+    hints: Option<&RootDeviceHints>,
+) -> Result<Option<String>, Error> {
+    let Some(hints) = selection::hints_for(m, hints) else {
+        return Ok(None);
+    };
+    if let Some(why) = selection::summary_disk_mismatch(m, hints) {
+        return Ok(Some(why));
+    }
+    let Some(summary) = m.status.as_ref().and_then(|s| s.inventory.as_ref()) else {
+        return Ok(None);
+    };
+    let api: Api<MachineInventory> =
+        Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
+    Ok(match api.get_opt(&summary.inventory_ref.name).await? {
+        Some(inv) => selection::root_disk_mismatch(&inv.spec.hardware.disks, hints),
+        None => None,
+    })
 }
 
 /// The one Event of an allocation, on the Deployment with the machine as its related

@@ -8,6 +8,10 @@
 //! between is never replaced by the old one. Killed between the two writes, the next
 //! reconcile writes the same inventory again and finishes; nothing is lost, because
 //! `hardware` is cleared only in the write that sets the summary.
+//!
+//! Versions after the split but before the disk sizes kept every disk in the summary
+//! (`status.inventory.disks`) and no `largestDiskBytes`. Such a summary is written again
+//! from the MachineInventory, with the same precondition, and the old list removed.
 
 use ironpool_crds::machine::{Hardware, InventorySummary, apply_object};
 use ironpool_crds::{Machine, MachineInventory};
@@ -42,15 +46,47 @@ pub fn status_patch(m: &Machine, hardware: &Hardware) -> serde_json::Value {
     })
 }
 
-/// Moves `m`'s status inventory into its MachineInventory; true when it wrote (the
-/// caller stops there: the write's event brings the Machine back).
+/// Whether `m`'s summary was written by a version that listed the disks in it instead of
+/// their sizes (it has disks but no `largestDiskBytes`).
+pub fn summary_predates_disk_sizes(m: &Machine) -> bool {
+    m.status
+        .as_ref()
+        .and_then(|s| s.inventory.as_ref())
+        .is_some_and(|i| i.disk_count > 0 && i.largest_disk_bytes.is_none())
+}
+
+/// The status patch that rewrites `m`'s summary from `hardware` (its MachineInventory) and
+/// removes the disk list older versions kept in it, only if `m` is unchanged since read.
+pub fn summary_patch(m: &Machine, hardware: &Hardware) -> serde_json::Value {
+    let mut summary =
+        serde_json::to_value(InventorySummary::of(&m.name_any(), hardware)).unwrap_or_default();
+    summary["disks"] = serde_json::Value::Null;
+    json!({
+        "metadata": {"resourceVersion": m.resource_version()},
+        "status": {"inventory": summary},
+    })
+}
+
+/// Moves `m`'s status inventory into its MachineInventory, or rewrites a summary that
+/// predates the disk sizes; true when it wrote (the caller stops there: the write's event
+/// brings the Machine back).
 pub async fn migrate(client: &Client, machines: &Api<Machine>, m: &Machine) -> Result<bool, Error> {
-    let Some(hardware) = m.status.as_ref().and_then(|s| s.hardware.as_ref()) else {
-        return Ok(false);
-    };
     let name = m.name_any();
     let ns = m.namespace().unwrap_or_default();
     let inventories: Api<MachineInventory> = Api::namespaced(client.clone(), &ns);
+    let Some(hardware) = m.status.as_ref().and_then(|s| s.hardware.as_ref()) else {
+        if !summary_predates_disk_sizes(m) {
+            return Ok(false);
+        }
+        // Without its MachineInventory there is nothing to take the sizes from; the next
+        // commissioning writes both.
+        let Some(inv) = inventories.get_opt(&name).await? else {
+            return Ok(false);
+        };
+        patch_status(machines, m, &summary_patch(m, &inv.spec.hardware)).await?;
+        tracing::info!(machine = %format!("{ns}/{name}"), "rewrote the inventory summary with disk sizes from MachineInventory {name}");
+        return Ok(true);
+    };
     inventories
         .patch(
             &name,
@@ -58,19 +94,28 @@ pub async fn migrate(client: &Client, machines: &Api<Machine>, m: &Machine) -> R
             &Patch::Apply(&inventory_object(m, hardware)),
         )
         .await?;
+    patch_status(machines, m, &status_patch(m, hardware)).await?;
+    tracing::info!(machine = %format!("{ns}/{name}"), "moved the inventory from Machine status into MachineInventory {name}");
+    Ok(true)
+}
+
+async fn patch_status(
+    machines: &Api<Machine>,
+    m: &Machine,
+    patch: &serde_json::Value,
+) -> Result<(), Error> {
     machines
         .patch_status(
-            &name,
+            &m.name_any(),
             &PatchParams {
                 field_manager: Some(MIGRATION_MANAGER.into()),
                 ..Default::default()
             },
-            &Patch::Merge(&status_patch(m, hardware)),
+            &Patch::Merge(patch),
         )
         .await
-        .map_err(|e| conflict_as(e, || format!("Machine {ns}/{name}")))?;
-    tracing::info!(machine = %format!("{ns}/{name}"), "moved the inventory from Machine status into MachineInventory {name}");
-    Ok(true)
+        .map_err(|e| conflict_as(e, || format!("Machine {}", crate::context::key(m))))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -140,6 +185,30 @@ mod tests {
             serde_json::from_value(p["status"]["inventory"].clone()).unwrap();
         assert_eq!(summary.cores, Some(8));
         assert_eq!(summary.inventory_ref.name, "r1-u07");
-        assert_eq!(summary.disks, hw.disks);
+        assert_eq!(summary.largest_disk_bytes, Some(1 << 34));
+    }
+
+    #[test]
+    fn a_summary_with_a_disk_list_and_no_sizes_is_rewritten_from_the_inventory() {
+        let (mut m, hw) = old_machine();
+        let old_summary = serde_json::json!({"inventoryRef": {"name": "r1-u07"}, "cores": 8,
+            "disks": [{"name": "vda", "sizeBytes": 1u64 << 34}], "diskCount": 1, "nicCount": 0});
+        m.status = Some(MachineStatus {
+            inventory: Some(serde_json::from_value(old_summary).unwrap()),
+            ..Default::default()
+        });
+        assert!(summary_predates_disk_sizes(&m));
+        let p = summary_patch(&m, &hw);
+        assert_eq!(p["metadata"]["resourceVersion"], "41");
+        let inv = &p["status"]["inventory"];
+        assert!(inv["disks"].is_null() && inv.as_object().unwrap().contains_key("disks"));
+        assert_eq!(inv["largestDiskBytes"], 1u64 << 34);
+        assert_eq!(inv["totalDiskBytes"], 1u64 << 34);
+        // Rewritten (or one without disks): nothing more to do.
+        m.status.as_mut().unwrap().inventory = Some(InventorySummary::of("r1-u07", &hw));
+        assert!(!summary_predates_disk_sizes(&m));
+        m.status.as_mut().unwrap().inventory =
+            Some(InventorySummary::of("r1-u07", &Hardware::default()));
+        assert!(!summary_predates_disk_sizes(&m));
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use ironpool_crds::capi::REMEDIATED_ANNOTATION;
 use ironpool_crds::deployment::{HardwareConstraints, MachineSelector};
-use ironpool_crds::machine::MachinePhase;
+use ironpool_crds::machine::{Disk, MachinePhase};
 use ironpool_crds::{Machine, RootDeviceHints};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 use k8s_openapi::jiff::Timestamp;
@@ -143,22 +143,38 @@ fn memory(m: &Machine) -> Option<i64> {
 }
 
 fn largest_disk(m: &Machine) -> Option<i64> {
-    m.status
-        .as_ref()?
-        .inventory
-        .as_ref()?
-        .disks
-        .iter()
-        .map(|d| d.size_bytes)
-        .max()
+    m.status.as_ref()?.inventory.as_ref()?.largest_disk_bytes
 }
 
-/// Why none of `m`'s commissioned disks can take the image under `hints` (the
-/// Deployment's, else the Machine's own), or `None` when one can or the inventory does not
-/// say (the ramdisk checks again when it writes).
-pub fn root_disk_mismatch(m: &Machine, hints: Option<&RootDeviceHints>) -> Option<String> {
-    let hints = hints.or(m.spec.root_device_hints.as_ref())?;
-    let disks = &m.status.as_ref()?.inventory.as_ref()?.disks;
+/// The root-device hints a Deployment with `hints` applies on `m`: its own, else the
+/// Machine's.
+pub fn hints_for<'a>(
+    m: &'a Machine,
+    hints: Option<&'a RootDeviceHints>,
+) -> Option<&'a RootDeviceHints> {
+    hints.or(m.spec.root_device_hints.as_ref())
+}
+
+/// Why `m` cannot take the image under `hints` from its status summary alone (no disks, or
+/// none large enough), without reading its MachineInventory; `None` when the summary does
+/// not rule it out (or does not say: the ramdisk checks again when it writes).
+pub fn summary_disk_mismatch(m: &Machine, hints: &RootDeviceHints) -> Option<String> {
+    let inv = m.status.as_ref()?.inventory.as_ref()?;
+    if inv.disk_count == 0 {
+        return Some("commissioning found no disks".into());
+    }
+    let (min, largest) = (hints.min_size_gigabytes?, inv.largest_disk_bytes?);
+    (largest < min.saturating_mul(1_000_000_000)).then(|| {
+        format!(
+            "the largest of its {} disks has {largest} bytes, below {min} GB",
+            inv.disk_count
+        )
+    })
+}
+
+/// Why none of `disks` (a Machine's commissioned disks, from its MachineInventory) can take
+/// the image under `hints`, or `None` when one can.
+pub fn root_disk_mismatch(disks: &[Disk], hints: &RootDeviceHints) -> Option<String> {
     if disks.is_empty() {
         return Some("commissioning found no disks".into());
     }
@@ -169,11 +185,30 @@ pub fn root_disk_mismatch(m: &Machine, hints: Option<&RootDeviceHints>) -> Optio
     Some(why.join(", "))
 }
 
-/// The free machines that fit `sel` and have a disk matching the root-device hints, or
-/// why there are none.
+/// The sentence when every one of the `n` fitting machines was rejected for its disks;
+/// `rejected` holds "machine: why" for each.
+pub fn no_matching_disk(n: usize, rejected: &[String]) -> String {
+    let shown: Vec<&str> = rejected.iter().take(3).map(String::as_str).collect();
+    let more = rejected.len().saturating_sub(shown.len());
+    let more = if more > 0 {
+        format!("; {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "0 of {n} Ready {} have a disk matching the root-device hints ({}{more}); \
+         {} rejected for their disks: correct spec.storage.rootDeviceHints, or commission \
+         servers with such a disk",
+        if n == 1 { "machine" } else { "machines" },
+        shown.join("; "),
+        rejected.len(),
+    )
+}
+
+/// The free machines that fit `sel`, or why there are none. Root-device hints are checked
+/// by the caller, against each candidate's MachineInventory, as it tries them.
 pub fn candidates<'a>(
     sel: &MachineSelector,
-    hints: Option<&RootDeviceHints>,
     machines: &[&'a Machine],
 ) -> Result<Vec<&'a Machine>, String> {
     let mut left: Vec<&Machine> = machines.iter().copied().filter(|m| is_free(m)).collect();
@@ -187,32 +222,6 @@ pub fn candidates<'a>(
         if left.is_empty() {
             return Err(format!("0 of {before} Ready {} {}", noun(before), f.words));
         }
-    }
-    let before = left.len();
-    let mut rejected = Vec::new();
-    left.retain(|m| match root_disk_mismatch(m, hints) {
-        Some(why) => {
-            rejected.push(format!("{}: {why}", m.name_any()));
-            false
-        }
-        None => true,
-    });
-    if left.is_empty() {
-        let shown: Vec<&str> = rejected.iter().take(3).map(String::as_str).collect();
-        let more = rejected.len().saturating_sub(shown.len());
-        let more = if more > 0 {
-            format!("; {more} more")
-        } else {
-            String::new()
-        };
-        return Err(format!(
-            "0 of {before} Ready {} have a disk matching the root-device hints ({}{more}); \
-             {} rejected for their disks: correct spec.storage.rootDeviceHints, or commission \
-             servers with such a disk",
-            noun(before),
-            shown.join("; "),
-            rejected.len(),
-        ));
     }
     Ok(left)
 }

@@ -360,3 +360,105 @@ async fn deployments_waiting_for_a_starting_operator_are_allocated() {
     }
     agent.stop.cancel();
 }
+
+/// Root-device hints are checked against the disks in each candidate's MachineInventory
+/// (the Machine's status keeps only their count and sizes): a Deployment asking for a model
+/// only one server has gets that server; the next one is told which disks were rejected
+/// and why; a size no server has is ruled out from the summary alone.
+#[tokio::test]
+async fn root_device_hints_are_checked_against_the_machine_inventory() {
+    use ironpool_crds::deployment::Storage;
+    use ironpool_crds::{MachineInventory, RootDeviceHints};
+    use kube::api::{Patch, PatchParams};
+
+    let pool = ready_pool("hints", 3).await;
+    let (machines, deployments) = (pool.machines.clone(), pool.deployments.clone());
+    let m01 = machines.get("m01").await.unwrap();
+    let ns = m01.metadata.namespace.clone().unwrap();
+    let inventories: Api<MachineInventory> = Api::namespaced(machines.clone().into_client(), &ns);
+    // m01 gets a second disk, as a commissioning that found it would report it.
+    let mut inv = inventories.get("m01").await.unwrap();
+    let mut nvme = inv.spec.hardware.disks[0].clone();
+    nvme.name = "nvme0n1".into();
+    nvme.model = Some("SAMSUNG PM9A3".into());
+    inv.spec.hardware.disks.push(nvme);
+    let object = ironpool_crds::machine::apply_object(
+        &ns,
+        "m01",
+        m01.metadata.uid.as_deref(),
+        &inv.spec.hardware,
+        None,
+    );
+    inventories
+        .patch(
+            "m01",
+            &PatchParams::apply("ironpool-agent-hardware").force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .unwrap();
+
+    let with_hints = |name: &str, hints: RootDeviceHints| {
+        let mut d = deployment(name, "batch", "os.raw", ErasePolicy::None);
+        d.spec.storage = Some(Storage {
+            root_device_hints: Some(hints),
+            ..Default::default()
+        });
+        d
+    };
+    let pm9a3 = RootDeviceHints {
+        model: Some("pm9a3".into()),
+        ..Default::default()
+    };
+    let message = |d: &Deployment| {
+        d.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.message.clone())
+        })
+    };
+    create(&deployments, &with_hints("nvme-1", pm9a3.clone())).await;
+    let d = eventually(T, "nvme-1 allocated", || async {
+        let d = deployments.get("nvme-1").await.ok()?;
+        d.status.as_ref()?.machine_ref.is_some().then_some(d)
+    })
+    .await;
+    assert_eq!(
+        d.status.unwrap().machine_ref.unwrap().name,
+        "m01",
+        "the only server with a PM9A3"
+    );
+
+    create(&deployments, &with_hints("nvme-2", pm9a3)).await;
+    let why = eventually(T, "nvme-2 says why no machine fits", || async {
+        let m = message(&deployments.get("nvme-2").await.ok()?)?;
+        m.contains("root-device hints").then_some(m)
+    })
+    .await;
+    assert!(
+        why.starts_with("0 of 2 Ready machines have a disk matching the root-device hints ("),
+        "{why}"
+    );
+    assert!(why.contains("m00: vda: model None lacks 'pm9a3'"), "{why}");
+    assert!(
+        why.contains("2 rejected for their disks: correct spec.storage.rootDeviceHints"),
+        "{why}"
+    );
+
+    let huge = RootDeviceHints {
+        min_size_gigabytes: Some(500),
+        ..Default::default()
+    };
+    create(&deployments, &with_hints("huge", huge)).await;
+    let why = eventually(T, "huge says why no machine fits", || async {
+        let m = message(&deployments.get("huge").await.ok()?)?;
+        m.contains("root-device hints").then_some(m)
+    })
+    .await;
+    assert!(
+        why.contains("the largest of its 1 disks has 107374182400 bytes, below 500 GB"),
+        "{why}"
+    );
+    pool.agent.stop.cancel();
+}

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 
 use common::*;
-use ironpool_crds::{Machine, Subnet};
+use ironpool_crds::{Machine, MachineInventory, Subnet};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, ServiceAccount};
@@ -53,8 +53,8 @@ fn fleet() -> Vec<(&'static str, &'static str, Value)> {
     let inv = |name: &str, cores: i64, gib: i64, disk_gib: i64| {
         json!({"inventoryRef": {"name": name}, "architecture": "x86_64", "cores": cores,
                "threads": cores, "memoryBytes": gib << 30, "memory": format!("{gib}Gi"),
-               "disks": [{"name": "vda", "sizeBytes": disk_gib << 30, "model": "QEMU HARDDISK"}],
-               "diskCount": 1, "nicCount": 1})
+               "diskCount": 1, "largestDiskBytes": disk_gib << 30,
+               "totalDiskBytes": disk_gib << 30, "nicCount": 1})
     };
     let ready = |reason: &str, message: &str, ok: bool| {
         json!([{"type": "Ready", "status": if ok {"True"} else {"False"}, "reason": reason,
@@ -204,6 +204,7 @@ async fn setup(ns: &str) {
         .await
         .unwrap();
     let machines: Api<Machine> = Api::namespaced(c.clone(), ns);
+    let inventories: Api<MachineInventory> = Api::namespaced(c.clone(), ns);
     for (i, (name, zone, status)) in fleet().into_iter().enumerate() {
         let mut m = machine(name, 10 + i as u8, "lab");
         m.metadata
@@ -220,6 +221,26 @@ async fn setup(ns: &str) {
             )
             .await
             .unwrap();
+        // As the agent writes it: the disks in the MachineInventory, the sizes in status.
+        if let Some(bytes) = status["inventory"]["largestDiskBytes"].as_i64() {
+            let hardware =
+                json!({"disks": [{"name": "vda", "sizeBytes": bytes, "model": "QEMU HARDDISK"}]});
+            let object = ironpool_crds::machine::apply_object(
+                ns,
+                name,
+                m.metadata.uid.as_deref(),
+                &serde_json::from_value(hardware).unwrap(),
+                None,
+            );
+            inventories
+                .patch(
+                    name,
+                    &PatchParams::apply("ironpool-agent-hardware").force(),
+                    &Patch::Apply(object),
+                )
+                .await
+                .unwrap();
+        }
         let event: Event = serde_json::from_value(json!({
             "metadata": {"name": format!("{name}.commissioned")},
             "involvedObject": {"apiVersion": "metal.ironpool.dev/v1alpha1", "kind": "Machine",

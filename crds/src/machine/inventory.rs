@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::hardware::{Disk, Hardware};
+use super::hardware::Hardware;
 use crate::common::LocalObjectRef;
 
 /// The hardware inventory commissioning found on one Machine.
@@ -91,13 +91,17 @@ pub struct InventorySummary {
     /// Installed memory for people, e.g. 512Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
-    /// Block devices (kept whole: root-device hints are checked against them when a
-    /// server is chosen).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub disks: Vec<Disk>,
     /// Number of disks.
     #[serde(default)]
     pub disk_count: i32,
+    /// Size of the largest disk in bytes (what `machineSelector.hardware.minDisk` is
+    /// compared with). The disks themselves are in the MachineInventory: root-device hints
+    /// are checked against it when a server is chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub largest_disk_bytes: Option<i64>,
+    /// Size of all disks together in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_disk_bytes: Option<i64>,
     /// Number of network interfaces.
     #[serde(default)]
     pub nic_count: i32,
@@ -114,8 +118,10 @@ impl InventorySummary {
             threads: cpu.and_then(|c| c.threads),
             memory_bytes: hw.memory_bytes,
             memory: hw.memory.clone(),
-            disks: hw.disks.clone(),
             disk_count: count(hw.disks.len()),
+            largest_disk_bytes: hw.disks.iter().map(|d| d.size_bytes).max(),
+            total_disk_bytes: (!hw.disks.is_empty())
+                .then(|| hw.disks.iter().map(|d| d.size_bytes).sum()),
             nic_count: count(hw.nics.len()),
         }
     }
@@ -156,7 +162,7 @@ fn count(n: usize) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{Cpu, Nic, PciDevice};
+    use crate::machine::{Cpu, Disk, Nic, PciDevice};
 
     fn hardware() -> Hardware {
         Hardware {
@@ -170,12 +176,19 @@ mod tests {
             }),
             memory_bytes: Some(1 << 37),
             memory: Some("128Gi".into()),
-            disks: vec![Disk {
-                name: "nvme0n1".into(),
-                size_bytes: 1_000_000_000_000,
-                model: Some("PM9A3".into()),
-                ..Default::default()
-            }],
+            disks: vec![
+                Disk {
+                    name: "nvme0n1".into(),
+                    size_bytes: 1_000_000_000_000,
+                    model: Some("PM9A3".into()),
+                    ..Default::default()
+                },
+                Disk {
+                    name: "sda".into(),
+                    size_bytes: 480_000_000_000,
+                    ..Default::default()
+                },
+            ],
             nics: vec![
                 Nic {
                     name: "eno1".into(),
@@ -199,14 +212,24 @@ mod tests {
     }
 
     #[test]
-    fn the_summary_keeps_what_selectors_and_hints_read() {
+    fn the_summary_keeps_what_selectors_and_printer_columns_read() {
         let s = InventorySummary::of("r1-u07", &hardware());
         assert_eq!(s.inventory_ref.name, "r1-u07");
         assert_eq!(s.architecture.as_deref(), Some("x86_64"));
         assert_eq!((s.cores, s.threads), (Some(32), Some(64)));
         assert_eq!(s.memory_bytes, Some(1 << 37));
-        assert_eq!(s.disks[0].model.as_deref(), Some("PM9A3"));
-        assert_eq!((s.disk_count, s.nic_count), (1, 4));
+        assert_eq!((s.disk_count, s.nic_count), (2, 4));
+        assert_eq!(s.largest_disk_bytes, Some(1_000_000_000_000));
+        assert_eq!(s.total_disk_bytes, Some(1_480_000_000_000));
+        let bare = InventorySummary::of("r1-u08", &Hardware::default());
+        assert_eq!(
+            (
+                bare.disk_count,
+                bare.largest_disk_bytes,
+                bare.total_disk_bytes
+            ),
+            (0, None, None)
+        );
     }
 
     #[test]

@@ -156,7 +156,7 @@ fn selection_filters_and_explains() {
         ),
     ];
     for (name, s, want) in cases {
-        let got = names(candidates(&s, None, &all));
+        let got = names(candidates(&s, &all));
         let want = want
             .map(|v| v.iter().map(|s| s.to_string()).collect())
             .map_err(str::to_string);
@@ -189,13 +189,13 @@ fn held_or_allocated_machines_are_not_free() {
         s.deployment_ref = Some(LocalObjectRef::new("x"));
     }
     let busy = machine("c", MachinePhase::Deploying, "gpu", 1, 1, 1);
-    let got = candidates(&sel(None, None), None, &[&held, &taken, &busy]);
+    let got = candidates(&sel(None, None), &[&held, &taken, &busy]);
     assert_eq!(
         got.err().as_deref(),
         Some("no Ready machine is free (3 machines: 1 Deploying, 2 Ready)")
     );
     assert!(
-        candidates(&sel(None, None), None, &[])
+        candidates(&sel(None, None), &[])
             .unwrap_err()
             .contains("no Machines exist")
     );
@@ -243,50 +243,79 @@ fn recently_remediated_servers_go_last() {
 }
 
 #[test]
-fn servers_without_a_disk_matching_the_hints_are_never_chosen() {
-    let small = machine("small", MachinePhase::Ready, "gpu", 1, 1, 10);
-    let big = machine("big", MachinePhase::Ready, "gpu", 1, 1, 100);
+fn root_device_hints_apply_deployment_first_and_say_why_a_disk_does_not_fit() {
     let mut own = machine("own", MachinePhase::Ready, "gpu", 1, 1, 100);
-    // The Machine's own hints ask for a model none of its disks has.
-    own.spec.root_device_hints = Some(RootDeviceHints {
+    let plain = machine("plain", MachinePhase::Ready, "gpu", 1, 1, 100);
+    let nvme = RootDeviceHints {
         model: Some("NVMe".into()),
         ..Default::default()
-    });
-    let all = [&small, &big, &own];
+    };
+    own.spec.root_device_hints = Some(nvme.clone());
     let want = |gb: i64| RootDeviceHints {
         min_size_gigabytes: Some(gb),
         ..Default::default()
     };
-    // No hints anywhere but on `own`: it is passed over, the others fit.
+    // The Deployment's hints override the Machine's; without either there is no check.
+    assert_eq!(hints_for(&own, None), Some(&nvme));
+    assert_eq!(hints_for(&own, Some(&want(5))), Some(&want(5)));
+    assert_eq!(hints_for(&plain, None), None);
+    // Candidates are chosen by the selector alone: the hints need the MachineInventory.
+    let all = [&own, &plain];
     assert_eq!(
-        names(candidates(&sel(None, None), None, &all)),
-        Ok(vec!["small".to_string(), "big".to_string()])
+        names(candidates(&sel(None, None), &all)),
+        Ok(vec!["own".to_string(), "plain".to_string()])
     );
-    // The Deployment's hints override the Machine's: 50 GB fits only the 100 GiB disks.
+    // The summary rules out a disk that is too small without reading the inventory...
     assert_eq!(
-        names(candidates(&sel(None, None), Some(&want(50)), &all)),
-        Ok(vec!["big".to_string(), "own".to_string()])
+        summary_disk_mismatch(&plain, &want(500)).as_deref(),
+        Some("the largest of its 1 disks has 107374182400 bytes, below 500 GB")
     );
-    // Nothing fits: the message counts the servers rejected for their disks and says why.
-    let err = candidates(&sel(None, None), Some(&want(500)), &all).unwrap_err();
-    assert!(
-        err.starts_with("0 of 3 Ready machines have a disk matching the root-device hints"),
-        "{err}"
-    );
-    assert!(err.contains("3 rejected for their disks"), "{err}");
-    assert!(
-        err.contains("small: vda: 10737418240 bytes is below 500 GB"),
-        "{err}"
+    assert_eq!(summary_disk_mismatch(&plain, &want(50)), None);
+    // ...but not a model: that takes the disks themselves.
+    assert_eq!(summary_disk_mismatch(&plain, &nvme), None);
+    let disks = [
+        Disk {
+            name: "sda".into(),
+            size_bytes: 480 << 30,
+            model: Some("Micron 5300".into()),
+            ..Default::default()
+        },
+        Disk {
+            name: "nvme0n1".into(),
+            size_bytes: 10 << 30,
+            model: Some("Samsung NVMe PM9A3".into()),
+            ..Default::default()
+        },
+    ];
+    assert_eq!(root_disk_mismatch(&disks, &nvme), None, "nvme0n1 fits");
+    assert_eq!(root_disk_mismatch(&disks, &want(100)), None, "sda fits");
+    assert_eq!(
+        root_disk_mismatch(&disks, &want(1000)).as_deref(),
+        Some(
+            "sda: 515396075520 bytes is below 1000 GB, nvme0n1: 10737418240 bytes is below 1000 GB"
+        )
     );
     // A machine whose inventory lists no disks cannot take an image.
-    let mut bare = machine("bare", MachinePhase::Ready, "gpu", 1, 1, 1);
-    if let Some(h) = bare.status.as_mut().and_then(|s| s.inventory.as_mut()) {
-        h.disks.clear();
-    }
     assert_eq!(
-        root_disk_mismatch(&bare, Some(&want(1))).as_deref(),
+        root_disk_mismatch(&[], &want(1)).as_deref(),
         Some("commissioning found no disks")
     );
-    // No hints at all: no check.
-    assert_eq!(root_disk_mismatch(&bare, None), None);
+    let mut bare = machine("bare", MachinePhase::Ready, "gpu", 1, 1, 1);
+    bare.status.as_mut().unwrap().inventory =
+        Some(InventorySummary::of("bare", &Hardware::default()));
+    assert_eq!(
+        summary_disk_mismatch(&bare, &want(1)).as_deref(),
+        Some("commissioning found no disks")
+    );
+    // When all were rejected, the sentence counts them, shows three and says what to do.
+    let rejected: Vec<String> = (0..5).map(|i| format!("m{i}: sda: too small")).collect();
+    let err = no_matching_disk(5, &rejected);
+    assert!(
+        err.starts_with("0 of 5 Ready machines have a disk matching the root-device hints (m0: sda: too small; m1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("; 2 more); 5 rejected for their disks: correct spec.storage.rootDeviceHints"),
+        "{err}"
+    );
 }

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Form, Json, Router};
 use futures::Stream;
+use ironpool_crds::MachineInventory;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
@@ -294,7 +295,22 @@ async fn machine_json(State(s): S, Path((ns, name)): Path<(String, String)>) -> 
             Vec::new()
         }
     };
+    // The disks are in the MachineInventory (the status keeps their count and sizes).
+    let disks = match m.status.as_ref().and_then(|st| st.inventory.as_ref()) {
+        Some(summary) => match Api::<MachineInventory>::namespaced(s.client.clone(), &ns)
+            .get_opt(&summary.inventory_ref.name)
+            .await
+        {
+            Ok(inv) => inv.map(|i| i.spec.hardware.disks).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, machine = name, "web view cannot read the inventory");
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
     let mut page = view::machine_page(&m, deployment.as_deref(), &subnets(&s), &events);
+    page["disks"] = json!(disks);
     if let Some(list) = page["events"].as_array_mut() {
         let drop = list.len().saturating_sub(EVENTS_SHOWN);
         list.drain(..drop);

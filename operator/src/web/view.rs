@@ -84,13 +84,8 @@ pub fn row(m: &Machine, subnets: &[std::sync::Arc<Subnet>]) -> Value {
     let status = m.status.clone().unwrap_or_default();
     let inv = status.inventory.as_ref();
     let disks = inv.map(|i| {
-        let total: i64 = i.disks.iter().map(|d| d.size_bytes).sum();
-        let count = if i.disk_count > 0 {
-            i.disk_count as usize
-        } else {
-            i.disks.len()
-        };
-        format!("{count} ({})", bytes(total))
+        let total = i.total_disk_bytes.unwrap_or_default();
+        format!("{} ({})", i.disk_count, bytes(total))
     });
     let last = status
         .boot
@@ -229,8 +224,8 @@ mod tests {
                 ],
                 "inventory": {"inventoryRef": {"name": "r1-u07"}, "architecture": "x86_64",
                     "cores": 64, "memoryBytes": 549755813888i64,
-                    "disks": [{"name": "sda", "sizeBytes": 214748364800i64}],
-                    "diskCount": 1, "nicCount": 2},
+                    "diskCount": 1, "largestDiskBytes": 214748364800i64,
+                    "totalDiskBytes": 214748364800i64, "nicCount": 2},
                 "deploymentRef": {"name": "web-1"},
                 "conditions": [{"type": "Ready", "status": "False", "reason": "Deploying",
                     "message": "writing image", "lastTransitionTime": "2026-12-07T10:00:00Z"}],

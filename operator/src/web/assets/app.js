@@ -148,7 +148,7 @@
     view.innerHTML = `<h1 id="machine-name">${esc(r.name)} <span class="phase p-${esc(r.phase)}">${esc(r.phase)}</span> <span class="muted">power ${dash(r.power)}</span></h1>
       <div class="grid">
       ${section("Machine", dl([["Namespace", esc(r.namespace)], ["Boot MAC", esc(d.spec.bootMACAddress)], ["BMC", dash(d.spec.bmc)], ["Boot mode", dash(d.spec.bootMode)], ["Subnets", r.subnets.map((s) => link("s", `${r.namespace}/${s}`, s)).join(", ") || "–"], ["Labels", esc(Object.entries(r.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ")) || "–"], ["Boot intent", intent ? `${esc(intent.target)} / ${esc(intent.purpose)}, attempt ${esc(intent.attempt)}` : "–"], ["Last operation", op ? `${esc(op.kind)} ${esc(op.result)}${op.message ? ": " + esc(op.message) : ""}` : "–"]]))}
-      ${section("Inventory", dl([["Architecture", dash(inv.architecture || r.arch)], ["Cores / threads", `${dash(inv.cores)} / ${dash(inv.threads)}`], ["Memory", dash(r.memory)], ["Disks", (inv.disks || []).map((x) => `${esc(x.name)} ${esc(size(x.sizeBytes))}${x.model ? " " + esc(x.model) : ""}`).join("<br>") || "–"], ["NICs", dash(inv.nicCount)]]))}
+      ${section("Inventory", dl([["Architecture", dash(inv.architecture || r.arch)], ["Cores / threads", `${dash(inv.cores)} / ${dash(inv.threads)}`], ["Memory", dash(r.memory)], ["Disks", (d.disks || []).map((x) => `${esc(x.name)} ${esc(size(x.sizeBytes))}${x.model ? " " + esc(x.model) : ""}`).join("<br>") || "–"], ["NICs", dash(inv.nicCount)]]))}
       ${section("Deploy progress", progress(d.provisioning, d.deployment))}
       ${section("Flight recorder", timeline(d.boot))}
       </div>
