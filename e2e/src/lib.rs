@@ -33,6 +33,7 @@ pub mod prometheus;
 pub mod qemu;
 pub mod secret;
 pub mod storm;
+pub mod webdriver;
 
 pub use binaries::{Binaries, helm};
 pub use control_plane::ControlPlane;

@@ -290,7 +290,10 @@ fn machines_are_enlisted_commissioned_deployed_and_released() {
     assert!(booted.contains("proof-of-user-data bios-1"), "{booted}");
     check_address(&lab, "bios-1", &booted);
 
+    // The fleet web view in a real browser, watching the power steps happen.
+    let view = FleetView::open(&lab, uefi);
     power_as_a_person_asks(&lab, uefi);
+    view.measure_power_updates(&lab, uefi);
 
     // 4. Release with erase.
     assert_eq!(
@@ -374,6 +377,212 @@ fn power_as_a_person_asks(lab: &Lab, i: usize) {
         "[lab] cycle, off and on again: {:.1}s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Milliseconds since the Unix epoch on this machine's clock (the page's `Date.now()`).
+fn now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// 3c. The operator's fleet web view of the lab, in headless Chromium: signed in with the
+/// `fleet-viewer` token, the table shows both QEMU machines, the machine page their flight
+/// recorder; page load is measured. A `kubectl get -w` of the machine's power state runs
+/// beside it, so that the real power changes that follow can be timed from the apiserver's
+/// event to the page.
+struct FleetView {
+    browser: ironpool_e2e::webdriver::Browser,
+    watch: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(f64, String)>>>,
+}
+
+impl FleetView {
+    fn open(lab: &Lab, i: usize) -> FleetView {
+        let url = lab
+            .web_view_url()
+            .unwrap()
+            .expect("the lab's operator logs the fleet web view's address");
+        let token = ironpool_e2e::cluster::kubectl_ok(lab.cp.kubectl().args([
+            "create",
+            "token",
+            "fleet-viewer",
+            "-n",
+            ironpool_e2e::lab::NAMESPACE,
+        ]))
+        .unwrap();
+        let browser = ironpool_e2e::webdriver::Browser::start(&lab.dir.join("chromedriver.log"));
+        browser.goto(&url);
+        browser.wait_for(
+            "the login page",
+            MIN,
+            "return document.getElementById('token') !== null",
+        );
+        browser.eval(
+            "document.getElementById('token').value = arguments[0]; document.getElementById('signin').click(); return true",
+            serde_json::json!([token.trim()]),
+        );
+        let names: Vec<String> = lab.machines.iter().map(|m| m.machine_name()).collect();
+        let rows = browser.wait_for(
+            "both lab machines in the table",
+            MIN,
+            "const r = [...document.querySelectorAll('#machines tbody tr')].map(t => t.dataset.key); return r.length >= 2 ? r : null",
+        );
+        for n in &names {
+            assert!(
+                rows.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|k| k.as_str() == Some(&format!("lab/{n}"))),
+                "{n} in the table: {rows}"
+            );
+        }
+        let mut load = Vec::new();
+        for _ in 0..5 {
+            browser.goto(&format!("{url}?fresh"));
+            let v = browser.wait_for(
+                "the table after a reload",
+                MIN,
+                "return window.ironpool && window.ironpool.firstTable !== null ? window.ironpool.firstTable : null",
+            );
+            load.push(v.as_f64().unwrap());
+        }
+        let table = browser.eval(
+            "return document.getElementById('machines').innerText",
+            serde_json::json!([]),
+        );
+        let table = table.as_str().unwrap().to_string();
+        for want in ["Deployed", "x86_64", "OSBooted"] {
+            assert!(table.contains(want), "table lacks {want:?}:\n{table}");
+        }
+        eprintln!(
+            "[lab] fleet web view: page load to table drawn median {:.0} ms (runs {load:.0?}), {} machines",
+            median(load.clone()),
+            names.len()
+        );
+        let shots = std::env::var_os("IRONPOOL_WEB_SCREENSHOTS").map(std::path::PathBuf::from);
+        if let Some(dir) = &shots {
+            std::fs::write(dir.join("fleet-lab.png"), browser.screenshot()).unwrap();
+        }
+        // The machine page: the real flight recorder of a QEMU boot, and its disks.
+        browser.eval(
+            "location.hash = arguments[0]; return true",
+            serde_json::json!([format!("#/m/lab/{}", names[i])]),
+        );
+        let steps = browser.wait_for(
+            "the flight recorder timeline",
+            MIN,
+            "const l = [...document.querySelectorAll('#timeline li .step')].map(s => s.textContent); return l.includes('OSBooted') ? l : null",
+        );
+        eprintln!(
+            "[lab] fleet web view: {}'s flight recorder {steps}",
+            names[i]
+        );
+        let page = browser.eval(
+            "return document.getElementById('view').innerText",
+            serde_json::json!([]),
+        );
+        let disk = format!("{} MiB", lab.machines[i].disk_mib);
+        assert!(
+            page.as_str().unwrap().contains(&disk),
+            "the machine page lists the {disk} disk from its MachineInventory: {page}"
+        );
+        if let Some(dir) = &shots {
+            std::fs::write(dir.join("fleet-lab-machine.png"), browser.screenshot()).unwrap();
+        }
+        browser.goto(&url);
+        browser.wait_for(
+            "the table",
+            MIN,
+            "return window.ironpool && window.ironpool.firstTable !== null",
+        );
+        // The apiserver's view of the power state, with the time each change arrived.
+        let mut watch = lab
+            .cp
+            .kubectl()
+            .args([
+                "get",
+                "machine.metal.ironpool.dev",
+                &names[i],
+                "-n",
+                "lab",
+                "-w",
+            ])
+            .args(["-o", "jsonpath={.status.power.state}{\"\\n\"}"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = watch.stdout.take().unwrap();
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                record
+                    .lock()
+                    .unwrap()
+                    .push((now_ms(), line.trim().to_string()));
+            }
+        });
+        FleetView {
+            browser,
+            watch,
+            seen,
+        }
+    }
+
+    /// The power changes of machine `i` (off, then on) in the open table: the time from
+    /// `kubectl get -w` seeing each to the page's row showing it, without a reload.
+    fn measure_power_updates(mut self, lab: &Lab, i: usize) {
+        let key = format!("lab/{}", lab.machines[i].machine_name());
+        let _ = self.watch.kill();
+        let _ = self.watch.wait();
+        let seen = self.seen.lock().unwrap().clone();
+        let updates = self
+            .browser
+            .eval("return window.ironpool.updates", serde_json::json!([]));
+        let mut latencies = Vec::new();
+        for state in ["Off", "On"] {
+            // The first time the apiserver's watch said `state` after saying something else.
+            let Some(at) = seen
+                .windows(2)
+                .find(|w| w[0].1 != state && w[1].1 == state)
+                .map(|w| w[1].0)
+            else {
+                panic!("kubectl's watch never saw the power go {state}: {seen:?}");
+            };
+            let page = updates
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|u| u["key"] == key.as_str() && u["power"] == state)
+                .filter_map(|u| u["at"].as_f64())
+                .find(|t| *t > at - 1000.0)
+                .unwrap_or_else(|| panic!("the page never showed {key} {state}: {updates}"));
+            latencies.push(page - at);
+        }
+        let loads = self.browser.eval(
+            "return performance.getEntriesByType('navigation').length",
+            serde_json::json!([]),
+        );
+        assert_eq!(
+            loads,
+            serde_json::json!(1),
+            "the page must not have reloaded"
+        );
+        eprintln!(
+            "[lab] fleet web view: power Off / On in the open table {:.0} ms / {:.0} ms after kubectl's watch saw it",
+            latencies[0], latencies[1]
+        );
+    }
 }
 
 /// The lab's Cluster API Machines: name -> (phase, creation time, nodeRef).

@@ -11,8 +11,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "support/webdriver.rs"]
-mod webdriver;
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +18,7 @@ use futures::StreamExt as _;
 
 use common::*;
 use ironpool_crds::{Machine, MachineInventory, Subnet};
+use ironpool_e2e::webdriver::{Browser, http};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, ServiceAccount};
@@ -27,7 +26,6 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use webdriver::{Browser, http};
 
 const T: Duration = Duration::from_secs(30);
 

@@ -111,7 +111,7 @@
         const next = [...body.children].find((r) => r.dataset.key > m.key);
         body.insertBefore(tr, next || null);
       }
-      probe.updates.push({ key: m.key, phase: m.phase, at: Date.now() });
+      probe.updates.push({ key: m.key, phase: m.phase, power: m.power, at: Date.now() });
       if (probe.updates.length > 500) probe.updates.shift();
     }
     if (body) applyFilters();

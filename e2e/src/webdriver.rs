@@ -1,7 +1,9 @@
-//! A small WebDriver client for the browser tests: Debian's chromedriver driving headless
-//! Chromium, spoken to with plain HTTP/1.1 and JSON (blocking; the tests are short).
+//! A small WebDriver client for the browser tests (the operator's web view test and the
+//! lab's): Debian's chromedriver driving headless Chromium, spoken to with plain HTTP/1.1
+//! and JSON (blocking; the tests are short). Test support: it panics on what a test
+//! should fail on.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
