@@ -98,6 +98,22 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// Milliseconds since the Unix epoch on this machine's clock: what a page's `Date.now()`
+/// says at the same moment, so that a test can time what the page shows.
+pub fn epoch_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0
+}
+
+/// The median of `v` (the upper one of an even count); NaN when `v` is empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// A chromedriver process and one headless Chromium session.
 pub struct Browser {
     driver: Child,

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use ironpool_e2e::lab::{Artifacts, Lab, LabMachine};
 use ironpool_e2e::qemu::Firmware;
+use ironpool_e2e::webdriver::{epoch_ms, median};
 use serde_json::Value;
 
 const MIN: Duration = Duration::from_secs(60);
@@ -379,20 +380,6 @@ fn power_as_a_person_asks(lab: &Lab, i: usize) {
     );
 }
 
-/// Milliseconds since the Unix epoch on this machine's clock (the page's `Date.now()`).
-fn now_ms() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-        * 1000.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// 3c. The operator's fleet web view of the lab, in headless Chromium: signed in with the
 /// `fleet-viewer` token, the table shows both QEMU machines, the machine page their flight
 /// recorder; page load is measured. A `kubectl get -w` of the machine's power state runs
@@ -529,7 +516,7 @@ impl FleetView {
                 record
                     .lock()
                     .unwrap()
-                    .push((now_ms(), line.trim().to_string()));
+                    .push((epoch_ms(), line.trim().to_string()));
             }
         });
         FleetView {

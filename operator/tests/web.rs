@@ -18,7 +18,7 @@ use futures::StreamExt as _;
 
 use common::*;
 use ironpool_crds::{Machine, MachineInventory, Subnet};
-use ironpool_e2e::webdriver::{Browser, http};
+use ironpool_e2e::webdriver::{Browser, epoch_ms, http, median};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, ServiceAccount};
@@ -277,9 +277,45 @@ async fn setup(ns: &str) {
         .unwrap();
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// Milliseconds from just before Machine `name`'s phase is written as `phase` to the page
+/// applying that update (with `cell`, also to its row's phase cell showing it); both clocks
+/// are this machine's wall clock.
+async fn phase_change_latency(
+    browser: &Browser,
+    machines: &Api<Machine>,
+    ns: &str,
+    name: &str,
+    phase: &str,
+    cell: bool,
+) -> f64 {
+    let before = browser.eval("return window.ironpool.updates.length", json!([]));
+    let sent = epoch_ms();
+    machines
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"phase": phase}})),
+        )
+        .await
+        .unwrap();
+    let cell = if cell {
+        format!(
+            "const cell = document.querySelector('#machines tr[data-key=\"{ns}/{name}\"] .phase');
+             if (!cell || cell.textContent !== '{phase}') return null;"
+        )
+    } else {
+        String::new()
+    };
+    let seen = browser.wait_for(
+        &format!("{name} -> {phase} in the page"),
+        T,
+        &format!(
+            "const u = window.ironpool.updates.slice({before}).find(u => u.key === '{ns}/{name}' && u.phase === '{phase}');
+             {cell}
+             return u ? u.at : null"
+        ),
+    );
+    seen.as_f64().unwrap() - sent
 }
 
 #[tokio::test]
@@ -438,30 +474,7 @@ async fn fleet_view_in_a_real_browser() {
     .iter()
     .enumerate()
     {
-        let before = browser.eval("return window.ironpool.updates.length", json!([]));
-        let sent = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64()
-            * 1000.0;
-        machines
-            .patch_status(
-                "uefi-1",
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": {"phase": phase}})),
-            )
-            .await
-            .unwrap();
-        let seen = browser.wait_for(
-            "the phase change in the page",
-            T,
-            &format!(
-                "const u = window.ironpool.updates.slice({before}).find(u => u.key === '{ns}/uefi-1' && u.phase === '{phase}');
-                 const cell = document.querySelector('#machines tr[data-key=\"{ns}/uefi-1\"] .phase');
-                 return u && cell && cell.textContent === '{phase}' ? u.at : null"
-            ),
-        );
-        let ms = seen.as_f64().unwrap() - sent;
+        let ms = phase_change_latency(&browser, &machines, &ns, "uefi-1", phase, true).await;
         println!("update {i}: uefi-1 -> {phase} in the page after {ms:.1} ms");
         latencies.push(ms);
     }
@@ -617,29 +630,8 @@ async fn fleet_view_in_a_real_browser() {
     }
     let mut big_latencies = Vec::new();
     for phase in ["Deployed", "Releasing", "Ready"] {
-        let before = browser.eval("return window.ironpool.updates.length", json!([]));
-        let sent = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64()
-            * 1000.0;
-        machines
-            .patch_status(
-                "bulk-100",
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": {"phase": phase}})),
-            )
-            .await
-            .unwrap();
-        let seen = browser.wait_for(
-            "the phase change in the 200-machine table",
-            T,
-            &format!(
-                "const u = window.ironpool.updates.slice({before}).find(u => u.key === '{ns}/bulk-100' && u.phase === '{phase}');
-                 return u ? u.at : null"
-            ),
-        );
-        big_latencies.push(seen.as_f64().unwrap() - sent);
+        big_latencies
+            .push(phase_change_latency(&browser, &machines, &ns, "bulk-100", phase, false).await);
     }
     println!(
         "fleet view, 200 machines: page load to table drawn median {:.0} ms (runs {:?}); update latency median {:.0} ms (runs {:?})",
