@@ -131,7 +131,10 @@
     const parts = [];
     if (p) {
       const pct = p.bytesTotal ? Math.round((100 * (p.bytesWritten || 0)) / p.bytesTotal) : null;
-      parts.push(dl([["Step", esc(p.step)], ["Written", `${size(p.bytesWritten || 0)} of ${size(p.bytesTotal)}${pct !== null ? ` (${pct}%)` : ""}`], ["Message", dash(p.message)]]));
+      // Bytes only while the ramdisk reports them (a finished step says it in its message).
+      const written = p.bytesTotal || p.bytesWritten
+        ? [["Written", `${size(p.bytesWritten || 0)} of ${size(p.bytesTotal)}${pct !== null ? ` (${pct}%)` : ""}`]] : [];
+      parts.push(dl([["Step", esc(p.step)], ...written, ["Message", dash(p.message)]]));
       if (pct !== null) parts.push(`<div class="bar" title="${pct}%"><div style="width:${pct}%"></div></div>`);
     }
     if (d) parts.push(dl([["Deployment", esc(d.name)], ["Phase", dash(d.phase)], ["Progress", dash(d.progress && (d.progress.summary || d.progress.step))], ["Image", dash(d.image)], ["Addresses", dash((d.addresses || []).join(", "))]]));
