@@ -227,8 +227,8 @@ fn report_inventory(cp: &ControlPlane, dir: &std::path::Path, attempt: i64) {
     let hardware = base(json!({"inventory": {
         "inventoryRef": {"name": "m1"}, "cores": 8, "threads": 16,
         "memoryBytes": 34359738368i64, "memory": "32Gi",
-        "disks": [{"name": "vda", "sizeBytes": 107374182400i64, "type": "SSD"}],
-        "diskCount": 1, "nicCount": 1,
+        "diskCount": 1, "largestDiskBytes": 107374182400i64,
+        "totalDiskBytes": 107374182400i64, "nicCount": 1,
     }}));
     let provisioning = base(json!({"provisioning": {
         "attempt": attempt, "step": "Succeeded", "updatedAt": now,

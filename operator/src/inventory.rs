@@ -47,12 +47,14 @@ pub fn status_patch(m: &Machine, hardware: &Hardware) -> serde_json::Value {
 }
 
 /// Whether `m`'s summary was written by a version that listed the disks in it instead of
-/// their sizes (it has disks but no `largestDiskBytes`).
+/// their sizes (it lists disks, or has disks but no `largestDiskBytes`).
 pub fn summary_predates_disk_sizes(m: &Machine) -> bool {
     m.status
         .as_ref()
         .and_then(|s| s.inventory.as_ref())
-        .is_some_and(|i| i.disk_count > 0 && i.largest_disk_bytes.is_none())
+        .is_some_and(|i| {
+            !i.disks.is_empty() || (i.disk_count > 0 && i.largest_disk_bytes.is_none())
+        })
 }
 
 /// The status patch that rewrites `m`'s summary from `hardware` (its MachineInventory) and
@@ -204,6 +206,11 @@ mod tests {
         assert!(inv["disks"].is_null() && inv.as_object().unwrap().contains_key("disks"));
         assert_eq!(inv["largestDiskBytes"], 1u64 << 34);
         assert_eq!(inv["totalDiskBytes"], 1u64 << 34);
+        // A list with the sizes beside it still goes (an agent not yet upgraded wrote it).
+        let mut listed = InventorySummary::of("r1-u07", &hw);
+        listed.disks = hw.disks.clone();
+        m.status.as_mut().unwrap().inventory = Some(listed);
+        assert!(summary_predates_disk_sizes(&m));
         // Rewritten (or one without disks): nothing more to do.
         m.status.as_mut().unwrap().inventory = Some(InventorySummary::of("r1-u07", &hw));
         assert!(!summary_predates_disk_sizes(&m));

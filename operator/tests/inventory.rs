@@ -88,8 +88,7 @@ async fn commissioning_writes_the_inventory_apart_and_an_upgrade_moves_old_ones(
             .unwrap();
     }
     // The state a version after the split left: a summary that lists the disks instead of
-    //    their sizes (the apiserver prunes the list under today's schema; the sizes are
-    //    missing either way), and the MachineInventory beside it.
+    //    their sizes, and the MachineInventory beside it.
     for i in 4..=5u8 {
         let name = format!("old-{i}");
         create(&machines, &machine(&name, 10 + i, "inv")).await;
@@ -116,10 +115,8 @@ async fn commissioning_writes_the_inventory_apart_and_an_upgrade_moves_old_ones(
             )
             .await
             .unwrap();
-        assert_eq!(
-            m.status.unwrap().inventory.unwrap().largest_disk_bytes,
-            None
-        );
+        let summary = m.status.unwrap().inventory.unwrap();
+        assert_eq!((summary.largest_disk_bytes, summary.disks.len()), (None, 1));
     }
     let mut before = Vec::new();
     for i in 1..=3 {
@@ -185,6 +182,10 @@ async fn commissioning_writes_the_inventory_apart_and_an_upgrade_moves_old_ones(
         assert_eq!(
             (summary.cores, summary.disk_count),
             (Some(32 + i32::from(i)), 1)
+        );
+        assert!(
+            summary.disks.is_empty(),
+            "the old list is gone: {summary:?}"
         );
         assert_eq!(st.phase, Some(P::Ready), "still Ready");
     }

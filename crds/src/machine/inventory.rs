@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::hardware::Hardware;
+use super::hardware::{Disk, Hardware};
 use crate::common::LocalObjectRef;
 
 /// The hardware inventory commissioning found on one Machine.
@@ -102,6 +102,12 @@ pub struct InventorySummary {
     /// Size of all disks together in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_disk_bytes: Option<i64>,
+    /// Deprecated: where earlier versions listed the disks (they are in the MachineInventory).
+    /// Kept in the schema so that an agent not yet upgraded can still report, and so that
+    /// nothing is pruned before the operator rewrites the summary without it; nothing
+    /// writes it any more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<Disk>,
     /// Number of network interfaces.
     #[serde(default)]
     pub nic_count: i32,
@@ -122,6 +128,7 @@ impl InventorySummary {
             largest_disk_bytes: hw.disks.iter().map(|d| d.size_bytes).max(),
             total_disk_bytes: (!hw.disks.is_empty())
                 .then(|| hw.disks.iter().map(|d| d.size_bytes).sum()),
+            disks: Vec::new(),
             nic_count: count(hw.nics.len()),
         }
     }
@@ -162,7 +169,7 @@ fn count(n: usize) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{Cpu, Disk, Nic, PciDevice};
+    use crate::machine::{Cpu, Nic, PciDevice};
 
     fn hardware() -> Hardware {
         Hardware {

@@ -52,8 +52,8 @@ pub struct MachineStatus {
     #[schemars(length(max = 20))]
     pub boot: Vec<BootRecord>,
 
-    /// What commissioning found, in brief (architecture, cores, memory, disks, NIC
-    /// count); the full inventory is the MachineInventory named in `inventoryRef`.
+    /// What commissioning found, in brief (architecture, cores, memory, disk count and
+    /// sizes, NIC count); the full inventory is the MachineInventory named in `inventoryRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<InventorySummary>,
 
