@@ -43,6 +43,8 @@ pub struct Context {
     written: Mutex<HashMap<String, (String, Instant)>>,
     /// Events waiting for the background sender.
     events: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
+    /// Root-device-hint verdicts that read a MachineInventory, remembered a while.
+    pub disk_verdicts: crate::selection::DiskVerdicts,
 }
 
 /// A machine this process reserved for a Deployment, and the object its claim returned.
@@ -87,6 +89,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             claimed: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
+            disk_verdicts: Default::default(),
         }
     }
 

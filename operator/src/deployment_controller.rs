@@ -267,12 +267,23 @@ async fn disk_mismatch(
     let Some(summary) = m.status.as_ref().and_then(|s| s.inventory.as_ref()) else {
         return Ok(None);
     };
+    let key = selection::DiskVerdicts::key(m, hints);
+    if let Some(verdict) = key
+        .as_deref()
+        .and_then(|k| ctx.disk_verdicts.get(k, Instant::now()))
+    {
+        return Ok(verdict);
+    }
     let api: Api<MachineInventory> =
         Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
-    Ok(match api.get_opt(&summary.inventory_ref.name).await? {
-        Some(inv) => selection::root_disk_mismatch(&inv.spec.hardware.disks, hints),
-        None => None,
-    })
+    let Some(inv) = api.get_opt(&summary.inventory_ref.name).await? else {
+        return Ok(None);
+    };
+    let verdict = selection::root_disk_mismatch(&inv.spec.hardware.disks, hints);
+    if let Some(key) = key {
+        ctx.disk_verdicts.put(key, verdict.clone(), Instant::now());
+    }
+    Ok(verdict)
 }
 
 /// The one Event of an allocation, on the Deployment with the machine as its related

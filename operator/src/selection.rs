@@ -1,6 +1,8 @@
 //! Which machines fit a Deployment, and, when none does, a sentence saying why.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use ironpool_crds::capi::REMEDIATED_ANNOTATION;
 use ironpool_crds::deployment::{HardwareConstraints, MachineSelector};
@@ -183,6 +185,57 @@ pub fn root_disk_mismatch(disks: &[Disk], hints: &RootDeviceHints) -> Option<Str
         .map(|d| d.mismatch(hints).map(|r| format!("{}: {r}", d.name)))
         .collect::<Option<_>>()?;
     Some(why.join(", "))
+}
+
+/// How long a verdict of the root-device-hint check that read a MachineInventory is
+/// remembered (see [`DiskVerdicts`]).
+pub const VERDICT_TTL: Duration = Duration::from_secs(300);
+/// Verdicts remembered at most; beyond it the expired go, then all.
+const VERDICTS_MAX: usize = 100_000;
+
+/// Verdicts of the root-device-hint check that needed a MachineInventory read, by machine
+/// (UID), its inventory summary and the hints, for [`VERDICT_TTL`]: a Deployment no server
+/// fits is retried whenever a machine becomes free, and would otherwise read every
+/// candidate's inventory again each time. A new commissioning that changes the disks changes
+/// the summary, hence the key; one that keeps counts and sizes but swaps a model is caught
+/// by the ramdisk, which checks the hints again before it writes.
+#[derive(Default)]
+pub struct DiskVerdicts(Mutex<HashMap<String, (Instant, Option<String>)>>);
+
+impl DiskVerdicts {
+    /// The key of `m` under `hints`; None when `m` has no UID or summary.
+    pub fn key(m: &Machine, hints: &RootDeviceHints) -> Option<String> {
+        let uid = m.uid()?;
+        let summary = serde_json::to_string(m.status.as_ref()?.inventory.as_ref()?).ok()?;
+        let hints = serde_json::to_string(hints).ok()?;
+        Some(format!("{uid}\n{summary}\n{hints}"))
+    }
+
+    /// The verdict remembered for `key` at `now`, if still fresh.
+    pub fn get(&self, key: &str, now: Instant) -> Option<Option<String>> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(key)
+            .filter(|(at, _)| now.saturating_duration_since(*at) < VERDICT_TTL)
+            .map(|(_, verdict)| verdict.clone())
+    }
+
+    /// Remembers `verdict` for `key` at `now`.
+    pub fn put(&self, key: String, verdict: Option<String>, now: Instant) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= VERDICTS_MAX {
+            map.retain(|_, (at, _)| now.saturating_duration_since(*at) < VERDICT_TTL);
+            if map.len() >= VERDICTS_MAX {
+                map.clear();
+            }
+        }
+        map.insert(key, (now, verdict));
+    }
 }
 
 /// The sentence when every one of the `n` fitting machines was rejected for its disks;

@@ -319,3 +319,46 @@ fn root_device_hints_apply_deployment_first_and_say_why_a_disk_does_not_fit() {
         "{err}"
     );
 }
+
+#[test]
+fn disk_verdicts_are_kept_per_machine_summary_and_hints_for_a_while() {
+    let mut m = machine("m1", MachinePhase::Ready, "gpu", 1, 1, 100);
+    let nvme = RootDeviceHints {
+        model: Some("NVMe".into()),
+        ..Default::default()
+    };
+    assert_eq!(DiskVerdicts::key(&m, &nvme), None, "no UID: not remembered");
+    m.metadata.uid = Some("uid-1".into());
+    let key = DiskVerdicts::key(&m, &nvme).unwrap();
+    let other_hints = RootDeviceHints {
+        model: Some("PM9A3".into()),
+        ..Default::default()
+    };
+    assert_ne!(DiskVerdicts::key(&m, &other_hints).unwrap(), key);
+    let mut recommissioned = m.clone();
+    recommissioned
+        .status
+        .as_mut()
+        .unwrap()
+        .inventory
+        .as_mut()
+        .unwrap()
+        .disk_count = 2;
+    assert_ne!(DiskVerdicts::key(&recommissioned, &nvme).unwrap(), key);
+
+    let verdicts = DiskVerdicts::default();
+    let t0 = Instant::now();
+    assert_eq!(verdicts.get(&key, t0), None);
+    verdicts.put(key.clone(), Some("vda: model None lacks 'NVMe'".into()), t0);
+    assert_eq!(
+        verdicts.get(&key, t0 + Duration::from_secs(10)),
+        Some(Some("vda: model None lacks 'NVMe'".into()))
+    );
+    assert_eq!(verdicts.get(&key, t0 + VERDICT_TTL), None, "expired");
+    verdicts.put(key.clone(), None, t0);
+    assert_eq!(
+        verdicts.get(&key, t0),
+        Some(None),
+        "a fit is remembered too"
+    );
+}
