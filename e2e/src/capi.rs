@@ -183,13 +183,13 @@ impl Capi {
                 .arg(parts.dir.join("cert-manager-crds.yaml")),
         )
         .context("installing cert-manager's CRDs")?;
-        kubectl_ok(cp.kubectl().args([
-            "wait",
-            "--for=condition=Established",
-            "crd/certificates.cert-manager.io",
-            "crd/issuers.cert-manager.io",
-            "--timeout=60s",
-        ]))?;
+        crate::cluster::wait_established(
+            cp,
+            &[
+                "crd/certificates.cert-manager.io".as_ref(),
+                "crd/issuers.cert-manager.io".as_ref(),
+            ],
+        )?;
         let token = crate::secret::random_secret(48)?;
         let init = kubectl_ok(
             clusterctl_command(&parts, &dir)

@@ -123,12 +123,10 @@ impl Lab {
             &dir,
             "labcontrolplane-crd.yaml",
         )?;
-        kubectl_ok(self.cp.kubectl().args([
-            "wait",
-            "--for=condition=Established",
-            "crd/labcontrolplanes.controlplane.lab.ironpool.dev",
-            "--timeout=60s",
-        ]))?;
+        crate::cluster::wait_established(
+            &self.cp,
+            &["crd/labcontrolplanes.controlplane.lab.ironpool.dev".as_ref()],
+        )?;
         // The cluster's CA is the workload apiserver's: Cluster API signs with it, and
         // CABPK pins it in every join configuration.
         let ca = serde_json::json!({
