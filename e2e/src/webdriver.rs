@@ -225,6 +225,32 @@ impl Browser {
         }
     }
 
+    /// Opens the fleet view at `url` and signs in with `token` through its login form.
+    pub fn sign_in(&self, url: &str, token: &str, timeout: Duration) {
+        self.goto(url);
+        self.wait_for(
+            "the login page",
+            timeout,
+            "return document.getElementById('token') !== null",
+        );
+        self.eval(
+            "document.getElementById('token').value = arguments[0]; document.getElementById('signin').click(); return true",
+            json!([token]),
+        );
+    }
+
+    /// Goes to the page's route `hash` (e.g. `#/m/<namespace>/<name>`) without a reload.
+    pub fn open_route(&self, hash: &str) {
+        self.eval("location.hash = arguments[0]; return true", json!([hash]));
+    }
+
+    /// With `IRONPOOL_WEB_SCREENSHOTS=<dir>`, writes the viewport to `<dir>/<name>`.
+    pub fn save_screenshot(&self, name: &str) {
+        if let Some(dir) = std::env::var_os("IRONPOOL_WEB_SCREENSHOTS") {
+            std::fs::write(std::path::Path::new(&dir).join(name), self.screenshot()).unwrap();
+        }
+    }
+
     /// The PNG of the viewport.
     pub fn screenshot(&self) -> Vec<u8> {
         use base64::Engine as _;

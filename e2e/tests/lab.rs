@@ -406,16 +406,7 @@ impl FleetView {
         ]))
         .unwrap();
         let browser = ironpool_e2e::webdriver::Browser::start(&lab.dir.join("chromedriver.log"));
-        browser.goto(&url);
-        browser.wait_for(
-            "the login page",
-            MIN,
-            "return document.getElementById('token') !== null",
-        );
-        browser.eval(
-            "document.getElementById('token').value = arguments[0]; document.getElementById('signin').click(); return true",
-            serde_json::json!([token.trim()]),
-        );
+        browser.sign_in(&url, token.trim(), MIN);
         let names: Vec<String> = lab.machines.iter().map(|m| m.machine_name()).collect();
         let rows = browser.wait_for(
             "both lab machines in the table",
@@ -454,15 +445,9 @@ impl FleetView {
             median(load.clone()),
             names.len()
         );
-        let shots = std::env::var_os("IRONPOOL_WEB_SCREENSHOTS").map(std::path::PathBuf::from);
-        if let Some(dir) = &shots {
-            std::fs::write(dir.join("fleet-lab.png"), browser.screenshot()).unwrap();
-        }
+        browser.save_screenshot("fleet-lab.png");
         // The machine page: the real flight recorder of a QEMU boot, and its disks.
-        browser.eval(
-            "location.hash = arguments[0]; return true",
-            serde_json::json!([format!("#/m/lab/{}", names[i])]),
-        );
+        browser.open_route(&format!("#/m/lab/{}", names[i]));
         let steps = browser.wait_for(
             "the flight recorder timeline",
             MIN,
@@ -481,9 +466,7 @@ impl FleetView {
             page.as_str().unwrap().contains(&disk),
             "the machine page lists the {disk} disk from its MachineInventory: {page}"
         );
-        if let Some(dir) = &shots {
-            std::fs::write(dir.join("fleet-lab-machine.png"), browser.screenshot()).unwrap();
-        }
+        browser.save_screenshot("fleet-lab-machine.png");
         browser.goto(&url);
         browser.wait_for(
             "the table",

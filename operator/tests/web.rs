@@ -375,16 +375,7 @@ async fn fleet_view_in_a_real_browser() {
     // The browser: the login page, then the table.
     let browser = Browser::start(&cp.dir().join("chromedriver-web.log"));
     let base = format!("http://{addr}");
-    browser.goto(&format!("{base}/"));
-    browser.wait_for(
-        "the login page",
-        T,
-        "return document.getElementById('token') !== null",
-    );
-    browser.eval(
-        "document.getElementById('token').value = arguments[0]; document.getElementById('signin').click(); return true",
-        json!([viewer]),
-    );
+    browser.sign_in(&format!("{base}/"), &viewer, T);
     let rows = browser.wait_for(
         "the machine table",
         T,
@@ -498,19 +489,10 @@ async fn fleet_view_in_a_real_browser() {
     );
     assert_eq!(loads, json!(1), "the page must not have reloaded");
 
-    if let Ok(dir) = std::env::var("IRONPOOL_WEB_SCREENSHOTS") {
-        std::fs::write(
-            std::path::Path::new(&dir).join("fleet-view.png"),
-            browser.screenshot(),
-        )
-        .unwrap();
-    }
+    browser.save_screenshot("fleet-view.png");
 
     // The machine page: inventory, deploy progress, the flight recorder, events.
-    browser.eval(
-        "location.hash = arguments[0]; return true",
-        json!([format!("#/m/{ns}/bios-1")]),
-    );
+    browser.open_route(&format!("#/m/{ns}/bios-1"));
     let steps = browser.wait_for(
         "the flight recorder timeline",
         T,
@@ -544,28 +526,16 @@ async fn fleet_view_in_a_real_browser() {
     ] {
         assert!(page.contains(part), "machine page lacks {part:?}:\n{page}");
     }
-    browser.eval(
-        "location.hash = arguments[0]; return true",
-        json!([format!("#/m/{ns}/uefi-1")]),
-    );
+    browser.open_route(&format!("#/m/{ns}/uefi-1"));
     browser.wait_for(
         "deploy progress",
         T,
         "const v = document.getElementById('view').innerText; return v.includes('WritingImage') && v.includes('20 MiB of 32 MiB')",
     );
-    if let Ok(dir) = std::env::var("IRONPOOL_WEB_SCREENSHOTS") {
-        std::fs::write(
-            std::path::Path::new(&dir).join("fleet-machine.png"),
-            browser.screenshot(),
-        )
-        .unwrap();
-    }
+    browser.save_screenshot("fleet-machine.png");
 
     // The Subnet page: ranges, static leases, who serves it, the machines on it.
-    browser.eval(
-        "location.hash = arguments[0]; return true",
-        json!([format!("#/s/{ns}/prov")]),
-    );
+    browser.open_route(&format!("#/s/{ns}/prov"));
     let page = browser.wait_for(
         "the Subnet page",
         T,
