@@ -13,8 +13,8 @@ use ironpool_operator::streams::SharedWatch;
 use ironpool_operator::{capi, deployment_controller, machine_controller, subnet_controller, web};
 use ironpool_runtime::http;
 use ironpool_runtime::leader::{LeaderElector, LeaseConfig};
+use kube::Client;
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Client};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -29,16 +29,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Runs the controllers until `stop` fires.
 async fn run_controllers(
     client: Client,
@@ -50,8 +40,14 @@ async fn run_controllers(
     let ns = config.namespace.as_deref();
     let watch = watcher::Config::default().any_semantic();
     // One watch per kind, shared by both controllers (streams.rs).
-    let mut machine_watch = SharedWatch::new(api::<Machine>(&client, ns), watch.clone());
-    let mut deployment_watch = SharedWatch::new(api::<Deployment>(&client, ns), watch.clone());
+    let mut machine_watch = SharedWatch::new(
+        ironpool_runtime::scoped_api::<Machine>(&client, ns),
+        watch.clone(),
+    );
+    let mut deployment_watch = SharedWatch::new(
+        ironpool_runtime::scoped_api::<Deployment>(&client, ns),
+        watch.clone(),
+    );
     let machines =
         Controller::for_shared_stream(machine_watch.subscribe(), machine_watch.store.clone());
     let deployments =
@@ -66,7 +62,7 @@ async fn run_controllers(
             deployment_watch.subscribe(),
         )
     });
-    let subnets = Controller::new(api::<Subnet>(&client, ns), watch);
+    let subnets = Controller::new(ironpool_runtime::scoped_api::<Subnet>(&client, ns), watch);
     let ctx = Arc::new(Context::new(
         client.clone(),
         identity,
@@ -118,7 +114,12 @@ async fn run_controllers(
             config.concurrency,
             stop.clone()
         ),
-        subnet_controller::run(subnets, api(&client, ns), ctx.clone(), stop.clone()),
+        subnet_controller::run(
+            subnets,
+            ironpool_runtime::scoped_api(&client, ns),
+            ctx.clone(),
+            stop.clone()
+        ),
         machine_controller::count_phases(ctx.clone(), stop.clone()),
         async {
             if let Some((watches, machines, deployments)) = capi {

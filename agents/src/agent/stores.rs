@@ -27,16 +27,6 @@ pub struct Stores {
     changed: watch::Receiver<u64>,
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 fn spawn_reflector<K>(
     tasks: &mut JoinSet<()>,
     api: Api<K>,
@@ -87,9 +77,24 @@ impl Stores {
         let (tx, changed) = watch::channel(0u64);
         let tx = Arc::new(tx);
         Stores {
-            subnets: spawn_reflector(tasks, api(client, namespace), tx.clone(), cancel.clone()),
-            machines: spawn_reflector(tasks, api(client, namespace), tx.clone(), cancel.clone()),
-            deployments: spawn_reflector(tasks, api(client, namespace), tx, cancel.clone()),
+            subnets: spawn_reflector(
+                tasks,
+                ironpool_runtime::scoped_api(client, namespace),
+                tx.clone(),
+                cancel.clone(),
+            ),
+            machines: spawn_reflector(
+                tasks,
+                ironpool_runtime::scoped_api(client, namespace),
+                tx.clone(),
+                cancel.clone(),
+            ),
+            deployments: spawn_reflector(
+                tasks,
+                ironpool_runtime::scoped_api(client, namespace),
+                tx,
+                cancel.clone(),
+            ),
             changed,
         }
     }

@@ -60,6 +60,17 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(Arc::new(Shared { registry, ready }));
+    serve_router(addr, app, stop, "metrics server").await
+}
+
+/// Binds `addr` and serves `app` until `stop` fires; returns the bound address (for port
+/// 0) and the server task, which logs a failure as `what` failed.
+pub async fn serve_router(
+    addr: SocketAddr,
+    app: Router,
+    stop: CancellationToken,
+    what: &'static str,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -67,7 +78,7 @@ pub async fn serve(
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
         if let Err(e) = served {
-            tracing::error!(error = %e, "metrics server failed");
+            tracing::error!(error = %e, "{what} failed");
         }
     });
     Ok((bound, task))

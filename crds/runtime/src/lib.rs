@@ -21,3 +21,15 @@
 
 pub mod http;
 pub mod leader;
+
+/// The API of `K` in `namespace`, or in every namespace when there is none (what a process
+/// told to watch one namespace, or all, reads and watches through).
+pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    }
+}

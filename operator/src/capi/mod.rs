@@ -15,7 +15,7 @@ use ironpool_crds::capi::{IronpoolCluster, IronpoolMachine, ZONE_LABEL};
 use ironpool_crds::{Deployment, Machine};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Client, Resource};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
@@ -82,15 +82,7 @@ pub struct Watches {
 impl Watches {
     /// Watches of the four kinds, in `namespace` or everywhere.
     pub fn new(client: &Client, namespace: Option<&str>, config: watcher::Config) -> Watches {
-        fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
-        where
-            K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-        {
-            match ns {
-                Some(ns) => Api::namespaced(client.clone(), ns),
-                None => Api::all(client.clone()),
-            }
-        }
+        use ironpool_runtime::scoped_api as api;
         Watches {
             machines: SharedWatch::new(api(client, namespace), config.clone()),
             clusters: SharedWatch::new(api(client, namespace), config.clone()),

@@ -44,16 +44,6 @@ pub struct Fleet {
     changes: broadcast::Sender<Change>,
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 impl Fleet {
     /// Starts the three watches (until `stop`) and returns their stores.
     pub fn start(client: &Client, namespace: Option<&str>, stop: CancellationToken) -> Fleet {
@@ -63,7 +53,7 @@ impl Fleet {
         let (deployments, dw) = reflector::store();
         let tx = changes.clone();
         tokio::spawn(watch(
-            api::<Machine>(client, namespace),
+            ironpool_runtime::scoped_api::<Machine>(client, namespace),
             mw,
             tx.clone(),
             stop.clone(),
@@ -77,14 +67,14 @@ impl Fleet {
             },
         ));
         tokio::spawn(watch(
-            api::<Subnet>(client, namespace),
+            ironpool_runtime::scoped_api::<Subnet>(client, namespace),
             sw,
             tx.clone(),
             stop.clone(),
             |s, _| Change::Subnet(super::view::key(s)),
         ));
         tokio::spawn(watch(
-            api::<Deployment>(client, namespace),
+            ironpool_runtime::scoped_api::<Deployment>(client, namespace),
             dw,
             tx,
             stop,

@@ -80,17 +80,7 @@ pub async fn serve(
         .route("/app.css", get(|| async { asset(APP_CSS, "text/css") }))
         .merge(protected)
         .with_state(shared);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "web view server failed");
-        }
-    });
-    Ok((bound, task))
+    ironpool_runtime::http::serve_router(addr, app, stop, "web view server").await
 }
 
 fn page(body: &'static str) -> Response {
