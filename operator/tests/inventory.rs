@@ -50,7 +50,18 @@ async fn commissioning_writes_the_inventory_apart_and_an_upgrade_moves_old_ones(
     create(&machines, &machine("new-1", 1, "inv")).await;
     // The agent keeps running through the upgrade, as it does in a cluster.
     let _agent = SimAgent::start(machines.clone(), Duration::from_millis(200));
-    let m = wait_phase(&machines, "new-1", P::Ready, T).await;
+    wait_phase(&machines, "new-1", P::Ready, T).await;
+    // Settled: the agent has applied the last boot intent (Ready powers the server off).
+    // A status copied before that would leave the old Machines an intent the agent then
+    // applies, carrying forward the summary it read, old disk list and all, over the
+    // operator's rewrite.
+    let m = eventually(T, "new-1's last boot intent applied", || async {
+        let m = machines.get("new-1").await.ok()?;
+        let st = m.status.as_ref()?;
+        let applied = st.boot_applied.as_ref().map_or(0, |a| a.attempt);
+        (st.boot_intent.as_ref()?.attempt <= applied).then_some(m)
+    })
+    .await;
     let st = m.status.as_ref().unwrap();
     assert!(st.hardware.is_none());
     let summary = st.inventory.as_ref().expect("status.inventory");
