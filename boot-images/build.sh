@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Ironpool boot ramdisk: a Debian kernel, the storage/network modules listed in
-# ramdisk/modules.txt (with their dependencies), busybox-static, and the machine agent as a
-# static musl binary, packed into a deterministic compressed cpio (newc, sorted, fixed
+# ramdisk/modules.txt (with their dependencies), busybox-static, the machine agent as a
+# static musl binary, and dropbear (the SSH server of rescue mode) with the shared libraries
+# it needs from Debian's packages, packed into a deterministic compressed cpio (newc, sorted, fixed
 # mtimes and owners). Output: ~/.cache/ironpool/boot-images/<hash-of-inputs>/{vmlinuz,
 # initramfs,manifest}; an existing output with the same inputs is reused. The last line
 # printed is "ramdisk: <dir>".
@@ -33,7 +34,9 @@ kernel_pkg=$(apt-cache depends "$kernel_meta" | awk '/Depends: linux-image-[0-9]
 [[ -n "$kernel_pkg" ]] || { say "cannot resolve $kernel_meta to a kernel package"; exit 1; }
 manifest=$(mktemp)
 trap 'rm -f "$manifest"' EXIT
-for pkg in "$kernel_pkg" busybox-static; do
+# dropbear's libraries come from the same release's packages (its NEEDED entries are
+# resolved against them below; a missing one fails the build).
+for pkg in "$kernel_pkg" busybox-static dropbear-bin libc6 libcrypt1 libgmp10 libtomcrypt1 libtommath1 zlib1g; do
   ver=$(candidate "$pkg")
   [[ -n "$ver" && "$ver" != "(none)" ]] || { say "apt has no candidate for $pkg"; exit 1; }
   echo "$pkg=$ver" >> "$manifest"
@@ -128,6 +131,41 @@ done
 cp "$manifest" "$root/etc/ironpool/manifest"
 ln -s /bin/busybox "$root/bin/sh"
 
+# 6b. Rescue mode's SSH server and the libraries it links, from the unpacked packages
+#     (never the build host's), and the root account it logs in to.
+libdir=lib/x86_64-linux-gnu
+mkdir -p "$root/usr/sbin" "$root/$libdir" "$root/lib64" "$root/etc/dropbear" "$root/root"
+install -m 0755 "$work/pkgs/usr/sbin/dropbear" "$root/usr/sbin/dropbear"
+# The file a package path names, following symlinks inside the unpacked tree.
+unpacked() {
+  local p=$1 t
+  while [[ -L "$p" ]]; do
+    t=$(readlink "$p")
+    if [[ $t == /* ]]; then p="$work/pkgs$t"; else p="$(dirname "$p")/$t"; fi
+  done
+  echo "$p"
+}
+copy_needed() {
+  local lib src d
+  for lib in $(readelf -d "$1" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
+    [[ -e "$root/$libdir/$lib" ]] && continue
+    src=""
+    for d in "$work/pkgs/$libdir" "$work/pkgs/usr/$libdir"; do
+      [[ -e "$d/$lib" || -L "$d/$lib" ]] && { src=$(unpacked "$d/$lib"); break; }
+    done
+    [[ -n "$src" && -f "$src" ]] || { say "dropbear needs $lib, which none of the packages provides"; exit 1; }
+    install -m 0755 "$src" "$root/$libdir/$lib"
+    copy_needed "$root/$libdir/$lib"
+  done
+}
+copy_needed "$root/usr/sbin/dropbear"
+install -m 0755 "$(unpacked "$work/pkgs/$libdir/ld-linux-x86-64.so.2")" "$root/$libdir/ld-linux-x86-64.so.2"
+ln -s "/$libdir/ld-linux-x86-64.so.2" "$root/lib64/ld-linux-x86-64.so.2"
+echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
+echo 'root:x:0:' > "$root/etc/group"
+echo '/bin/sh' > "$root/etc/shells"
+printf 'passwd: files\ngroup: files\nshadow: files\n' > "$root/etc/nsswitch.conf"
+
 # 7. Pack deterministically: sorted names, fixed mtimes, root-owned, zstd.
 find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 stage="$out.tmp.$$"  # per process: concurrent builds of the same inputs do not collide
@@ -141,6 +179,7 @@ cp "$work/pkgs/boot/vmlinuz-$kver" "$stage/vmlinuz"
   echo "machine-agent-sha256=$(sha256sum "$agent" | cut -d' ' -f1)"
   echo "machine-agent-bytes=$(du -b "$root/bin/ironpool-machine-agent" | cut -f1)"
   echo "modules=${#order[@]}"
+  echo "dropbear-libraries=$(ls "$root/$libdir" | tr '\n' ' ')"
   echo "initramfs-sha256=$(sha256sum "$stage/initramfs" | cut -d' ' -f1)"
 } > "$stage/manifest"
 # Publish atomically; if another build of the same inputs got there first, keep theirs.

@@ -5,7 +5,8 @@
 //! commission (inventory equals the QEMU flags), deploy a QCOW2 image, quick erase, deploy
 //! a raw image, and deploy an image whose checksum is wrong (fails with the reason; the
 //! disk keeps what it had, nothing half-written). A second VM full-erases a virtio and an
-//! NVMe disk.
+//! NVMe disk. A third boots into rescue mode: root logs in over SSH with the plan's key, and
+//! the disk is exactly as it was.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -124,11 +125,18 @@ async fn boot(ramdisk: &Path, disk: &Path, args: &str) -> (bool, String) {
     boot_with(ramdisk, disk, args, &[]).await
 }
 
-/// [`boot`] with more QEMU arguments (more disks).
-async fn boot_with(ramdisk: &Path, disk: &Path, args: &str, extra: &[String]) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let console = dir.path().join("console.log");
-    let mut child = tokio::process::Command::new("qemu-system-x86_64")
+/// The VM of these tests booting the ramdisk on `disk` with kernel arguments `args`, its
+/// serial console written to `console`, with `extra` QEMU arguments and `nic` appended to
+/// its user-mode NIC's options.
+fn qemu(
+    ramdisk: &Path,
+    disk: &Path,
+    args: &str,
+    console: &Path,
+    extra: &[String],
+    nic: &str,
+) -> tokio::process::Child {
+    tokio::process::Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-smp", "2", "-m", &MEMORY_MIB.to_string()])
         .args([
             "-nodefaults",
@@ -154,11 +162,18 @@ async fn boot_with(ramdisk: &Path, disk: &Path, args: &str, extra: &[String]) ->
         .args(extra)
         .args([
             "-nic",
-            &format!("user,model=virtio-net-pci,mac={MAC},restrict=off"),
+            &format!("user,model=virtio-net-pci,mac={MAC},restrict=off{nic}"),
         ])
         .kill_on_drop(true)
         .spawn()
-        .expect("qemu-system-x86_64 starts (e2e/scripts/install-boot-image-tools.sh)");
+        .expect("qemu-system-x86_64 starts (e2e/scripts/install-boot-image-tools.sh)")
+}
+
+/// [`boot`] with more QEMU arguments (more disks).
+async fn boot_with(ramdisk: &Path, disk: &Path, args: &str, extra: &[String]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console.log");
+    let mut child = qemu(ramdisk, disk, args, &console, extra, "");
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let text = std::fs::read_to_string(&console).unwrap_or_default();
@@ -278,7 +293,7 @@ fn provisioning(sink: &MemoryReportSink) -> Vec<Step> {
                 report.bytes_total,
                 report.message,
             )),
-            Report::Inventory { .. } => None,
+            Report::Inventory { .. } | Report::Rescue { .. } => None,
         })
         .collect()
 }
@@ -298,7 +313,7 @@ fn inventory(sink: &MemoryReportSink) -> Hardware {
         .rev()
         .find_map(|r| match r {
             Report::Inventory { hardware, .. } => Some(*hardware),
-            Report::Provisioning { .. } => None,
+            Report::Provisioning { .. } | Report::Rescue { .. } => None,
         })
         .expect("an inventory was reported")
 }
@@ -553,4 +568,172 @@ async fn ramdisk_full_erase_zeroes_virtio_and_nvme_disks() {
         );
     }
     lab.cancel.cancel();
+}
+
+/// Rescue mode: the plan's key logs in as root over SSH (QEMU forwards a host port to the
+/// guest's 22), nothing is inventoried or reported as provisioning, and the disk, read by
+/// root in the guest and by the host afterwards, has the bytes it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ramdisk_rescue_admits_the_key_over_ssh_and_leaves_the_disk_alone() {
+    let ramdisk = build_ramdisk();
+    let lab = start_server().await;
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk.raw");
+    let bytes = image(DISK_BYTES as usize, 11, "gpt");
+    std::fs::write(&disk, &bytes).unwrap();
+    let key = work.path().join("id_ed25519");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "rescue-test", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen runs (e2e/scripts/install-boot-image-tools.sh)");
+    assert!(made.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+
+    let mut m = MachineView::example("qemu-1", MAC).with_intent(
+        BootTarget::Ramdisk,
+        BootPurpose::Rescue,
+        9,
+    );
+    m.rescue_keys = vec![public.trim().to_string()];
+    lab.source.put(m);
+    let args = kernel_args(&lab).await;
+    assert!(
+        args.contains("ironpool.purpose=Rescue ironpool.attempt=9"),
+        "{args}"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let console = work.path().join("console.log");
+    let started = Instant::now();
+    let mut vm = qemu(
+        &ramdisk,
+        &disk,
+        &args,
+        &console,
+        &[],
+        &format!(",hostfwd=tcp:127.0.0.1:{port}-:22"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let ready = loop {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        let reported = lab.sink.reports().into_iter().find_map(|r| match r {
+            Report::Rescue { report, .. } => Some(report),
+            _ => None,
+        });
+        if let Some(r) = reported {
+            break r;
+        }
+        assert!(
+            !text.contains("ironpool-ramdisk: FAILED") && Instant::now() < deadline,
+            "no rescue result within 300 s; console:\n{text}"
+        );
+        assert!(vm.try_wait().unwrap().is_none(), "the VM exited:\n{text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!(
+        "rescue shell ready {:.1}s after power-on",
+        started.elapsed().as_secs_f64()
+    );
+    let message = ready.message.clone().unwrap_or_default();
+    assert_eq!(ready.step, ProvisioningStep::Succeeded, "{message}");
+    assert_eq!(ready.attempt, 9);
+    assert!(message.contains("ssh root@10.0.2.15"), "{message}");
+    assert!(
+        lab.sink
+            .reports()
+            .iter()
+            .all(|r| matches!(r, Report::Rescue { .. })),
+        "rescue reports nothing else (no inventory, no provisioning): {:?}",
+        lab.sink.reports()
+    );
+
+    let ssh = |command: &str| {
+        Command::new("ssh")
+            .args(["-i"])
+            .arg(&key)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=30",
+                "-o",
+                "LogLevel=ERROR",
+                "root@127.0.0.1",
+                command,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = ssh("id -u; cat /proc/cmdline; sha256sum /dev/vda");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let console_text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "ssh failed: {}\nconsole:\n{console_text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("0"), "logged in as root: {text}");
+    assert!(
+        lines
+            .next()
+            .unwrap_or_default()
+            .contains("ironpool.purpose=Rescue"),
+        "{text}"
+    );
+    let want = sha256(&bytes);
+    assert!(
+        lines
+            .next()
+            .unwrap_or_default()
+            .starts_with(want.trim_start_matches("sha256:")),
+        "root reads the disk as it was: {text}"
+    );
+    // Another key is refused.
+    let other = work.path().join("other");
+    Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    let refused = Command::new("ssh")
+        .arg("-i")
+        .arg(&other)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "root@127.0.0.1",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "a key not in spec.rescue logs in"
+    );
+    vm.kill().await.unwrap();
+    assert!(
+        std::fs::read(&disk).unwrap() == bytes,
+        "the disk is unchanged after rescue"
+    );
 }

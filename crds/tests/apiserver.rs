@@ -568,6 +568,23 @@ const CASES: &[Case] = &[
         "should be at least 1 chars long",
     ),
     case(
+        "rescue key is not a public key",
+        MACHINE,
+        &[(
+            "spec.rescue.sshAuthorizedKeys",
+            "['-----BEGIN OPENSSH PRIVATE KEY-----']",
+        )],
+        "spec.rescue.sshAuthorizedKeys",
+        "must be one public key line such as 'ssh-ed25519 AAAAC3Nz... alice@laptop'",
+    ),
+    case(
+        "rescue without keys",
+        MACHINE,
+        &[("spec.rescue.sshAuthorizedKeys", "[]")],
+        "spec.rescue.sshAuthorizedKeys",
+        "should have at least 1 items",
+    ),
+    case(
         "unknown field (server-side apply)",
         MACHINE,
         &[("spec.bmcAddress", "ipmi://10.0.0.1")],

@@ -2,7 +2,8 @@
 # Installs what boot-images/build.sh and the ramdisk test need from Debian: musl-tools
 # (musl-gcc, for ring's C code in the static x86_64-unknown-linux-musl machine agent), cpio
 # (packs the initramfs, --reproducible), kmod (depmod: the kernel .deb ships no modules.dep),
-# dpkg (dpkg-deb unpacks the downloaded packages), zstd, qemu-system-x86 and qemu-utils
+# dpkg (dpkg-deb unpacks the downloaded packages), binutils (readelf: dropbear's libraries),
+# openssh-client (the lab logs in to rescue mode), zstd, qemu-system-x86 and qemu-utils
 # (boot the ramdisk, make QCOW2 images), fdisk and mtools (check the cloud-init seed with
 # independent tools), syslinux, syslinux-common, systemd-boot-efi and ovmf (the test OS
 # image of boot-images/os-image.sh and its BIOS/UEFI boot test), and the Rust musl target. Idempotent: apt-get and rustup run only
@@ -16,6 +17,11 @@ declare -A need=(
   [/usr/bin/dpkg-deb]=dpkg
   [/usr/bin/zstd]=zstd
   [/usr/sbin/depmod]=kmod
+  # readelf: which shared libraries rescue mode's dropbear needs in the ramdisk
+  [/usr/bin/readelf]=binutils
+  # the lab logs in to a machine in rescue mode
+  [/usr/bin/ssh]=openssh-client
+  [/usr/bin/ssh-keygen]=openssh-client
   # the ramdisk test boots it under QEMU and makes QCOW2 images with qemu-img
   [/usr/bin/qemu-system-x86_64]=qemu-system-x86
   [/usr/bin/qemu-img]=qemu-utils

@@ -295,6 +295,7 @@ fn machines_are_enlisted_commissioned_deployed_and_released() {
     let view = FleetView::open(&lab, uefi);
     power_as_a_person_asks(&lab, uefi);
     view.measure_power_updates(&lab, uefi);
+    rescue_and_back(&lab, uefi);
 
     // 4. Release with erase.
     assert_eq!(
@@ -377,6 +378,111 @@ fn power_as_a_person_asks(lab: &Lab, i: usize) {
     eprintln!(
         "[lab] cycle, off and on again: {:.1}s",
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// 3d. Rescue mode on a Deployed machine (what `kubectl ironpool rescue` writes): the
+/// machine boots the rescue ramdisk through its real BMC, its Ready condition and its
+/// Deployment say so with the address, root logs in over SSH from the provisioning network
+/// with the key from spec.rescue and reads the disk as the OS left it; removing
+/// spec.rescue boots the deployed OS again, which checks in, its disk unchanged.
+fn rescue_and_back(lab: &Lab, i: usize) {
+    let key = lab.dir.join("rescue-key");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "lab-rescue", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success(), "ssh-keygen");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let hex = |b: &[u8]| -> String {
+        ring::digest::digest(&ring::digest::SHA256, b)
+            .as_ref()
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    };
+    let head = hex(&disk_head(lab, i, 1 << 20));
+    let booted_before = lab.os_booted_at(i).unwrap();
+    let started = std::time::Instant::now();
+    lab.patch_machine(
+        i,
+        &serde_json::json!({"spec": {"rescue": {"sshAuthorizedKeys": [public.trim()]}}}),
+    )
+    .unwrap();
+    lab.wait_for("the machine is in rescue mode", 10 * MIN, |l| {
+        Ok(ready(&machine(l, i)).0 == "Rescue")
+    })
+    .unwrap();
+    eprintln!(
+        "[lab] rescue: spec.rescue to the SSH shell ready: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let m = machine(lab, i);
+    let (_, message) = ready(&m);
+    let ip = message
+        .split("ssh root@")
+        .nth(1)
+        .and_then(|rest| rest.split([' ', ';', '(']).next())
+        .unwrap_or_else(|| panic!("the Ready condition names the address: {m}"))
+        .to_string();
+    assert_eq!(m["status"]["phase"], "Deployed", "the phase stays: {m}");
+    let d = lab
+        .get_json(
+            "deployment.metal.ironpool.dev",
+            m["status"]["deploymentRef"]["name"].as_str().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(ready(&d).0, "Rescue", "the Deployment says so too: {d}");
+    let out = lab
+        .net
+        .cmd("ssh")
+        .arg("-i")
+        .arg(&key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=30",
+            "-o",
+            "LogLevel=ERROR",
+            &format!("root@{ip}"),
+            "cat /proc/cmdline; head -c 1048576 /dev/vda | sha256sum",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "ssh root@{ip}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lab.diagnostics()
+    );
+    assert!(text.contains("ironpool.purpose=Rescue"), "{text}");
+    assert!(
+        text.contains(&head),
+        "root in rescue reads the disk as the OS left it (sha256 {head}): {text}"
+    );
+
+    let back = std::time::Instant::now();
+    lab.patch_machine(i, &serde_json::json!({"spec": {"rescue": null}}))
+        .unwrap();
+    lab.wait_for("the deployed OS is back after rescue", 10 * MIN, |l| {
+        Ok(l.os_booted_at(i)? != booted_before && ready(&machine(l, i)).0 == "Deployed")
+    })
+    .unwrap();
+    eprintln!(
+        "[lab] rescue: spec.rescue removed to the OS checking in again: {:.1}s",
+        back.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        hex(&disk_head(lab, i, 1 << 20)),
+        head,
+        "rescue left the disk alone"
     );
 }
 

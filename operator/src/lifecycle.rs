@@ -95,6 +95,8 @@ pub struct Observation {
     pub broken: bool,
     /// spec.power is Off.
     pub wants_off: bool,
+    /// spec.rescue is set.
+    pub wants_rescue: bool,
     /// spec.powerCycleRequest when it differs from status.powerCycleHandled.
     pub power_cycle: Option<String>,
     /// metadata.generation differs from status.observedGeneration.
@@ -105,6 +107,8 @@ pub struct Observation {
     pub applied_attempt: Option<i64>,
     /// The ramdisk's last report.
     pub report: Option<ProvisioningReport>,
+    /// The rescue ramdisk's last report (status.rescue).
+    pub rescue_report: Option<ProvisioningReport>,
     /// When the deployed OS last checked in (boot flight recorder).
     pub os_booted_at: Option<Timestamp>,
     /// Commissioning found hardware.

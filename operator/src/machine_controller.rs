@@ -75,6 +75,7 @@ pub fn observation(m: &Machine, deployment: Option<DeploymentView>, now: Timesta
         maintenance: m.spec.maintenance == Some(true),
         broken: m.spec.broken == Some(true),
         wants_off: m.spec.wants_off(),
+        wants_rescue: m.spec.wants_rescue(),
         power_cycle: m
             .spec
             .power_cycle_request
@@ -86,6 +87,7 @@ pub fn observation(m: &Machine, deployment: Option<DeploymentView>, now: Timesta
         intent: st.and_then(|s| s.boot_intent.clone()),
         applied_attempt: st.and_then(|s| s.boot_applied.as_ref()).map(|a| a.attempt),
         report: st.and_then(|s| s.provisioning.clone()),
+        rescue_report: st.and_then(|s| s.rescue.clone()),
         os_booted_at: st
             .and_then(|s| s.boot.iter().rev().find(|b| b.step == BootStep::OsBooted))
             .map(|b| b.at.0),

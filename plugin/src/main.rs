@@ -16,12 +16,14 @@ mod lookup;
 mod output;
 mod power;
 mod release;
+mod rescue;
 mod status;
 mod watch;
 
 use output::Format;
 
-/// kubectl ironpool: fleet status, live progress, machine timelines, release, enlist and power.
+/// kubectl ironpool: fleet status, live progress, machine timelines, release, enlist, power
+/// and rescue.
 #[derive(Parser, Debug)]
 #[command(name = "kubectl ironpool", version)]
 struct Cli {
@@ -60,6 +62,9 @@ enum Verb {
     /// Power a Deployed machine on, off (it stays off) or cycle it once, through its spec
     /// (`spec.power`, `spec.powerCycleRequest`); the agent drives the BMC.
     Power(power::Args),
+    /// Boot a Deployed or Broken machine into the rescue ramdisk with an SSH server for your
+    /// public key, its disks untouched (`spec.rescue`); `--exit` boots its OS again.
+    Rescue(rescue::Args),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -99,5 +104,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Verb::Release(args) => release::run(&client, &ns, &args, cli.output, &mut out).await,
         Verb::Enlist(args) => enlist::run(&client, &ns, &args, cli.output, &mut out).await,
         Verb::Power(args) => power::run(&client, &ns, &args, cli.output, &mut out).await,
+        Verb::Rescue(args) => rescue::run(&client, &ns, &args, cli.output, &mut out).await,
     }
 }

@@ -46,6 +46,17 @@ pub struct Requested {
     patch: serde_json::Value,
 }
 
+impl Requested {
+    /// `action` asked of `machine` with the merge patch `patch`.
+    pub fn new(machine: &str, action: &str, patch: serde_json::Value) -> Self {
+        Requested {
+            machine: machine.to_string(),
+            action: action.to_string(),
+            patch,
+        }
+    }
+}
+
 /// The spec change that asks for `action` on `m` at `now`, or why it cannot be asked.
 pub fn request(m: &Machine, action: Action, now: Timestamp) -> Result<serde_json::Value, String> {
     let name = m.metadata.name.as_deref().unwrap_or("?");
@@ -148,11 +159,7 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("cannot change machine {name}: {e}"))?;
     let action = format!("{:?}", args.action).to_lowercase();
-    let result = Requested {
-        machine: name.clone(),
-        action: action.clone(),
-        patch,
-    };
+    let result = Requested::new(name, &action, patch);
     if !structured(format, &result, out)? {
         let what = match args.action {
             Action::On => "powering on into its deployed OS (spec.power: On)",

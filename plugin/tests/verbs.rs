@@ -433,4 +433,73 @@ async fn every_verb_against_a_real_apiserver() {
     // Bad command line: clap's usage error, exit 2.
     let (code, _, err) = plugin(&ns, &["power", "sideways", "r1-u04"], "");
     assert_eq!(code, 2, "{err}");
+
+    // rescue: the public key into spec.rescue, which the apiserver's schema accepts;
+    // refused where it does not apply; --exit takes it out again.
+    let keys = tempfile::tempdir().unwrap();
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKq4 ops@jump";
+    let public = keys.path().join("id_ed25519.pub");
+    std::fs::write(&public, format!("{key}\n")).unwrap();
+    let private = keys.path().join("id_ed25519");
+    std::fs::write(&private, "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n").unwrap();
+    let (public, private) = (public.to_str().unwrap(), private.to_str().unwrap());
+    fails(
+        &ns,
+        &["rescue", "r1-u04", "--ssh-key", private],
+        "",
+        &["is a private key", "pass the public one"],
+    );
+    fails(
+        &ns,
+        &["rescue", "r1-u01", "--ssh-key", public],
+        "",
+        &["machine r1-u01 has no BMC"],
+    );
+    fails(
+        &ns,
+        &["rescue", "nope", "--ssh-key", public],
+        "",
+        &["machine nope not found"],
+    );
+    let out = ok(&ns, &["rescue", "r1-u04", "--ssh-key", public]);
+    assert!(
+        out.contains("machine r1-u04: booting into rescue mode with 1 SSH key"),
+        "{out}"
+    );
+    assert_eq!(
+        spec(machines.get("r1-u04").await.unwrap())["rescue"],
+        json!({"sshAuthorizedKeys": [key]})
+    );
+    fails(
+        &ns,
+        &["rescue", "r1-u04", "--ssh-key", public],
+        "",
+        &[
+            "in rescue mode already",
+            "kubectl ironpool rescue --exit r1-u04",
+        ],
+    );
+    let left: Value =
+        serde_json::from_str(&ok(&ns, &["rescue", "--exit", "r1-u04", "-o", "json"])).unwrap();
+    assert_eq!(
+        left,
+        json!({"machine": "r1-u04", "action": "exit-rescue", "patch": {"spec": {"rescue": null}}})
+    );
+    assert!(
+        spec(machines.get("r1-u04").await.unwrap())
+            .get("rescue")
+            .is_none()
+    );
+    fails(
+        &ns,
+        &["rescue", "--exit", "r1-u04"],
+        "",
+        &["is not in rescue mode"],
+    );
+    let (code, _, err) = plugin(
+        &ns,
+        &["rescue", "r1-u04", "--exit", "--ssh-key", public],
+        "",
+    );
+    assert_eq!(code, 2, "--exit with keys is a usage error: {err}");
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::netconfig;
 use super::stores::Stores;
-use super::{MANAGER_HARDWARE, MANAGER_PROVISIONING};
+use super::{MANAGER_HARDWARE, MANAGER_PROVISIONING, MANAGER_RESCUE};
 use crate::http::source::{NETWORK_DATA_KEY, USER_DATA_KEY};
 use crate::http::{
     BootSource, DeployInputs, HttpError, ImageRef, MacAddr, MachineView, ReportSink, SecretKey,
@@ -89,6 +89,12 @@ pub fn view(
         root_device_hints: machine.spec.root_device_hints.clone(),
         erase: deployment.map(|d| d.spec.erase).unwrap_or_default(),
         deploy: deployment.and_then(|d| deploy_inputs(d, subnet, mac)),
+        rescue_keys: machine
+            .spec
+            .rescue
+            .as_ref()
+            .map(|r| r.ssh_authorized_keys.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -212,6 +218,17 @@ impl ReportSink for ApiReportSink {
                 json!({"provisioning": report}),
             )
             .await
+        })
+    }
+
+    fn rescue<'a>(
+        &'a self,
+        machine: &'a MachineView,
+        report: ProvisioningReport,
+    ) -> BoxFuture<'a, Result<(), HttpError>> {
+        Box::pin(async move {
+            self.apply(machine, MANAGER_RESCUE, json!({"rescue": report}))
+                .await
         })
     }
 }

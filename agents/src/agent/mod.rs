@@ -30,6 +30,8 @@ pub const MANAGER_BOOT: &str = "ironpool-agent-boot";
 pub const MANAGER_HARDWARE: &str = "ironpool-agent-hardware";
 /// Field manager of Machine `status.provisioning` (ramdisk progress and result).
 pub const MANAGER_PROVISIONING: &str = "ironpool-agent-provisioning";
+/// Field manager of Machine `status.rescue` (the rescue ramdisk's result).
+pub const MANAGER_RESCUE: &str = "ironpool-agent-rescue";
 
 /// Everything that can stop the agent; each message says what to do.
 #[derive(Debug, thiserror::Error)]

@@ -80,6 +80,9 @@ pub struct Plan {
     /// Deploy: the cloud-init NoCloud seed to write for first boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_init: Option<CloudInitSeed>,
+    /// Rescue: the SSH public keys admitted as root (`spec.rescue.sshAuthorizedKeys`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 /// The image in a Deploy plan.
@@ -317,6 +320,7 @@ pub fn plan(caller: &Caller, base_url: &str, keys: &TokenKey) -> Result<Plan, St
                 layout: None,
                 erase: None,
                 cloud_init: None,
+                ssh_authorized_keys: Vec::new(),
             });
         }
         Caller::Machine {
@@ -335,9 +339,20 @@ pub fn plan(caller: &Caller, base_url: &str, keys: &TokenKey) -> Result<Plan, St
         layout: None,
         erase: None,
         cloud_init: None,
+        ssh_authorized_keys: Vec::new(),
     };
     match purpose {
         BootPurpose::Erase => plan.erase = Some(m.erase),
+        BootPurpose::Rescue => {
+            if m.rescue_keys.is_empty() {
+                return Err(format!(
+                    "Machine {}/{} is to boot into rescue (attempt {attempt}) but its \
+                     spec.rescue has no SSH key this agent knows of yet; retry shortly",
+                    m.namespace, m.name
+                ));
+            }
+            plan.ssh_authorized_keys = m.rescue_keys.clone();
+        }
         BootPurpose::Deploy => {
             let Some(d) = &m.deploy else {
                 return Err(format!(

@@ -389,7 +389,15 @@ pub async fn result(
     body: Bytes,
 ) -> Response {
     let result = async {
-        let (machine, attempt) = machine_only(authorize(&s, &mac, &headers)?)?;
+        let caller = authorize(&s, &mac, &headers)?;
+        let rescue = matches!(
+            caller,
+            Caller::Machine {
+                purpose: BootPurpose::Rescue,
+                ..
+            }
+        );
+        let (machine, attempt) = machine_only(caller)?;
         let r: ResultReport = parse("result", &body)?;
         if !matches!(
             r.step,
@@ -419,10 +427,12 @@ pub async fn result(
             reason: r.reason.filter(|_| r.step == ProvisioningStep::Failed),
             updated_at: Some(Time(Timestamp::now())),
         };
-        s.sink
-            .provisioning(&machine, report)
-            .await
-            .map_err(sink_failed)?;
+        let written = if rescue {
+            s.sink.rescue(&machine, report).await
+        } else {
+            s.sink.provisioning(&machine, report).await
+        };
+        written.map_err(sink_failed)?;
         s.record(BootEvent {
             mac: machine.mac,
             step: BootStep::RamdiskCheckIn,

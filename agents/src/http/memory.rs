@@ -27,6 +27,7 @@ impl MachineView {
             root_device_hints: None,
             erase: ErasePolicy::Quick,
             deploy: None,
+            rescue_keys: Vec::new(),
         }
     }
 
@@ -147,6 +148,13 @@ pub enum Report {
         /// The report.
         report: ProvisioningReport,
     },
+    /// The rescue ramdisk's result.
+    Rescue {
+        /// The Machine name.
+        machine: String,
+        /// The report.
+        report: ProvisioningReport,
+    },
 }
 
 /// A [`ReportSink`] that keeps every report and can be told to fail.
@@ -214,6 +222,18 @@ impl ReportSink for MemoryReportSink {
         report: ProvisioningReport,
     ) -> BoxFuture<'a, Result<(), HttpError>> {
         let result = self.record(Report::Provisioning {
+            machine: machine.name.clone(),
+            report,
+        });
+        Box::pin(async move { result })
+    }
+
+    fn rescue<'a>(
+        &'a self,
+        machine: &'a MachineView,
+        report: ProvisioningReport,
+    ) -> BoxFuture<'a, Result<(), HttpError>> {
+        let result = self.record(Report::Rescue {
             machine: machine.name.clone(),
             report,
         });

@@ -39,6 +39,8 @@ pub struct MachineView {
     pub erase: ErasePolicy,
     /// What to write when the purpose is Deploy.
     pub deploy: Option<DeployInputs>,
+    /// `spec.rescue.sshAuthorizedKeys`: who may log in when the purpose is Rescue.
+    pub rescue_keys: Vec<String>,
 }
 
 /// The Deployment facts a Deploy plan needs, with the cloud-init Secrets already read.
@@ -118,6 +120,13 @@ pub trait ReportSink: Send + Sync {
 
     /// Progress or the final result of ramdisk work (`status.provisioning`).
     fn provisioning<'a>(
+        &'a self,
+        machine: &'a MachineView,
+        report: ProvisioningReport,
+    ) -> BoxFuture<'a, Result<(), HttpError>>;
+
+    /// The rescue ramdisk's result (`status.rescue`), kept apart from `provisioning`.
+    fn rescue<'a>(
         &'a self,
         machine: &'a MachineView,
         report: ProvisioningReport,

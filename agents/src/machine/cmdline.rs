@@ -14,7 +14,7 @@ pub struct BootArgs {
     pub token: String,
     /// `ironpool.mac=`: the boot MAC.
     pub mac: MacAddr,
-    /// `ironpool.purpose=`: Enlist, Commission, Deploy or Erase.
+    /// `ironpool.purpose=`: Enlist, Commission, Deploy, Erase or Rescue.
     pub purpose: BootPurpose,
     /// `ironpool.attempt=`: the boot intent attempt (0 while enlisting).
     pub attempt: i64,
@@ -54,9 +54,10 @@ pub fn parse(cmdline: &str) -> Result<BootArgs, MachineError> {
         "Commission" => BootPurpose::Commission,
         "Deploy" => BootPurpose::Deploy,
         "Erase" => BootPurpose::Erase,
+        "Rescue" => BootPurpose::Rescue,
         other => {
             return Err(MachineError::Cmdline(format!(
-                "ironpool.purpose={other} is not Enlist, Commission, Deploy or Erase"
+                "ironpool.purpose={other} is not Enlist, Commission, Deploy, Erase or Rescue"
             )));
         }
     };

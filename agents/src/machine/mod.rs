@@ -3,7 +3,8 @@
 //! `/proc` and `/sys` ([`inventory`]), asks the network agent for its plan and carries it
 //! out: erase disks ([`erase`]) or stream an image (raw or qcow2, [`qcow2`]) onto the root
 //! disk chosen by the root-device hints ([`disks`], [`image`]), verifying the checksum while
-//! writing and reporting progress every second, then reports the result ([`run`]).
+//! writing and reporting progress every second, then reports the result ([`run`]). In
+//! rescue mode it starts an SSH server instead and touches no disk ([`rescue`]).
 //!
 //! Parsing and decisions are pure and tested with fixtures; [`client`] (a small blocking
 //! HTTP/1.1 client over `std::net`, plain http only: the agent URL is on the provisioning
@@ -20,6 +21,7 @@ pub mod inventory;
 pub mod nvme;
 pub mod partition;
 pub mod qcow2;
+pub mod rescue;
 pub mod run;
 pub mod seed;
 

@@ -10,7 +10,7 @@ use ironpool_crds::machine::{BootPurpose, FailureReason, Hardware, ProvisioningS
 use serde::Serialize;
 
 use super::client::{self, Response};
-use super::{BootArgs, MachineError, disks, erase, image, inventory};
+use super::{BootArgs, MachineError, disks, erase, image, inventory, rescue};
 use crate::http::{Plan, ProgressReport, ResultReport};
 
 /// How long to keep retrying one call before giving up.
@@ -189,6 +189,14 @@ fn with_progress<T>(
 /// success; the error has been reported as the result (when the purpose has one).
 pub fn run(args: &BootArgs, root: &Path) -> Result<String, MachineError> {
     let api = Api::new(args);
+    if args.purpose == BootPurpose::Rescue {
+        // No inventory: rescue reads and writes nothing of the machine's own.
+        let plan = api.plan()?;
+        if plan.purpose == BootPurpose::Rescue {
+            return report(&api, rescue::start(&plan.ssh_authorized_keys, root));
+        }
+        tracing::warn!(plan = ?plan.purpose, "booted for rescue but the plan says otherwise; following the plan");
+    }
     let hw = inventory::collect(root);
     tracing::info!(
         cores = hw.cpu.as_ref().and_then(|c| c.cores),
@@ -213,10 +221,16 @@ pub fn run(args: &BootArgs, root: &Path) -> Result<String, MachineError> {
         )),
         BootPurpose::Erase => erase_disks(&api, &plan, &hw, root),
         BootPurpose::Deploy => deploy(&api, &plan, &hw, root),
+        BootPurpose::Rescue => rescue::start(&plan.ssh_authorized_keys, root),
         other => Err(MachineError::Image(format!(
             "the plan's purpose {other:?} is not ramdisk work"
         ))),
     };
+    report(&api, outcome)
+}
+
+/// Reports `outcome` as the attempt's result and returns it.
+fn report(api: &Api<'_>, outcome: Result<String, MachineError>) -> Result<String, MachineError> {
     match outcome {
         Ok(summary) => {
             api.result(true, summary.clone(), None)?;

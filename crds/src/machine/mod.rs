@@ -170,6 +170,14 @@ pub struct MachineSpec {
     #[schemars(length(min = 1, max = 64))]
     pub power_cycle_request: Option<String>,
 
+    /// Rescue mode: boot a Deployed or Broken machine into the Ironpool ramdisk with an SSH
+    /// server that admits these keys as root, without touching its disks (nothing is
+    /// written, erased or inventoried). Its Ready condition then names the address to
+    /// `ssh root@`. Remove this field to leave rescue: a Deployed machine boots its OS from
+    /// disk again, a Broken one is powered off. Ignored in other phases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescue: Option<Rescue>,
+
     /// Free-form note for people, e.g. why the machine is broken or in maintenance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
@@ -189,14 +197,36 @@ impl MachineSpec {
             broken: None,
             power: None,
             power_cycle_request: None,
+            rescue: None,
             description: None,
         }
+    }
+
+    /// Whether a person asked for rescue mode (`spec.rescue`).
+    pub fn wants_rescue(&self) -> bool {
+        self.rescue.is_some()
     }
 
     /// Whether a person asked for the machine to be off (`spec.power: Off`).
     pub fn wants_off(&self) -> bool {
         self.power == Some(DesiredPower::Off)
     }
+}
+
+/// Rescue mode of a machine (`spec.rescue`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rescue {
+    /// SSH public keys admitted as root by the rescue ramdisk, one authorized_keys line
+    /// each, e.g. "ssh-ed25519 AAAAC3Nz... alice@laptop".
+    #[schemars(length(min = 1, max = 16), inner(length(max = 8192)))]
+    #[x_kube(validation = rule(
+        r"self.all(k, k.matches('^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\\.com) [A-Za-z0-9+/]+={0,3}( [^\\n]*)?$'))",
+        "every rescue.sshAuthorizedKeys entry must be one public key line such as \
+         'ssh-ed25519 AAAAC3Nz... alice@laptop' (the contents of ~/.ssh/id_ed25519.pub; \
+         ssh-rsa, ecdsa-sha2-nistp256/384/521 and sk- keys work too), never a private key"
+    ))]
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 /// Desired power of a Deployed machine.

@@ -67,6 +67,12 @@ pub struct MachineStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioning: Option<ProvisioningReport>,
 
+    /// What the rescue ramdisk last reported (spec.rescue): Succeeded with the address to
+    /// `ssh root@`, or Failed with why. Kept apart from `provisioning`, which still tells
+    /// which attempt wrote the OS on the disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescue: Option<ProvisioningReport>,
+
     /// The Deployment this machine is allocated to, while it is allocated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_ref: Option<LocalObjectRef>,
@@ -205,6 +211,8 @@ pub enum BootPurpose {
     Idle,
     /// Stay powered off as a person asked (spec.power: Off on a Deployed machine).
     Stop,
+    /// Ramdisk serves an SSH shell for repair (spec.rescue), touching no disk.
+    Rescue,
 }
 
 /// The boot intent attempt the agent last carried out.

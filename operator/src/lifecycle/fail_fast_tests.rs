@@ -33,6 +33,7 @@ fn deploying(
         maintenance: false,
         broken: false,
         wants_off: false,
+        wants_rescue: false,
         power_cycle: None,
         spec_changed: false,
         intent: Some(BootIntent {
@@ -51,6 +52,7 @@ fn deploying(
             reason,
             updated_at: None,
         }),
+        rescue_report: None,
         os_booted_at: None,
         has_hardware: true,
         operation: Some(Operation {

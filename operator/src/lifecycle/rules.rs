@@ -5,7 +5,7 @@ use std::time::Duration;
 use ironpool_crds::deployment::ErasePolicy;
 use ironpool_crds::machine::{
     BootPurpose, BootTarget, FailureReason, MachinePhase as P, OperationKind, OperationResult,
-    ProvisioningStep,
+    ProvisioningReport, ProvisioningStep,
 };
 
 use super::{
@@ -37,15 +37,28 @@ const OFF_STOP: NewIntent = NewIntent {
     target: BootTarget::Off,
     purpose: BootPurpose::Stop,
 };
+const RAMDISK_RESCUE: NewIntent = NewIntent {
+    target: BootTarget::Ramdisk,
+    purpose: BootPurpose::Rescue,
+};
 
 /// The next phase and actions for a machine.
 pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
     if obs.broken {
-        return hold(
+        if obs.wants_rescue {
+            return rescue(obs, policy, P::Broken);
+        }
+        let d = hold(
             P::Broken,
             "Broken",
             "marked broken (spec.broken); Ironpool takes no action until it is cleared",
         );
+        // Out of rescue: off again, where a broken server waits for a person.
+        return if intent_is(obs, RAMDISK_RESCUE) {
+            with_intent(d, OFF_STOP)
+        } else {
+            d
+        };
     }
     if obs.maintenance {
         return hold(
@@ -292,6 +305,8 @@ const BOOTING_OS: &str = "image written; booting it from disk";
 const POWERING_OFF: &str = "releasing: powering off";
 const POWERED_OFF: &str =
     "deployed, powered off as asked (spec.power: Off); set spec.power to On to boot it again";
+const ENTERING_RESCUE: &str = "booting the rescue ramdisk as asked (spec.rescue); the \
+     address to ssh to follows here";
 /// Entering and waiting say the same, so that waiting writes nothing.
 const BOOTING_DEPLOYED_OS: &str = "powered on or cycled as asked (spec.power, \
      spec.powerCycleRequest): booting the deployed OS from disk, waiting for it to check in";
@@ -480,6 +495,18 @@ fn deployed(obs: &Observation, policy: &Policy) -> Decision {
 /// A Deployed machine follows `spec.power` and `spec.powerCycleRequest`; the phase stays
 /// Deployed throughout (the Deployment keeps its machine).
 fn deployed_power(obs: &Observation, policy: &Policy) -> Decision {
+    if obs.wants_rescue {
+        return rescue(obs, policy, P::Deployed);
+    }
+    if intent_is(obs, RAMDISK_RESCUE) && !obs.wants_off {
+        // Out of rescue: boot the deployed OS (also answering a cycle asked for meanwhile).
+        let mut d = with_intent(
+            stay(P::Deployed, report(true, "BootingOS", BOOTING_DEPLOYED_OS)),
+            DISK_RUN,
+        );
+        d.power_cycle_handled = obs.power_cycle.clone();
+        return d;
+    }
     if obs.wants_off {
         let d = stay(P::Deployed, report(true, "PoweredOff", POWERED_OFF));
         return if intent_is(obs, OFF_STOP) {
@@ -529,6 +556,75 @@ fn deployed_power(obs: &Observation, policy: &Policy) -> Decision {
         );
     }
     stay(P::Deployed, report(true, "Deployed", DEPLOYED))
+}
+
+/// Rescue mode (`spec.rescue`) of a Deployed or Broken machine: the ramdisk with an SSH
+/// server, the disks untouched, the phase kept (a Deployment keeps its machine). A new
+/// `spec.powerCycleRequest` boots the rescue ramdisk again.
+fn rescue(obs: &Observation, policy: &Policy, phase: P) -> Decision {
+    // A broken server stays not ready, rescued or not.
+    let ready = phase == P::Deployed;
+    if !intent_is(obs, RAMDISK_RESCUE) || obs.power_cycle.is_some() {
+        let mut d = with_intent(
+            stay(phase, report(ready, "EnteringRescue", ENTERING_RESCUE)),
+            RAMDISK_RESCUE,
+        );
+        d.power_cycle_handled = obs.power_cycle.clone();
+        d.requeue_after = Some(policy.boot_timeout);
+        return d;
+    }
+    let attempt = obs.intent.as_ref().map(|i| i.attempt);
+    let reported = obs
+        .rescue_report
+        .as_ref()
+        .filter(|r| Some(r.attempt) == attempt);
+    let said = |r: &ProvisioningReport| r.message.clone().unwrap_or_default();
+    match reported {
+        Some(r) if r.step == ProvisioningStep::Succeeded => stay(
+            phase,
+            report(
+                ready,
+                "Rescue",
+                format!(
+                    "in rescue mode: {}; remove spec.rescue to leave it ({})",
+                    said(r),
+                    if phase == P::Broken {
+                        "the machine is then powered off"
+                    } else {
+                        "the deployed OS then boots from disk"
+                    }
+                ),
+            ),
+        ),
+        Some(r) => stay(
+            phase,
+            warning(
+                "RescueFailed",
+                format!(
+                    "the rescue ramdisk failed: {}; set spec.powerCycleRequest to a new value \
+                     to boot it again, or remove spec.rescue",
+                    said(r)
+                ),
+            ),
+        ),
+        None if intent_age(obs) >= policy.boot_timeout => stay(
+            phase,
+            warning(
+                "RescueNotReached",
+                format!(
+                    "the rescue ramdisk did not check in within {}s; look at the machine's \
+                     console, or set spec.powerCycleRequest to a new value to boot it again",
+                    policy.boot_timeout.as_secs()
+                ),
+            ),
+        ),
+        None => wait(
+            obs,
+            phase,
+            policy.boot_timeout,
+            report(ready, "EnteringRescue", ENTERING_RESCUE),
+        ),
+    }
 }
 
 /// Whether the deployed OS checked in after the current intent was issued.

@@ -26,11 +26,13 @@ fn base(phase: Option<P>) -> Observation {
         maintenance: false,
         broken: false,
         wants_off: false,
+        wants_rescue: false,
         power_cycle: None,
         spec_changed: false,
         intent: None,
         applied_attempt: None,
         report: None,
+        rescue_report: None,
         os_booted_at: None,
         has_hardware: false,
         operation: None,
@@ -111,6 +113,21 @@ trait Obs: Sized {
         o.power_cycle = power_cycle.map(str::to_string);
         o
     }
+    /// spec.rescue set, and the rescue ramdisk's report for `attempt` (if any).
+    fn rescue(self, reported: Option<(i64, S)>) -> Observation {
+        let mut o = self.o();
+        o.wants_rescue = true;
+        o.rescue_report = reported.map(|(attempt, step)| ProvisioningReport {
+            attempt,
+            step,
+            bytes_written: None,
+            bytes_total: None,
+            message: Some("rescue shell ready: ssh root@10.77.0.60".into()),
+            reason: None,
+            updated_at: None,
+        });
+        o
+    }
     fn flags(self, maintenance: bool, broken: bool, spec_changed: bool) -> Observation {
         let mut o = self.o();
         o.maintenance = maintenance;
@@ -170,6 +187,7 @@ const ERASE: Option<(T, Pu)> = Some((T::Ramdisk, Pu::Erase));
 const RUN: Option<(T, Pu)> = Some((T::Disk, Pu::Run));
 const OFF: Option<(T, Pu)> = Some((T::Off, Pu::Idle));
 const STOP: Option<(T, Pu)> = Some((T::Off, Pu::Stop));
+const RESCUE: Option<(T, Pu)> = Some((T::Ramdisk, Pu::Rescue));
 
 fn cases() -> Vec<(&'static str, Observation, Want)> {
     let p = Policy::default();
@@ -487,6 +505,97 @@ fn cases() -> Vec<(&'static str, Observation, Want)> {
                 .booted(50)
                 .power(true, Some("c1")),
             want(P::Deployed, None, "keep", false, "PoweredOff"),
+        ),
+        (
+            "spec.rescue boots a deployed machine into the rescue ramdisk",
+            ph(P::Deployed)
+                .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
+                .intent(T::Disk, Pu::Run, 6, 100)
+                .booted(50)
+                .rescue(None),
+            want(P::Deployed, RESCUE, "keep", false, "EnteringRescue"),
+        ),
+        (
+            "waiting for the rescue ramdisk",
+            ph(P::Deployed)
+                .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
+                .intent(T::Ramdisk, Pu::Rescue, 7, 10)
+                .booted(50)
+                .rescue(Some((6, S::Succeeded))),
+            want(P::Deployed, None, "keep", false, "EnteringRescue"),
+        ),
+        (
+            "the rescue shell is up",
+            ph(P::Deployed)
+                .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
+                .intent(T::Ramdisk, Pu::Rescue, 7, 10)
+                .booted(50)
+                .rescue(Some((7, S::Succeeded))),
+            want(P::Deployed, None, "keep", false, "Rescue"),
+        ),
+        (
+            "the rescue ramdisk failed",
+            ph(P::Deployed)
+                .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
+                .intent(T::Ramdisk, Pu::Rescue, 7, 10)
+                .rescue(Some((7, S::Failed))),
+            want(P::Deployed, None, "keep", false, "RescueFailed"),
+        ),
+        (
+            "the rescue ramdisk never checked in",
+            ph(P::Deployed)
+                .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
+                .intent(T::Ramdisk, Pu::Rescue, 7, boot_to + 1)
+                .rescue(None),
+            want(P::Deployed, None, "keep", false, "RescueNotReached"),
+        ),
+        (
+            "out of rescue the deployed OS boots again",
+            ph(P::Deployed)
+                .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
+                .intent(T::Ramdisk, Pu::Rescue, 7, 10)
+                .booted(50),
+            want(P::Deployed, RUN, "keep", false, "BootingOS"),
+        ),
+        (
+            "out of rescue with spec.power Off it stays off",
+            ph(P::Deployed)
+                .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
+                .intent(T::Ramdisk, Pu::Rescue, 7, 10)
+                .power(true, None),
+            want(P::Deployed, STOP, "keep", false, "PoweredOff"),
+        ),
+        (
+            "a broken machine is rescued and stays Broken",
+            ph(P::Broken)
+                .intent(T::Off, Pu::Idle, 4, 100)
+                .flags(false, true, false)
+                .rescue(None),
+            want(P::Broken, RESCUE, "keep", false, "EnteringRescue"),
+        ),
+        (
+            "a broken machine out of rescue is powered off",
+            ph(P::Broken)
+                .intent(T::Ramdisk, Pu::Rescue, 5, 10)
+                .flags(false, true, false),
+            want(P::Broken, STOP, "keep", false, "Broken"),
+        ),
+        (
+            "maintenance holds a machine with spec.rescue",
+            ph(P::Deployed)
+                .active(IMG)
+                .op(K::Deploy, R::Succeeded, 0)
+                .intent(T::Disk, Pu::Run, 6, 100)
+                .flags(true, false, false)
+                .rescue(None),
+            want(P::Maintenance, None, "keep", false, "Maintenance"),
         ),
         (
             "spec.power On boots the deployed OS again",
@@ -946,6 +1055,33 @@ fn a_check_in_earlier_in_the_intents_second_is_not_the_new_one() {
     // A check-in after the issue time, in the same second, is the new one.
     obs.os_booted_at = Some(issued + k8s_openapi::jiff::SignedDuration::from_millis(100));
     assert_eq!(decide(&obs, &Policy::default()).phase, P::Deployed);
+}
+
+#[test]
+fn rescue_says_where_to_log_in_and_a_cycle_boots_it_again() {
+    let up = ph(P::Deployed)
+        .active(IMG)
+        .op(K::Deploy, R::Succeeded, 0)
+        .intent(T::Ramdisk, Pu::Rescue, 7, 10)
+        .rescue(Some((7, S::Succeeded)));
+    let d = decide(&up, &Policy::default());
+    assert!(
+        d.report.message.contains("ssh root@10.77.0.60")
+            && d.report.message.contains("remove spec.rescue"),
+        "{}",
+        d.report.message
+    );
+    assert!(d.report.ready && !d.transitions_from(&up));
+    let cycled = decide(&up.power(false, Some("again")), &Policy::default());
+    assert_eq!(cycled.intent.map(|i| (i.target, i.purpose)), RESCUE);
+    assert_eq!(cycled.power_cycle_handled.as_deref(), Some("again"));
+    // A changed image still redeploys: rescue never holds a Deployment's own change.
+    let changed = ph(P::Deployed)
+        .active("http://images/new.raw@sha256:22")
+        .op(K::Deploy, R::Succeeded, 0)
+        .intent(T::Ramdisk, Pu::Rescue, 7, 10)
+        .rescue(Some((7, S::Succeeded)));
+    assert_eq!(decide(&changed, &Policy::default()).phase, P::Deploying);
 }
 
 #[test]

@@ -93,6 +93,14 @@ impl ReportSink for Stamped {
             .push((Instant::now(), report));
         Box::pin(async { Ok(()) })
     }
+
+    fn rescue<'a>(
+        &'a self,
+        _machine: &'a MachineView,
+        _report: ProvisioningReport,
+    ) -> BoxFuture<'a, Result<(), HttpError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 fn build_ramdisk() -> Result<PathBuf> {
