@@ -124,6 +124,23 @@ pub fn render(
         }
         field(&mut o, "Ramdisk", v);
     }
+    if let Some(r) = &m.spec.rescue {
+        let keys = r.ssh_authorized_keys.len();
+        let mut v = format!(
+            "asked (spec.rescue, {keys} SSH key{})",
+            if keys == 1 { "" } else { "s" }
+        );
+        let current = st.boot_intent.as_ref().map(|i| i.attempt);
+        match st.rescue.as_ref().filter(|x| Some(x.attempt) == current) {
+            Some(x) => v.push_str(&format!(
+                ", {:?}: {}",
+                x.step,
+                x.message.as_deref().unwrap_or("")
+            )),
+            None => v.push_str(", the rescue ramdisk has not reported yet"),
+        }
+        field(&mut o, "Rescue", v);
+    }
     if let Some(i) = &st.boot_intent {
         let applied = st
             .boot_applied

@@ -470,6 +470,13 @@ async fn every_verb_against_a_real_apiserver() {
         spec(machines.get("r1-u04").await.unwrap())["rescue"],
         json!({"sshAuthorizedKeys": [key]})
     );
+    let described = ok(&ns, &["describe", "r1-u04"]);
+    assert!(
+        described.contains(
+            "Rescue:       asked (spec.rescue, 1 SSH key), the rescue ramdisk has not reported yet"
+        ),
+        "{described}"
+    );
     fails(
         &ns,
         &["rescue", "r1-u04", "--ssh-key", public],

@@ -21,6 +21,9 @@ pub struct FakeState {
     /// Refuse a Cycle of a machine that is off, as real BMCs do (Redfish ForceRestart,
     /// IPMI chassis power cycle).
     pub refuse_cycle_when_off: bool,
+    /// Accept a Cycle and leave the machine off, as when it was shutting down by itself as
+    /// the restart arrived.
+    pub cycle_ends_off: bool,
 }
 
 /// A fake BMC shared between a test and the driver under test.
@@ -76,6 +79,7 @@ impl PowerDriver for FakeBmc {
             }
             s.actions.push(action);
             s.power = Some(match action {
+                PowerAction::Cycle if s.cycle_ends_off => PowerState::Off,
                 PowerAction::On | PowerAction::Cycle => PowerState::On,
                 PowerAction::Off | PowerAction::GracefulOff => PowerState::Off,
             });

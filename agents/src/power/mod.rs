@@ -78,6 +78,10 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Deadline of one BMC call.
     pub bmc_timeout: Duration,
+    /// After a power cycle the BMC accepted, how long before the power is read again: a
+    /// machine that was shutting down as the cycle arrived (a ramdisk that powers itself
+    /// off when done) can end up off, and is then powered on.
+    pub cycle_settle: Duration,
     /// PEM CA bundle for Redfish BMC certificates (system roots when None).
     pub ca_bundle: Option<Vec<u8>>,
     /// Server-side apply field manager.
@@ -97,6 +101,7 @@ impl Default for Config {
             backoff_base: Duration::from_secs(5),
             backoff_max: Duration::from_secs(300),
             bmc_timeout: Duration::from_secs(20),
+            cycle_settle: Duration::from_secs(3),
             ca_bundle: None,
             field_manager: "ironpool-agent".into(),
             metrics: Metrics::default(),

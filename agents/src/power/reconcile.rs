@@ -251,7 +251,9 @@ async fn apply(
 
 /// Sends `action`. A ramdisk that just finished powers its machine off on its own; if that
 /// happened between the power read and a cycle, the BMC refuses to restart a machine that
-/// is off. Then the machine is powered on instead (still one boot for the attempt).
+/// is off. Then the machine is powered on instead (still one boot for the attempt). If it
+/// was shutting down as the cycle arrived, the BMC may accept the cycle and the machine
+/// still end up off: the power read `cycle_settle` later catches that and powers it on.
 async fn send_power(
     ctx: &Ctx,
     driver: &dyn PowerDriver,
@@ -261,7 +263,24 @@ async fn send_power(
 ) -> Result<(), BmcError> {
     let sent = timed(ctx, driver, "set_power", driver.set_power(action)).await;
     let Err(e) = sent else {
-        return Ok(());
+        if action != crate::bmc::PowerAction::Cycle {
+            return Ok(());
+        }
+        tokio::time::sleep(ctx.config.cycle_settle).await;
+        if !matches!(
+            timed(ctx, driver, "power_state", driver.power_state()).await,
+            Ok(PowerState::Off)
+        ) {
+            return Ok(());
+        }
+        info!(machine = %name, attempt, "the machine was off after the power cycle (it was shutting down as the cycle arrived); powering it on");
+        return timed(
+            ctx,
+            driver,
+            "set_power",
+            driver.set_power(crate::bmc::PowerAction::On),
+        )
+        .await;
     };
     let off = action == crate::bmc::PowerAction::Cycle
         && matches!(
@@ -382,8 +401,23 @@ mod tests {
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         Ctx::new(
             kube::Client::try_from(config).unwrap(),
-            super::super::Config::default(),
+            super::super::Config {
+                cycle_settle: std::time::Duration::from_millis(10),
+                ..Default::default()
+            },
         )
+    }
+
+    #[tokio::test]
+    async fn an_accepted_cycle_that_leaves_the_machine_off_is_followed_by_a_power_on() {
+        let ctx = ctx();
+        let bmc = FakeBmc::new();
+        bmc.state().power = Some(PowerState::On);
+        // The machine was shutting down as the restart arrived: accepted, and off after.
+        bmc.state().cycle_ends_off = true;
+        send_power(&ctx, &bmc, "m", 4, Cycle).await.unwrap();
+        assert_eq!(bmc.state().actions, vec![Cycle, On]);
+        assert_eq!(bmc.state().power, Some(PowerState::On));
     }
 
     #[tokio::test]
