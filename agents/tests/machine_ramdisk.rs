@@ -582,20 +582,15 @@ async fn ramdisk_rescue_admits_the_key_over_ssh_and_leaves_the_disk_alone() {
     let bytes = image(DISK_BYTES as usize, 11, "gpt");
     std::fs::write(&disk, &bytes).unwrap();
     let key = work.path().join("id_ed25519");
-    let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "rescue-test", "-f"])
-        .arg(&key)
-        .status()
+    let public = ironpool_e2e::ssh::keygen(&key, "rescue-test")
         .expect("ssh-keygen runs (e2e/scripts/install-boot-image-tools.sh)");
-    assert!(made.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
 
     let mut m = MachineView::example("qemu-1", MAC).with_intent(
         BootTarget::Ramdisk,
         BootPurpose::Rescue,
         9,
     );
-    m.rescue_keys = vec![public.trim().to_string()];
+    m.rescue_keys = vec![public];
     lab.source.put(m);
     let args = kernel_args(&lab).await;
     assert!(
@@ -651,30 +646,14 @@ async fn ramdisk_rescue_admits_the_key_over_ssh_and_leaves_the_disk_alone() {
         lab.sink.reports()
     );
 
-    let ssh = |command: &str| {
+    let ssh = |key: &Path, command: &str| {
         Command::new("ssh")
-            .args(["-i"])
-            .arg(&key)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=30",
-                "-o",
-                "LogLevel=ERROR",
-                "root@127.0.0.1",
-                command,
-            ])
+            .args(ironpool_e2e::ssh::options(key))
+            .args(["-p", &port.to_string(), "root@127.0.0.1", command])
             .output()
             .unwrap()
     };
-    let out = ssh("id -u; cat /proc/cmdline; sha256sum /dev/vda");
+    let out = ssh(&key, "id -u; cat /proc/cmdline; sha256sum /dev/vda");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let console_text = std::fs::read_to_string(&console).unwrap_or_default();
     assert!(
@@ -701,32 +680,8 @@ async fn ramdisk_rescue_admits_the_key_over_ssh_and_leaves_the_disk_alone() {
     );
     // Another key is refused.
     let other = work.path().join("other");
-    Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&other)
-        .status()
-        .unwrap();
-    let refused = Command::new("ssh")
-        .arg("-i")
-        .arg(&other)
-        .args([
-            "-p",
-            &port.to_string(),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "root@127.0.0.1",
-            "true",
-        ])
-        .output()
-        .unwrap();
+    ironpool_e2e::ssh::keygen(&other, "not-admitted").unwrap();
+    let refused = ssh(&other, "true");
     assert!(
         !refused.status.success(),
         "a key not in spec.rescue logs in"

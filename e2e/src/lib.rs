@@ -32,6 +32,7 @@ mod process;
 pub mod prometheus;
 pub mod qemu;
 pub mod secret;
+pub mod ssh;
 pub mod storm;
 pub mod webdriver;
 

@@ -388,13 +388,7 @@ fn power_as_a_person_asks(lab: &Lab, i: usize) {
 /// spec.rescue boots the deployed OS again, which checks in, its disk unchanged.
 fn rescue_and_back(lab: &Lab, i: usize) {
     let key = lab.dir.join("rescue-key");
-    let made = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "lab-rescue", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(made.success(), "ssh-keygen");
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let public = ironpool_e2e::ssh::keygen(&key, "lab-rescue").unwrap();
     let hex = |b: &[u8]| -> String {
         ring::digest::digest(&ring::digest::SHA256, b)
             .as_ref()
@@ -407,7 +401,7 @@ fn rescue_and_back(lab: &Lab, i: usize) {
     let started = std::time::Instant::now();
     lab.patch_machine(
         i,
-        &serde_json::json!({"spec": {"rescue": {"sshAuthorizedKeys": [public.trim()]}}}),
+        &serde_json::json!({"spec": {"rescue": {"sshAuthorizedKeys": [public]}}}),
     )
     .unwrap();
     lab.wait_for("the machine is in rescue mode", 10 * MIN, |l| {
@@ -437,19 +431,8 @@ fn rescue_and_back(lab: &Lab, i: usize) {
     let out = lab
         .net
         .cmd("ssh")
-        .arg("-i")
-        .arg(&key)
+        .args(ironpool_e2e::ssh::options(&key))
         .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "ConnectTimeout=30",
-            "-o",
-            "LogLevel=ERROR",
             &format!("root@{ip}"),
             "cat /proc/cmdline; head -c 1048576 /dev/vda | sha256sum",
         ])
