@@ -9,8 +9,7 @@ use std::io::Write;
 use ironpool_crds::Machine;
 use ironpool_crds::machine::MachinePhase;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
+use kube::Client;
 use serde::Serialize;
 use serde_json::json;
 
@@ -152,12 +151,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let name = &args.machine;
     let m = crate::lookup::machine(client, ns, name).await?;
-    let machines: Api<Machine> = Api::namespaced(client.clone(), ns);
     let patch = request(&m, args.action, Timestamp::now()).map_err(|why| anyhow::anyhow!(why))?;
-    machines
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot change machine {name}: {e}"))?;
+    crate::lookup::patch_machine(client, ns, name, &patch).await?;
     let action = format!("{:?}", args.action).to_lowercase();
     let result = Requested::new(name, &action, patch);
     if !structured(format, &result, out)? {
@@ -179,22 +174,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use ironpool_crds::machine::{Bmc, DesiredPower, MachineSpec, MachineStatus};
+    use ironpool_crds::machine::DesiredPower;
 
     fn machine(phase: MachinePhase, bmc: bool, power: Option<DesiredPower>) -> Machine {
-        let mut spec = MachineSpec::for_boot_mac("52:54:00:00:00:01");
-        spec.power = power;
-        spec.bmc = bmc.then(|| {
-            serde_json::from_value::<Bmc>(
-                json!({"address": "ipmi://10.0.0.1", "credentialsSecretRef": {"name": "b"}}),
-            )
-            .unwrap()
-        });
-        let mut m = Machine::new("m1", spec);
-        m.status = Some(MachineStatus {
-            phase: Some(phase),
-            ..MachineStatus::default()
-        });
+        let mut m = crate::lookup::test_machine(phase, bmc);
+        m.spec.power = power;
         m
     }
 

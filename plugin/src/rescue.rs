@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ironpool_crds::Machine;
 use ironpool_crds::machine::MachinePhase;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
+use kube::Client;
 use serde_json::json;
 
 use crate::output::{Format, structured};
@@ -164,11 +163,7 @@ pub async fn run(
     };
     let m = crate::lookup::machine(client, ns, name).await?;
     let patch = request(&m, keys.as_deref()).map_err(anyhow::Error::msg)?;
-    let machines: Api<Machine> = Api::namespaced(client.clone(), ns);
-    machines
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot change machine {name}: {e}"))?;
+    crate::lookup::patch_machine(client, ns, name, &patch).await?;
     let action = if args.exit { "exit-rescue" } else { "rescue" };
     let result = Requested::new(name, action, patch);
     if !structured(format, &result, out)? {
@@ -196,25 +191,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use ironpool_crds::machine::{Bmc, MachineSpec, MachineStatus, Rescue};
+    use ironpool_crds::machine::Rescue;
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGk alice@laptop";
 
     fn machine(phase: MachinePhase, bmc: bool, rescue: bool) -> Machine {
-        let mut spec = MachineSpec::for_boot_mac("52:54:00:00:00:01");
-        spec.bmc = bmc.then(|| {
-            serde_json::from_value::<Bmc>(
-                json!({"address": "ipmi://10.0.0.1", "credentialsSecretRef": {"name": "b"}}),
-            )
-            .unwrap()
-        });
-        spec.rescue = rescue.then(|| Rescue {
+        let mut m = crate::lookup::test_machine(phase, bmc);
+        m.spec.rescue = rescue.then(|| Rescue {
             ssh_authorized_keys: vec![KEY.into()],
-        });
-        let mut m = Machine::new("m1", spec);
-        m.status = Some(MachineStatus {
-            phase: Some(phase),
-            ..MachineStatus::default()
         });
         m
     }

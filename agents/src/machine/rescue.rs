@@ -22,9 +22,9 @@ const PORT: u16 = 22;
 /// How long to wait for the server to listen after it forked.
 const LISTEN_WAIT: Duration = Duration::from_secs(20);
 
-/// Writes `keys` as root's `authorized_keys` under `root` (`/` in the ramdisk): `/root`
-/// and `/root/.ssh` mode 0700, the file 0600, one key per line, as sshd and dropbear
-/// require. Returns the file's path.
+/// Writes `keys` as the root account's `authorized_keys` under `root` (`/` in the
+/// ramdisk): its home directory and the `.ssh` in it mode 0700, the file 0600, one key per
+/// line, as sshd and dropbear require. Returns the file's path.
 pub fn install_keys(root: &Path, keys: &[String]) -> Result<PathBuf, MachineError> {
     let ssh = root.join("root/.ssh");
     std::fs::DirBuilder::new()
