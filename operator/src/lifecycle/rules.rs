@@ -498,15 +498,6 @@ fn deployed_power(obs: &Observation, policy: &Policy) -> Decision {
     if obs.wants_rescue {
         return rescue(obs, policy, P::Deployed);
     }
-    if intent_is(obs, RAMDISK_RESCUE) && !obs.wants_off {
-        // Out of rescue: boot the deployed OS (also answering a cycle asked for meanwhile).
-        let mut d = with_intent(
-            stay(P::Deployed, report(true, "BootingOS", BOOTING_DEPLOYED_OS)),
-            DISK_RUN,
-        );
-        d.power_cycle_handled = obs.power_cycle.clone();
-        return d;
-    }
     if obs.wants_off {
         let d = stay(P::Deployed, report(true, "PoweredOff", POWERED_OFF));
         return if intent_is(obs, OFF_STOP) {
@@ -515,8 +506,9 @@ fn deployed_power(obs: &Observation, policy: &Policy) -> Decision {
             with_intent(d, OFF_STOP)
         };
     }
-    if intent_is(obs, OFF_STOP) {
-        // The boot from disk also answers a cycle asked for while it was off: one boot.
+    if intent_is(obs, OFF_STOP) || intent_is(obs, RAMDISK_RESCUE) {
+        // Back on, or out of rescue: the boot from disk also answers a cycle asked for
+        // meanwhile (one boot).
         let mut d = with_intent(
             stay(P::Deployed, report(true, "BootingOS", BOOTING_DEPLOYED_OS)),
             DISK_RUN,
