@@ -262,35 +262,20 @@ async fn send_power(
     action: crate::bmc::PowerAction,
 ) -> Result<(), BmcError> {
     let sent = timed(ctx, driver, "set_power", driver.set_power(action)).await;
-    let Err(e) = sent else {
-        if action != crate::bmc::PowerAction::Cycle {
-            return Ok(());
-        }
-        tokio::time::sleep(ctx.config.cycle_settle).await;
-        if !matches!(
-            timed(ctx, driver, "power_state", driver.power_state()).await,
-            Ok(PowerState::Off)
-        ) {
-            return Ok(());
-        }
-        info!(machine = %name, attempt, "the machine was off after the power cycle (it was shutting down as the cycle arrived); powering it on");
-        return timed(
-            ctx,
-            driver,
-            "set_power",
-            driver.set_power(crate::bmc::PowerAction::On),
-        )
-        .await;
-    };
-    let off = action == crate::bmc::PowerAction::Cycle
-        && matches!(
-            timed(ctx, driver, "power_state", driver.power_state()).await,
-            Ok(PowerState::Off)
-        );
-    if !off {
-        return Err(e);
+    if action != crate::bmc::PowerAction::Cycle {
+        return sent;
     }
-    info!(machine = %name, attempt, "the machine turned off before the power cycle; powering it on");
+    if sent.is_ok() {
+        tokio::time::sleep(ctx.config.cycle_settle).await;
+    }
+    let off = matches!(
+        timed(ctx, driver, "power_state", driver.power_state()).await,
+        Ok(PowerState::Off)
+    );
+    if !off {
+        return sent;
+    }
+    info!(machine = %name, attempt, accepted = sent.is_ok(), "the machine is off after the power cycle (it turned itself off as the cycle came); powering it on");
     timed(
         ctx,
         driver,
