@@ -239,6 +239,14 @@ fn check_seed(disk: &Path, instance: &str) {
     assert_eq!(seed["size"], 2048, "{table}");
     let start = seed["start"].as_u64().unwrap();
     assert!(start * 512 + (1 << 20) <= DISK_BYTES, "{table}");
+    // The Deployment's layout is GrowRoot: the image's partition now ends where the seed
+    // starts.
+    let root = &parts[0];
+    assert_eq!(
+        root["start"].as_u64().unwrap() + root["size"].as_u64().unwrap(),
+        start,
+        "GrowRoot: {table}"
+    );
     let verify = Command::new("sfdisk")
         .arg("--verify")
         .arg(disk)

@@ -70,7 +70,7 @@ fn deploy(file: &Path, format: ImageFormat, disk: &Path, seed: &CloudInitSeed) -
         &AtomicU64::new(0),
     )
     .unwrap();
-    let summary = run::write_seed(&dev, DISK_BYTES, written.disk_bytes, seed).unwrap();
+    let summary = run::write_seed(&dev, DISK_BYTES, written.disk_bytes, seed, false).unwrap();
     assert!(summary.contains("CIDATA"), "{summary}");
     written.disk_bytes
 }

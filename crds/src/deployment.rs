@@ -222,8 +222,9 @@ pub struct Storage {
     /// The disk to write to; overrides the Machine's rootDeviceHints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_device_hints: Option<RootDeviceHints>,
-    /// AsImage writes the image's partitions as they are; GrowRoot (default) also grows
-    /// the last partition to fill the disk.
+    /// AsImage writes the image's partitions as they are (and tells cloud-init not to grow
+    /// them); GrowRoot (default) also grows the image's last partition to fill the disk up
+    /// to the cloud-init seed, and the OS's cloud-init grows its filesystem.
     #[serde(default)]
     pub layout: StorageLayout,
 }
@@ -231,7 +232,7 @@ pub struct Storage {
 /// Partition layout after the image is written.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum StorageLayout {
-    /// Grow the last partition to fill the disk.
+    /// Grow the last partition to fill the disk (its filesystem: cloud-init's resize_rootfs).
     #[default]
     GrowRoot,
     /// Keep the image's partitions as they are.

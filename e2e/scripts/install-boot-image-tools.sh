@@ -6,7 +6,8 @@
 # openssh-client (the lab logs in to rescue mode), zstd, qemu-system-x86 and qemu-utils
 # (boot the ramdisk, make QCOW2 images), fdisk and mtools (check the cloud-init seed with
 # independent tools), syslinux, syslinux-common, systemd-boot-efi and ovmf (the test OS
-# image of boot-images/os-image.sh and its BIOS/UEFI boot test), and the Rust musl target. Idempotent: apt-get and rustup run only
+# image of boot-images/os-image.sh and its BIOS/UEFI boot test), mmdebstrap and e2fsprogs (the
+# Debian image of boot-images/debian-image.sh), and the Rust musl target. Idempotent: apt-get and rustup run only
 # when something is missing.
 set -euo pipefail
 
@@ -34,6 +35,9 @@ declare -A need=(
   [/usr/lib/syslinux/mbr/mbr.bin]=syslinux-common
   [/usr/lib/systemd/boot/efi/systemd-bootx64.efi]=systemd-boot-efi
   [/usr/share/OVMF/OVMF_CODE_4M.fd]=ovmf
+  # boot-images/debian-image.sh: the Debian image's root filesystem and its ext4
+  [/usr/bin/mmdebstrap]=mmdebstrap
+  [/usr/sbin/mkfs.ext4]=e2fsprogs
 )
 
 missing=()

@@ -9,7 +9,8 @@
 //! `ironpool-machine-agent first-boot --seed DIR [--proc DIR] [--work DIR]` is the deployed
 //! OS's first-boot step instead ([`ironpool_agents::machine::firstboot`]): run the user-data
 //! of the cloud-init seed mounted at DIR and check in. Exits 0 after the check-in was
-//! accepted.
+//! accepted. With `--cloud-init` (an image with real cloud-init, which ran the user-data)
+//! it reports cloud-init's result instead of running anything.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,11 +71,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// `first-boot --seed DIR [--proc DIR] [--work DIR]`.
+/// `first-boot --seed DIR [--cloud-init] [--proc DIR] [--work DIR]`.
 fn first_boot(mut argv: impl Iterator<Item = String>) -> ExitCode {
     let mut seed = None;
     let mut host = firstboot::Host::default();
+    let mut cloud_init = false;
+    const USAGE: &str = "usage: ironpool-machine-agent first-boot --seed DIR [--cloud-init] [--proc DIR] [--work DIR]";
     while let Some(flag) = argv.next() {
+        if flag == "--cloud-init" {
+            cloud_init = true;
+            continue;
+        }
         match (flag.as_str(), argv.next()) {
             ("--seed", Some(v)) => seed = Some(PathBuf::from(v)),
             ("--proc", Some(v)) => host.proc_dir = v.into(),
@@ -83,19 +90,22 @@ fn first_boot(mut argv: impl Iterator<Item = String>) -> ExitCode {
                 eprintln!(
                     "ironpool-machine-agent first-boot: unknown flag or missing value: {other}"
                 );
-                eprintln!(
-                    "usage: ironpool-machine-agent first-boot --seed DIR [--proc DIR] [--work DIR]"
-                );
+                eprintln!("{USAGE}");
                 return ExitCode::from(2);
             }
         }
     }
     let Some(seed) = seed else {
-        eprintln!("usage: ironpool-machine-agent first-boot --seed DIR [--proc DIR] [--work DIR]");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
     let mut log = |line: &str| println!("ironpool-first-boot: {line}");
-    match firstboot::first_boot(&seed, &host, &mut log) {
+    let done = if cloud_init {
+        firstboot::after_cloud_init(&seed, &host, &Default::default(), &mut log)
+    } else {
+        firstboot::first_boot(&seed, &host, &mut log)
+    };
+    match done {
         Ok(summary) => {
             println!("ironpool-first-boot: done: {summary}");
             ExitCode::SUCCESS

@@ -131,6 +131,135 @@ pub fn first_boot(
     ))
 }
 
+/// Where real cloud-init leaves its verdict and its output, for [`after_cloud_init`].
+#[derive(Clone, Debug)]
+pub struct CloudInitFiles {
+    /// `/run/cloud-init/result.json`: written when cloud-init's last stage finished, with
+    /// the errors of every stage (`{"v1": {"datasource": ..., "errors": [...]}}`).
+    pub result: PathBuf,
+    /// `/var/log/cloud-init-output.log`: what the modules and `runcmd` printed.
+    pub output: PathBuf,
+}
+
+impl Default for CloudInitFiles {
+    fn default() -> Self {
+        Self {
+            result: PathBuf::from("/run/cloud-init/result.json"),
+            output: PathBuf::from("/var/log/cloud-init-output.log"),
+        }
+    }
+}
+
+/// The kind of a user-data text as cloud-init tells them apart by the first line.
+pub fn user_data_kind(text: &str) -> &'static str {
+    let first = text.lines().next().unwrap_or("").trim_end();
+    match first {
+        _ if text.trim().is_empty() => "none",
+        _ if first.starts_with("#!") => "script",
+        "#cloud-config" => "cloud-config",
+        "## template: jinja" => "jinja",
+        _ => "other",
+    }
+}
+
+/// What cloud-init did, as the check-in reports it: exit 0 when `result.json` lists no
+/// error, 1 when it lists some (they end the output), none when cloud-init has not
+/// finished (no `result.json`); the output is the tail of cloud-init's output log.
+pub fn cloud_init_result(user_data: &str, files: &CloudInitFiles) -> UserDataResult {
+    let mut output = std::fs::read(&files.output)
+        .map(|b| String::from_utf8_lossy(&b[b.len().saturating_sub(OUTPUT_TAIL)..]).into_owned())
+        .unwrap_or_default();
+    let exit_code = match std::fs::read_to_string(&files.result) {
+        Ok(text) => {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let errors: Vec<String> = v["v1"]["errors"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| e.as_str().map_or(e.to_string(), str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if v["v1"].is_null() {
+                output.push_str(&format!(
+                    "\n{} is not cloud-init's result (no v1)",
+                    files.result.display()
+                ));
+                Some(1)
+            } else if errors.is_empty() {
+                Some(0)
+            } else {
+                output.push_str(&format!("\ncloud-init errors: {}", errors.join("; ")));
+                Some(1)
+            }
+        }
+        Err(e) => {
+            output.push_str(&format!(
+                "\ncloud-init left no {} ({e}): it has not finished, or did not run",
+                files.result.display()
+            ));
+            None
+        }
+    };
+    let keep = output.len().saturating_sub(OUTPUT_TAIL);
+    let start = (keep..=output.len())
+        .find(|&i| output.is_char_boundary(i))
+        .unwrap_or(0);
+    UserDataResult {
+        kind: user_data_kind(user_data).to_string(),
+        exit_code,
+        output: output[start..].to_string(),
+    }
+}
+
+/// The step for an image with real cloud-init (`first-boot --cloud-init`): cloud-init has
+/// set the host name and run the user-data; this reads its verdict ([`cloud_init_result`])
+/// and checks in with it, using the URL and token of the seed's meta-data.
+pub fn after_cloud_init(
+    seed_dir: &Path,
+    host: &Host,
+    files: &CloudInitFiles,
+    log: &mut dyn FnMut(&str),
+) -> Result<String, MachineError> {
+    let read = |name: &str| {
+        std::fs::read_to_string(seed_dir.join(name))
+            .map_err(|e| MachineError::io(format!("read {}/{name}", seed_dir.display()), &e))
+    };
+    let meta = parse_meta_data(&read("meta-data")?)?;
+    let user_data = read("user-data").unwrap_or_default();
+    let result = cloud_init_result(&user_data, files);
+    log(&format!(
+        "instance {}: cloud-init ran the user-data ({}), exit {}",
+        meta.instance_id,
+        result.kind,
+        result
+            .exit_code
+            .map_or("- (not finished)".to_string(), |c| c.to_string())
+    ));
+    let proc_text = |name: &str| {
+        std::fs::read_to_string(host.proc_dir.join(name))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let checkin = CheckIn {
+        instance_id: meta.instance_id.clone(),
+        hostname: proc_text("sys/kernel/hostname"),
+        kernel: proc_text("sys/kernel/osrelease"),
+        uptime_seconds: 0.0,
+        user_data: result,
+    };
+    let status = check_in(&meta, host, &checkin, log)?;
+    Ok(format!(
+        "checked in as {} (HTTP {status}); cloud-init exit {}",
+        meta.instance_id,
+        checkin
+            .user_data
+            .exit_code
+            .map_or("-".to_string(), |c| c.to_string())
+    ))
+}
+
 /// Seconds since boot from `/proc/uptime`.
 fn uptime(proc_dir: &Path) -> f64 {
     std::fs::read_to_string(proc_dir.join("uptime"))

@@ -328,3 +328,109 @@ fn check_in_stops_on_4xx_and_gives_up_when_unreachable() {
     );
     assert!(tries >= 3, "retried {tries} times");
 }
+
+#[test]
+fn cloud_init_result_reads_the_verdict_and_the_output_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = CloudInitFiles {
+        result: dir.path().join("result.json"),
+        output: dir.path().join("cloud-init-output.log"),
+    };
+    // Not finished: no result.json; says so, exit unknown.
+    let r = cloud_init_result("#cloud-config\nruncmd: [true]\n", &files);
+    assert_eq!((r.kind.as_str(), r.exit_code), ("cloud-config", None));
+    assert!(
+        r.output.contains("has not finished, or did not run"),
+        "{}",
+        r.output
+    );
+    std::fs::write(
+        &files.output,
+        format!("{}runcmd said hi\n", "x".repeat(9000)),
+    )
+    .unwrap();
+    std::fs::write(
+        &files.result,
+        r#"{"v1": {"datasource": "DataSourceNoCloud [seed=/dev/vda3]", "errors": []}}"#,
+    )
+    .unwrap();
+    let r = cloud_init_result("#!/bin/sh\necho hi\n", &files);
+    assert_eq!((r.kind.as_str(), r.exit_code), ("script", Some(0)));
+    assert_eq!(r.output.len(), OUTPUT_TAIL);
+    assert!(
+        r.output.ends_with("runcmd said hi\n"),
+        "{}",
+        &r.output[4000..]
+    );
+    // Errors: exit 1, listed at the end.
+    std::fs::write(
+        &files.result,
+        r#"{"v1": {"errors": ["('scripts_user', RuntimeError('Runparts: 1 failures'))"]}}"#,
+    )
+    .unwrap();
+    let r = cloud_init_result("", &files);
+    assert_eq!((r.kind.as_str(), r.exit_code), ("none", Some(1)));
+    assert!(
+        r.output
+            .ends_with("cloud-init errors: ('scripts_user', RuntimeError('Runparts: 1 failures'))"),
+        "{}",
+        r.output
+    );
+    std::fs::write(&files.result, "{}").unwrap();
+    assert_eq!(cloud_init_result("", &files).exit_code, Some(1));
+    assert_eq!(
+        user_data_kind("## template: jinja\n#cloud-config\n"),
+        "jinja"
+    );
+    assert_eq!(user_data_kind("Content-Type: multipart/mixed\n"), "other");
+}
+
+#[test]
+fn after_cloud_init_checks_in_with_the_host_name_cloud_init_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, rx) = server(vec!["HTTP/1.1 204 No Content\r\n\r\n"]);
+    let seed = dir.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    std::fs::write(
+        seed.join("meta-data"),
+        META.replace(
+            "http://10.0.2.2:8080/api/v1/machines/52-54-00-12-34-56/booted",
+            &url,
+        ),
+    )
+    .unwrap();
+    // Nothing is run: a user-data that would leave a file leaves none.
+    let marker = dir.path().join("ran");
+    std::fs::write(
+        seed.join("user-data"),
+        format!("#!/bin/sh\ntouch {}\n", marker.display()),
+    )
+    .unwrap();
+    let files = CloudInitFiles {
+        result: dir.path().join("result.json"),
+        output: dir.path().join("out.log"),
+    };
+    std::fs::write(&files.result, r#"{"v1": {"errors": []}}"#).unwrap();
+    std::fs::write(&files.output, "Cloud-init v. 22.4.2 finished\n").unwrap();
+    let h = host(dir.path());
+    std::fs::write(h.proc_dir.join("sys/kernel/hostname"), "web-1\n").unwrap();
+    let summary = after_cloud_init(&seed, &h, &files, &mut |_| {}).unwrap();
+    assert!(
+        summary.contains("HTTP 204") && summary.contains("cloud-init exit 0"),
+        "{summary}"
+    );
+    assert!(!marker.exists(), "the user-data is cloud-init's to run");
+    let (head, body) = rx.recv().unwrap();
+    assert!(head.contains("Authorization: Bearer tok.abc\r\n"), "{head}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "instanceId": "lab-web-1-3",
+            "hostname": "web-1",
+            "kernel": "6.1.0-test-amd64",
+            "uptimeSeconds": 7.25,
+            "userData": {"kind": "script", "exitCode": 0, "output": "Cloud-init v. 22.4.2 finished\n"},
+        })
+    );
+}

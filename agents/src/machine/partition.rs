@@ -53,13 +53,26 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// What [`add_seed_partition`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeedPartition {
+    /// The seed's first sector; the caller writes the filesystem there.
+    pub start: u64,
+    /// With `grow`: the image's last partition (1-based number), its sectors before and after
+    /// it was grown to end just before the seed. None when nothing was grown.
+    pub grown: Option<(usize, u64, u64)>,
+}
+
 /// Adds a seed partition at the end of a disk of `disk_sectors` whose image ends at byte
-/// `image_end`; returns its first sector. The caller writes the filesystem there.
+/// `image_end`. With `grow` (the GrowRoot layout) the partition that ends last is grown to
+/// end where the seed starts (its filesystem is grown by the OS: cloud-init's
+/// `resize_rootfs`); an MBR extended partition is left as it is.
 pub fn add_seed_partition(
     disk: &File,
     disk_sectors: u64,
     image_end: u64,
-) -> Result<u64, MachineError> {
+    grow: bool,
+) -> Result<SeedPartition, MachineError> {
     let start = (disk_sectors.saturating_sub(SEED_SECTORS + 34)) / 2048 * 2048;
     if start * SECTOR < image_end || start == 0 {
         return Err(MachineError::NoDisk(format!(
@@ -77,15 +90,20 @@ pub fn add_seed_partition(
         ));
     }
     let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + i * 16..462 + i * 16]).collect();
-    if entries.iter().any(|e| e[4] == 0xee) {
-        gpt(disk, disk_sectors, start, mbr.clone())?;
+    let grown = if entries.iter().any(|e| e[4] == 0xee) {
+        gpt(disk, disk_sectors, start, mbr.clone(), grow)?
     } else {
-        mbr_add(disk, &mbr, start)?;
-    }
-    Ok(start)
+        mbr_add(disk, &mbr, start, grow)?
+    };
+    Ok(SeedPartition { start, grown })
 }
 
-fn mbr_add(disk: &File, mbr: &[u8], start: u64) -> Result<(), MachineError> {
+fn mbr_add(
+    disk: &File,
+    mbr: &[u8],
+    start: u64,
+    grow: bool,
+) -> Result<Option<(usize, u64, u64)>, MachineError> {
     let mut mbr = mbr.to_vec();
     let mut free = None;
     for i in 0..4 {
@@ -104,16 +122,37 @@ fn mbr_add(disk: &File, mbr: &[u8], start: u64) -> Result<(), MachineError> {
             "all four MBR primary slots are used; the cloud-init seed needs one".to_string(),
         )
     })?;
+    let last = (0..4)
+        .filter(|&k| mbr[446 + k * 16 + 4] != 0)
+        .max_by_key(|&k| le32(&mbr[446 + k * 16..], 8) + le32(&mbr[446 + k * 16..], 12));
+    let mut grown = None;
+    if let Some(k) = last.filter(|_| grow) {
+        let at = 446 + k * 16;
+        let (first, size) = (le32(&mbr[at..], 8), le32(&mbr[at..], 12));
+        // Extended partitions (05, 0f, 85) hold logical ones: growing the container grows none.
+        if ![0x05, 0x0f, 0x85].contains(&mbr[at + 4]) && first + size < start {
+            let new = start - first;
+            mbr[at + 12..at + 16].copy_from_slice(&(new as u32).to_le_bytes());
+            grown = Some((k + 1, size, new));
+        }
+    }
     let e = &mut mbr[446 + i * 16..462 + i * 16];
     e.copy_from_slice(&[
         0, 0xfe, 0xff, 0xff, 0x01, 0xfe, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0,
     ]);
     e[8..12].copy_from_slice(&(start as u32).to_le_bytes());
     e[12..16].copy_from_slice(&(SEED_SECTORS as u32).to_le_bytes());
-    write(disk, 0, &mbr)
+    write(disk, 0, &mbr)?;
+    Ok(grown)
 }
 
-fn gpt(disk: &File, disk_sectors: u64, start: u64, mut mbr: Vec<u8>) -> Result<(), MachineError> {
+fn gpt(
+    disk: &File,
+    disk_sectors: u64,
+    start: u64,
+    mut mbr: Vec<u8>,
+    grow: bool,
+) -> Result<Option<(usize, u64, u64)>, MachineError> {
     let header = read(disk, SECTOR, 512)?;
     if &header[..8] != b"EFI PART" {
         return Err(MachineError::Image(
@@ -145,7 +184,19 @@ fn gpt(disk: &File, disk_sectors: u64, start: u64, mut mbr: Vec<u8>) -> Result<(
         }
     }
     let i = free.ok_or_else(|| MachineError::Image("the GPT has no free entry".to_string()))?;
-    let e = &mut table[i * esize as usize..(i + 1) * esize as usize];
+    let es = esize as usize;
+    let last = (0..count as usize)
+        .filter(|&k| table[k * es..k * es + 16].iter().any(|b| *b != 0))
+        .max_by_key(|&k| le64(&table[k * es..], 40));
+    let mut grown = None;
+    if let Some(k) = last.filter(|_| grow) {
+        let (first, end) = (le64(&table[k * es..], 32), le64(&table[k * es..], 40));
+        if end + 1 < start {
+            table[k * es + 40..k * es + 48].copy_from_slice(&(start - 1).to_le_bytes());
+            grown = Some((k + 1, end + 1 - first, start - first));
+        }
+    }
+    let e = &mut table[i * es..(i + 1) * es];
     e[..16].copy_from_slice(&BASIC_DATA);
     let unique: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
     e[16..32].copy_from_slice(&unique);
@@ -185,7 +236,8 @@ fn gpt(disk: &File, disk_sectors: u64, start: u64, mut mbr: Vec<u8>) -> Result<(
             mbr[at + 12..at + 16].copy_from_slice(&n.to_le_bytes());
         }
     }
-    write(disk, 0, &mbr)
+    write(disk, 0, &mbr)?;
+    Ok(grown)
 }
 
 #[cfg(test)]
@@ -208,19 +260,38 @@ mod tests {
         mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
         mbr[446 + 12..446 + 16].copy_from_slice(&8192u32.to_le_bytes());
         f.write_all_at(&mbr, 0).unwrap();
-        let start = add_seed_partition(&f, (64 << 20) / 512, 10240 * 512).unwrap();
+        let seed = add_seed_partition(&f, (64 << 20) / 512, 10240 * 512, false).unwrap();
+        let start = seed.start;
         assert_eq!(start, 126_976); // 1 MiB aligned, leaving room for a GPT backup
+        assert_eq!(seed.grown, None);
         let after = read(&f, 0, 512).unwrap();
         assert_eq!(after[462 + 4], 0x01);
         assert_eq!(le32(&after, 462 + 8), start);
         assert_eq!(le32(&after, 462 + 12), SEED_SECTORS);
+        assert_eq!(
+            le32(&after, 446 + 12),
+            8192,
+            "AsImage: partition 1 as it was"
+        );
+        // GrowRoot: partition 1 now ends where the seed starts.
+        f.write_all_at(&mbr, 0).unwrap();
+        let seed = add_seed_partition(&f, (64 << 20) / 512, 10240 * 512, true).unwrap();
+        assert_eq!(seed.grown, Some((1, 8192, start - 2048)));
+        let after = read(&f, 0, 512).unwrap();
+        assert_eq!(le32(&after, 446 + 8) + le32(&after, 446 + 12), start);
+        // An extended partition is not grown (its logical partitions would not be).
+        let mut ext = mbr.clone();
+        ext[446 + 4] = 0x05;
+        f.write_all_at(&ext, 0).unwrap();
+        let seed = add_seed_partition(&f, (64 << 20) / 512, 10240 * 512, true).unwrap();
+        assert_eq!(seed.grown, None);
         // Image too large: refused.
-        let err = add_seed_partition(&f, (64 << 20) / 512, 64 << 20).unwrap_err();
+        let err = add_seed_partition(&f, (64 << 20) / 512, 64 << 20, false).unwrap_err();
         assert!(err.to_string().contains("no room"), "{err}");
         // No partition table: refused with advice.
         let g = tempfile::tempfile().unwrap();
         g.set_len(64 << 20).unwrap();
-        let err = add_seed_partition(&g, (64 << 20) / 512, 1 << 20).unwrap_err();
+        let err = add_seed_partition(&g, (64 << 20) / 512, 1 << 20, true).unwrap_err();
         assert!(err.to_string().contains("no partition table"), "{err}");
     }
 }

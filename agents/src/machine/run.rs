@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ironpool_crds::deployment::StorageLayout;
 use ironpool_crds::machine::{BootPurpose, FailureReason, Hardware, ProvisioningStep};
 use serde::Serialize;
 
@@ -317,7 +318,8 @@ fn deploy(api: &Api<'_>, plan: &Plan, hw: &Hardware, root: &Path) -> Result<Stri
                 bytes_total: None,
                 message: Some("writing the cloud-init NoCloud seed".to_string()),
             });
-            write_seed(&dev, size, written.disk_bytes, ci).inspect_err(|_| {
+            let grow = plan.layout != Some(StorageLayout::AsImage);
+            write_seed(&dev, size, written.disk_bytes, ci, grow).inspect_err(|_| {
                 // A disk without its first-boot data must not look deployed.
                 let _ = image::wipe_ends(&dev, size);
             })?
@@ -338,23 +340,39 @@ fn deploy(api: &Api<'_>, plan: &Plan, hw: &Hardware, root: &Path) -> Result<Stri
 
 /// Adds the seed partition after the image (which ends at byte `image_end` of the
 /// `disk_size`-byte disk) and writes the `CIDATA` filesystem into it; returns a summary.
+/// `grow` is the GrowRoot layout: the image's last partition is grown up to the seed (the
+/// OS grows its filesystem). Without it (AsImage) the seed also carries a `vendor-data`
+/// that turns off cloud-init's own growpart and resize_rootfs, so the image's partitions
+/// stay as they are.
 pub fn write_seed(
     dev: &std::fs::File,
     disk_size: u64,
     image_end: u64,
     ci: &crate::http::CloudInitSeed,
+    grow: bool,
 ) -> Result<String, MachineError> {
-    let start = super::partition::add_seed_partition(dev, disk_size / 512, image_end)?;
+    let part = super::partition::add_seed_partition(dev, disk_size / 512, image_end, grow)?;
+    let start = part.start;
     let hidden = u32::try_from(start)
         .map_err(|_| MachineError::NoDisk(format!("seed sector {start} is beyond 2 TiB")))?;
-    let files = super::seed::files(ci);
+    let mut files = super::seed::files(ci);
+    if !grow {
+        files.push(("vendor-data", super::seed::AS_IMAGE_VENDOR_DATA.as_bytes()));
+    }
     let fs = super::seed::fat12(&files, hidden)?;
     std::os::unix::fs::FileExt::write_all_at(dev, &fs, start * 512)
         .and_then(|()| dev.sync_all())
         .map_err(|e| MachineError::io("write the cloud-init seed", &e))?;
     let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+    let grown = part.grown.map_or(String::new(), |(n, old, new)| {
+        format!(
+            "; partition {n} grown from {} to {} (GrowRoot)",
+            inventory::human_bytes(i64::try_from(old * 512).unwrap_or(0)),
+            inventory::human_bytes(i64::try_from(new * 512).unwrap_or(0))
+        )
+    });
     Ok(format!(
-        "cloud-init seed CIDATA ({}) at sector {start}",
+        "cloud-init seed CIDATA ({}) at sector {start}{grown}",
         names.join(", ")
     ))
 }

@@ -13,6 +13,10 @@ const FAT_SECTORS: usize = 6; // 2048 clusters * 1.5 bytes
 const ROOT_ENTRIES: usize = 16;
 const DATA_START: usize = 1 + 2 * FAT_SECTORS + ROOT_ENTRIES * 32 / SECTOR;
 
+/// `vendor-data` of an AsImage deployment: cloud-init must not grow the image's last
+/// partition or its filesystem (its defaults do both). User-data can still ask for it.
+pub const AS_IMAGE_VENDOR_DATA: &str = "#cloud-config\n# Ironpool: storage layout AsImage\ngrowpart:\n  mode: \"off\"\nresize_rootfs: false\n";
+
 /// The seed files in the order they are written.
 pub fn files(seed: &CloudInitSeed) -> Vec<(&'static str, &[u8])> {
     let mut out = vec![("meta-data", seed.meta_data.as_bytes())];
