@@ -14,7 +14,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use ironpool_agents::http::CloudInitSeed;
 use ironpool_agents::machine::{image, run};
 use ironpool_crds::deployment::ImageFormat;
+use ironpool_e2e::disk_boot::{self, CheckIn, Firmware};
 
 const DISK_BYTES: u64 = 3 << 30;
 const TOKEN: &str = "debian-image-test-token";
@@ -63,40 +64,6 @@ fn sha256_file(path: &Path) -> String {
         ctx.update(&buf[..n]);
     }
     ironpool_agents::http::fetch::hex(ctx.finish().as_ref())
-}
-
-/// A check-in endpoint: answers every POST 204 and sends (head, body, when) to the channel.
-fn checkin_listener() -> (u16, mpsc::Receiver<(String, String, Instant)>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(s) = conn else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let (mut head, mut len) = (String::new(), 0usize);
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                head.push_str(&line);
-            }
-            let mut body = vec![0; len];
-            if r.read_exact(&mut body).is_err() {
-                continue;
-            }
-            let _ = (&s).write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-            let body = String::from_utf8_lossy(&body).into_owned();
-            if tx.send((head, body, Instant::now())).is_err() {
-                return;
-            }
-        }
-    });
-    (port, rx)
 }
 
 /// The network-config the network agent generates for a Deployment with a static address
@@ -145,38 +112,11 @@ fn seed(port: u16, public_key: &str) -> CloudInitSeed {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Firmware {
-    Bios,
-    Uefi,
-}
-
 fn qemu(fw: Firmware, disk: &Path, dir: &Path, ssh_port: u16) -> Child {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-smp", "2", "-m", "1024"])
-        .args(["-nodefaults", "-no-reboot", "-display", "none"])
-        .args(["-monitor", "none", "-serial"])
-        .arg(format!("file:{}", dir.join("console.log").display()))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
-        .arg("-nic")
-        .arg(format!(
-            "user,model=virtio-net-pci,mac={MAC},hostfwd=tcp:127.0.0.1:{ssh_port}-10.0.2.15:22"
-        ));
-    if let Firmware::Uefi = fw {
-        let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
-            .expect("OVMF (e2e/scripts/install-boot-image-tools.sh)");
-        cmd.args(["-machine", "q35"])
-            .arg("-drive")
-            .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ));
-    }
-    cmd.spawn()
+    let nic = format!("mac={MAC},hostfwd=tcp:127.0.0.1:{ssh_port}-10.0.2.15:22");
+    disk_boot::qemu_command(fw, disk, dir, 1024, 2, &nic)
+        .unwrap()
+        .spawn()
         .expect("qemu-system-x86_64 starts (e2e/scripts/install-boot-image-tools.sh)")
 }
 
@@ -236,7 +176,7 @@ impl Drop for Vm {
 fn boot(
     fw: Firmware,
     disk: &Path,
-    rx: &mpsc::Receiver<(String, String, Instant)>,
+    rx: &mpsc::Receiver<CheckIn>,
 ) -> (Vm, String, String, f64) {
     let dir = tempfile::tempdir().unwrap();
     let ssh_port = free_port();
@@ -248,7 +188,7 @@ fn boot(
         ssh_port,
     };
     let limit = Duration::from_secs(900);
-    let (head, body, at) = loop {
+    let CheckIn { head, body, at } = loop {
         if let Ok(got) = rx.recv_timeout(Duration::from_millis(500)) {
             break got;
         }
@@ -286,7 +226,7 @@ fn debian_image_with_real_cloud_init_applies_the_seed_and_checks_in() {
     let work = tempfile::tempdir().unwrap();
     let key = work.path().join("id_ed25519");
     let public = ironpool_e2e::ssh::keygen(&key, "debian-image-test").unwrap();
-    let (port, rx) = checkin_listener();
+    let (port, rx) = disk_boot::checkin_listener().unwrap();
 
     // Deploy as the machine agent does: the QCOW2 streamed onto the disk, then the seed
     // with the GrowRoot layout.

@@ -8,8 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::AtomicU64;
@@ -19,6 +17,7 @@ use std::time::{Duration, Instant};
 use ironpool_agents::http::CloudInitSeed;
 use ironpool_agents::machine::{image, run};
 use ironpool_crds::deployment::ImageFormat;
+use ironpool_e2e::disk_boot::{self, CheckIn, Firmware};
 
 const DISK_BYTES: u64 = 64 << 20;
 const TOKEN: &str = "os-image-test-token";
@@ -75,40 +74,6 @@ fn deploy(file: &Path, format: ImageFormat, disk: &Path, seed: &CloudInitSeed) -
     written.disk_bytes
 }
 
-/// A check-in endpoint: answers every POST 204 and sends (head, body) to the channel.
-fn checkin_listener() -> (u16, mpsc::Receiver<(String, String, Instant)>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(s) = conn else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let (mut head, mut len) = (String::new(), 0usize);
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                head.push_str(&line);
-            }
-            let mut body = vec![0; len];
-            if r.read_exact(&mut body).is_err() {
-                continue;
-            }
-            let _ = (&s).write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-            let body = String::from_utf8_lossy(&body).into_owned();
-            if tx.send((head, body, Instant::now())).is_err() {
-                return;
-            }
-        }
-    });
-    (port, rx)
-}
-
 fn seed(name: &str, port: u16) -> CloudInitSeed {
     CloudInitSeed {
         meta_data: format!(
@@ -126,35 +91,10 @@ fn seed(name: &str, port: u16) -> CloudInitSeed {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Firmware {
-    Bios,
-    Uefi,
-}
-
 fn qemu(fw: Firmware, disk: &Path, dir: &Path) -> Child {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-smp", "1", "-m", "512"])
-        .args(["-nodefaults", "-no-reboot", "-display", "none"])
-        .args(["-monitor", "none", "-serial"])
-        .arg(format!("file:{}", dir.join("console.log").display()))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
-        .args(["-nic", "user,model=virtio-net-pci,mac=52:54:00:12:34:56"]);
-    if let Firmware::Uefi = fw {
-        let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
-            .expect("OVMF (e2e/scripts/install-boot-image-tools.sh)");
-        cmd.args(["-machine", "q35"])
-            .arg("-drive")
-            .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ));
-    }
-    cmd.spawn()
+    disk_boot::qemu_command(fw, disk, dir, 512, 1, "mac=52:54:00:12:34:56")
+        .unwrap()
+        .spawn()
         .expect("qemu-system-x86_64 starts (e2e/scripts/install-boot-image-tools.sh)")
 }
 
@@ -163,14 +103,14 @@ fn qemu(fw: Firmware, disk: &Path, dir: &Path) -> Child {
 fn boot(
     fw: Firmware,
     disk: &Path,
-    rx: &mpsc::Receiver<(String, String, Instant)>,
+    rx: &mpsc::Receiver<CheckIn>,
 ) -> (String, String, String, f64) {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut child = qemu(fw, disk, dir.path());
     let console = || std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
     let deadline = started + Duration::from_secs(240);
-    let (head, body, at) = loop {
+    let CheckIn { head, body, at } = loop {
         if let Ok(got) = rx.recv_timeout(Duration::from_millis(250)) {
             break got;
         }
@@ -258,7 +198,7 @@ fn os_image_boots_from_its_own_disk_under_bios_and_uefi_and_checks_in() {
     );
 
     let work = tempfile::tempdir().unwrap();
-    let (port, rx) = checkin_listener();
+    let (port, rx) = disk_boot::checkin_listener().unwrap();
     let mut times = Vec::new();
     for (fw, name, file, format) in [
         (Firmware::Bios, "bios", &qcow, ImageFormat::Qcow2),

@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod clusterctl;
 mod control_plane;
 pub mod dashboard;
+pub mod disk_boot;
 pub mod lab;
 pub mod netlab;
 pub mod node;

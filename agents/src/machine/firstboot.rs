@@ -69,6 +69,20 @@ pub use userdata::{
     parse_meta_data, parse_mode, parse_user_data,
 };
 
+/// A file of the seed in `seed_dir`.
+fn read_seed(seed_dir: &Path, name: &str) -> Result<String, MachineError> {
+    std::fs::read_to_string(seed_dir.join(name))
+        .map_err(|e| MachineError::io(format!("read {}/{name}", seed_dir.display()), &e))
+}
+
+/// A `/proc` value (`sys/kernel/hostname`, ...), trimmed; empty when unreadable.
+fn proc_text(proc_dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(proc_dir.join(name))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 /// The whole step: read the seed in `seed_dir`, set the host name, run the user-data,
 /// check in. Returns a summary; `log` receives a line for each thing done.
 pub fn first_boot(
@@ -76,10 +90,7 @@ pub fn first_boot(
     host: &Host,
     log: &mut dyn FnMut(&str),
 ) -> Result<String, MachineError> {
-    let read = |name: &str| {
-        std::fs::read_to_string(seed_dir.join(name))
-            .map_err(|e| MachineError::io(format!("read {}/{name}", seed_dir.display()), &e))
-    };
+    let read = |name: &str| read_seed(seed_dir, name);
     let meta = parse_meta_data(&read("meta-data")?)?;
     let user_data = match read("user-data") {
         Ok(text) => parse_user_data(&template::render(&text, &meta.values)?)?,
@@ -103,12 +114,7 @@ pub fn first_boot(
             .map_err(|e| MachineError::io(format!("set the host name to '{name}'"), &e))?;
         log(&format!("host name set to {name}"));
     }
-    let proc_text = |name: &str| {
-        std::fs::read_to_string(host.proc_dir.join(name))
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
+    let proc_text = |name: &str| proc_text(&host.proc_dir, name);
     let result = run_user_data(&user_data, &host.work_dir, log)?;
     let checkin = CheckIn {
         instance_id: meta.instance_id.clone(),
@@ -221,10 +227,7 @@ pub fn after_cloud_init(
     files: &CloudInitFiles,
     log: &mut dyn FnMut(&str),
 ) -> Result<String, MachineError> {
-    let read = |name: &str| {
-        std::fs::read_to_string(seed_dir.join(name))
-            .map_err(|e| MachineError::io(format!("read {}/{name}", seed_dir.display()), &e))
-    };
+    let read = |name: &str| read_seed(seed_dir, name);
     let meta = parse_meta_data(&read("meta-data")?)?;
     let user_data = read("user-data").unwrap_or_default();
     let result = cloud_init_result(&user_data, files);
@@ -236,12 +239,7 @@ pub fn after_cloud_init(
             .exit_code
             .map_or("- (not finished)".to_string(), |c| c.to_string())
     ));
-    let proc_text = |name: &str| {
-        std::fs::read_to_string(host.proc_dir.join(name))
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
+    let proc_text = |name: &str| proc_text(&host.proc_dir, name);
     let checkin = CheckIn {
         instance_id: meta.instance_id.clone(),
         hostname: proc_text("sys/kernel/hostname"),

@@ -215,6 +215,21 @@ fn host(dir: &Path) -> Host {
     }
 }
 
+/// A seed directory under `dir` whose meta-data checks in at `url`.
+fn seed_with_meta_data(dir: &Path, url: &str) -> PathBuf {
+    let seed = dir.join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    std::fs::write(
+        seed.join("meta-data"),
+        META.replace(
+            "http://10.0.2.2:8080/api/v1/machines/52-54-00-12-34-56/booted",
+            url,
+        ),
+    )
+    .unwrap();
+    seed
+}
+
 #[test]
 fn first_boot_runs_user_data_and_checks_in_after_a_503() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,16 +237,7 @@ fn first_boot_runs_user_data_and_checks_in_after_a_503() {
         "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
         "HTTP/1.1 204 No Content\r\n\r\n",
     ]);
-    let seed = dir.path().join("seed");
-    std::fs::create_dir_all(&seed).unwrap();
-    std::fs::write(
-        seed.join("meta-data"),
-        META.replace(
-            "http://10.0.2.2:8080/api/v1/machines/52-54-00-12-34-56/booted",
-            &url,
-        ),
-    )
-    .unwrap();
+    let seed = seed_with_meta_data(dir.path(), &url);
     let file = dir.path().join("hello.txt");
     std::fs::write(
         seed.join("user-data"),
@@ -389,16 +395,7 @@ fn cloud_init_result_reads_the_verdict_and_the_output_tail() {
 fn after_cloud_init_checks_in_with_the_host_name_cloud_init_set() {
     let dir = tempfile::tempdir().unwrap();
     let (url, rx) = server(vec!["HTTP/1.1 204 No Content\r\n\r\n"]);
-    let seed = dir.path().join("seed");
-    std::fs::create_dir_all(&seed).unwrap();
-    std::fs::write(
-        seed.join("meta-data"),
-        META.replace(
-            "http://10.0.2.2:8080/api/v1/machines/52-54-00-12-34-56/booted",
-            &url,
-        ),
-    )
-    .unwrap();
+    let seed = seed_with_meta_data(dir.path(), &url);
     // Nothing is run: a user-data that would leave a file leaves none.
     let marker = dir.path().join("ran");
     std::fs::write(
