@@ -173,11 +173,7 @@ impl Drop for Vm {
 
 /// Boots `disk` under `fw` and waits for the check-in: returns the VM, the check-in
 /// (head, body) and the seconds from QEMU's start to the check-in.
-fn boot(
-    fw: Firmware,
-    disk: &Path,
-    rx: &mpsc::Receiver<CheckIn>,
-) -> (Vm, String, String, f64) {
+fn boot(fw: Firmware, disk: &Path, rx: &mpsc::Receiver<CheckIn>) -> (Vm, String, String, f64) {
     let dir = tempfile::tempdir().unwrap();
     let ssh_port = free_port();
     let started = Instant::now();

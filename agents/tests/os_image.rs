@@ -100,11 +100,7 @@ fn qemu(fw: Firmware, disk: &Path, dir: &Path) -> Child {
 
 /// Boots `disk` under `fw`; returns the check-in (head, body), the console text and the
 /// seconds from QEMU's start to the check-in.
-fn boot(
-    fw: Firmware,
-    disk: &Path,
-    rx: &mpsc::Receiver<CheckIn>,
-) -> (String, String, String, f64) {
+fn boot(fw: Firmware, disk: &Path, rx: &mpsc::Receiver<CheckIn>) -> (String, String, String, f64) {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut child = qemu(fw, disk, dir.path());

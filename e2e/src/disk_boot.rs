@@ -103,7 +103,10 @@ pub fn qemu_command(
                 "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
             ))
             .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
     }
     Ok(cmd)
 }
