@@ -168,8 +168,17 @@ impl OsCheckIn {
                 let out: String = u.output.split_whitespace().collect::<Vec<_>>().join(" ");
                 s.push_str(&format!("; user-data {} exit {code}", u.kind));
                 if !out.is_empty() {
+                    // The end of the output is kept: a failure's reason (and cloud-init's
+                    // errors) come last.
+                    let room = 512usize.saturating_sub(s.chars().count() + 2);
+                    let n = out.chars().count();
                     s.push_str(": ");
-                    s.push_str(&out);
+                    if n > room {
+                        s.push_str("...");
+                        s.extend(out.chars().skip(n - room.saturating_sub(3)));
+                    } else {
+                        s.push_str(&out);
+                    }
                 }
             }
             _ => s.push_str("; no user-data"),

@@ -212,11 +212,17 @@ fn os_check_in_summary_is_one_bounded_line() {
         user_data: Some(UserDataResult {
             kind: "cloud-config".into(),
             exit_code: Some(1),
-            output: "x".repeat(5000),
+            output: "x".repeat(5000) + "\ncloud-init errors: ('scripts_user', RuntimeError())",
         }),
         ..c
     };
-    assert_eq!(long.summary(3).chars().count(), 512);
+    let line = long.summary(3);
+    assert_eq!(line.chars().count(), 512);
+    assert!(
+        line.contains("exit 1: ...xxx")
+            && line.ends_with("cloud-init errors: ('scripts_user', RuntimeError())"),
+        "the end of the output is kept: {line}"
+    );
     let bare: OsCheckIn = serde_json::from_str(r#"{"instanceId": "a"}"#).unwrap();
     assert_eq!(
         bare.summary(1),
